@@ -1,0 +1,104 @@
+//! A small WebSocket client over plaintext or TLS, for the built-in simulated agents, the
+//! bench and the tests: the same code path a real agent takes through our listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fastwebsockets::{handshake, WebSocket, WebSocketError};
+use http_body_util::Empty;
+use hyper::header::{CONNECTION, HOST, UPGRADE};
+use hyper::upgrade::Upgraded;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+/// A connected client socket.
+pub type ClientSocket = WebSocket<TokioIo<Upgraded>>;
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("handshake: {0}")]
+    Handshake(#[from] WebSocketError),
+    #[error("bad request: {0}")]
+    Request(String),
+}
+
+/// Trusts the CA certificates in `pem` and offers `alpn`.
+pub fn tls_config(ca_pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ClientError> {
+    crate::tls::install_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| ClientError::Tls(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    let mut cfg = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+struct SpawnExecutor;
+
+impl<Fut> hyper::rt::Executor<Fut> for SpawnExecutor
+where
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    fn execute(&self, fut: Fut) {
+        tokio::spawn(fut);
+    }
+}
+
+/// Opens a WebSocket to `addr` at `path` (with query), over TLS when `tls` is given (the
+/// server name is `host`). Extra request headers go in `headers`.
+pub async fn connect(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    tls: Option<Arc<ClientConfig>>,
+    headers: &[(&str, &str)],
+) -> Result<ClientSocket, ClientError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| ClientError::Connect(addr, e))?;
+    let _ = tcp.set_nodelay(true);
+    let mut req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header(HOST, host)
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header("Sec-WebSocket-Key", handshake::generate_key())
+        .header("Sec-WebSocket-Version", "13");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ClientError::Request(e.to_string()))?;
+    let ws = match tls {
+        None => handshake::client(&SpawnExecutor, req, tcp).await?.0,
+        Some(cfg) => {
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            handshake::client(&SpawnExecutor, req, stream).await?.0
+        }
+    };
+    Ok(ws)
+}

@@ -1,0 +1,160 @@
+//! The dashboard stream, `GET /ws`, the same in both systems.
+//!
+//! A dashboard connects (optionally `?serverId=a,b`), gets a `hello`, then every matching
+//! `sample` and `window` event. It may change its filter live with
+//! `{"type":"subscribe","serverId":S|null}` and ask for `{"type":"snapshot.request"}`; where the
+//! snapshot comes from is the system's business ([`SnapshotSource`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use metrics_model::decode::{parse_filter_list, with_decoder, Control, Message, ServerFilter};
+use metrics_model::{event, now_ms};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::{self, Body};
+use crate::hub::{Audience, Client, Hub};
+use crate::ws::{self, MessageHandler, WsConfig};
+
+/// A boxed future, for the snapshot source.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Answers `snapshot.request`: the encoded `snapshot` event, or an error message.
+pub trait SnapshotSource: Send + Sync + 'static {
+    fn snapshot(&self, server_id: Option<String>) -> BoxFuture<Result<Bytes, String>>;
+}
+
+/// Everything a dashboard session needs from its system.
+#[derive(Clone)]
+pub struct DashboardContext {
+    pub system: &'static str,
+    pub windows: Vec<String>,
+    pub hub: Arc<Hub>,
+    pub ws: WsConfig,
+    pub snapshots: Arc<dyn SnapshotSource>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl DashboardContext {
+    /// The `hello` event for a client with `filter`.
+    pub fn hello(&self, filter: Option<&[String]>) -> Vec<u8> {
+        event::to_vec(|b| event::hello(b, self.system, &self.windows, now_ms(), filter))
+    }
+}
+
+/// The filter in a request's `serverId` query parameter, or a 400 naming the bad id.
+pub fn filter_from_query(req: &Request<Incoming>) -> Result<ServerFilter, Response<Body>> {
+    let Some(q) = crate::auth::query_param(req.uri().query().unwrap_or(""), "serverId") else {
+        return Ok(None);
+    };
+    match parse_filter_list(&q) {
+        Ok(ids) if ids.is_empty() => Ok(None),
+        Ok(ids) => Ok(Some(ids)),
+        Err(e) => Err(http::error(StatusCode::BAD_REQUEST, &e.to_string())),
+    }
+}
+
+/// Upgrades `req` and spawns a session of `audience`; `make` builds its message handler.
+pub fn upgrade<H, F>(
+    mut req: Request<Incoming>,
+    ctx: &DashboardContext,
+    audience: Audience,
+    filter: ServerFilter,
+    make: F,
+) -> Response<Body>
+where
+    H: MessageHandler + 'static,
+    F: FnOnce(Arc<Client>) -> H,
+{
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return http::error(
+            StatusCode::BAD_REQUEST,
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
+        );
+    }
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => return http::error(StatusCode::BAD_REQUEST, &ws::upgrade_error(&e)),
+    };
+    let reg = ctx.hub.register(audience, filter.clone());
+    let client = reg.client().clone();
+    if audience == Audience::Dashboard {
+        client.send(ctx.hello(filter.as_deref()));
+    }
+    let handler = make(client.clone());
+    let cfg = ctx.ws;
+    let shutdown = ctx.shutdown.clone();
+    ctx.tracker.spawn(async move {
+        let upgraded = match fut.await {
+            Ok(ws) => ws.into_inner().into_inner(),
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        ws::run_session(upgraded, client, cfg, shutdown, handler).await;
+        drop(reg);
+    });
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, http::empty())
+}
+
+/// Handles what a dashboard may send: `subscribe`, `register` and `snapshot.request`.
+pub struct DashboardHandler {
+    ctx: DashboardContext,
+}
+
+impl DashboardHandler {
+    pub fn new(ctx: DashboardContext) -> Self {
+        Self { ctx }
+    }
+}
+
+impl MessageHandler for DashboardHandler {
+    async fn on_message(&mut self, client: &Arc<Client>, data: &mut BytesMut) {
+        let decoded = with_decoder(|d| d.decode_message(data, now_ms()));
+        match decoded {
+            Ok(Message::Control(c)) => handle_control(&self.ctx, client, c).await,
+            Ok(Message::Samples(_)) => client.send(event::to_vec(|b| {
+                event::error(
+                    b,
+                    "dashboards do not send samples here; agents connect to /ingest",
+                )
+            })),
+            Err(e) => client.send(event::to_vec(|b| event::error(b, &e.to_string()))),
+        }
+    }
+}
+
+/// Applies a control message on any socket (dashboard or agent).
+pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Control) {
+    match c {
+        Control::Subscribe { filter } => {
+            client.set_filter(filter.clone());
+            client.send(event::to_vec(|b| event::subscribed(b, filter.as_deref())));
+        }
+        Control::Register { role, filter } => match role {
+            metrics_model::decode::Role::Dashboard => {
+                client.set_audience(Audience::Dashboard, filter.clone());
+                client.send(ctx.hello(filter.as_deref()));
+            }
+            metrics_model::decode::Role::Producer => {
+                client.set_audience(Audience::Producer, None);
+                if let Some(ids) = filter {
+                    ids.iter().for_each(|s| client.note_server(s));
+                }
+                client.send(&b"{\"type\":\"registered\",\"role\":\"producer\"}"[..]);
+            }
+        },
+        Control::SnapshotRequest { server_id } => match ctx.snapshots.snapshot(server_id).await {
+            Ok(json) => client.send(json),
+            Err(msg) => client.send(event::to_vec(|b| event::error(b, &msg))),
+        },
+    }
+}

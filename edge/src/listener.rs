@@ -1,0 +1,158 @@
+//! The accept loop shared by both systems.
+//!
+//! One port serves HTTP/1.1 (keep-alive, WebSocket upgrades) and HTTP/2 (prior knowledge on
+//! plaintext, ALPN `h2` on TLS): hyper-util's auto builder picks per connection. Upgrades need
+//! `serve_connection_with_upgrades`, and the header-read timeout only works with a timer set on
+//! the builder; both are wired here so no caller can forget them.
+//!
+//! Shutdown: when the token is cancelled the loop stops accepting and every open connection is
+//! asked to finish gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the in-flight response),
+//! with `drain` as the bound. Upgraded WebSocket sessions watch the same token themselves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::Body;
+
+/// Connection-level settings.
+#[derive(Clone, Debug)]
+pub struct ListenOptions {
+    /// Time a client has to send request headers (and to finish a TLS handshake).
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(5),
+            h2_max_streams: 1024,
+        }
+    }
+}
+
+/// What a handler learns about the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Serves `handler` on `listener` until `shutdown` is cancelled, then drains connections.
+/// Connection tasks are spawned on `tracker`, so the caller can wait for them.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: F,
+    opts: ListenOptions,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) where
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(opts.h2_max_streams)
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        };
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        let drain = opts.drain;
+        let handshake_timeout = opts.header_read_timeout;
+        tracker.spawn(async move {
+            match tls {
+                None => serve_conn(stream, info, handler, &builder, shutdown, drain).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(s, info, handler, &builder, shutdown, drain).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_conn<I, F, Fut>(
+    io: I,
+    info: ConnInfo,
+    handler: F,
+    builder: &auto::Builder<TokioExecutor>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let fut = handler(req, info);
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(drain, conn.as_mut()).await;
+        }
+    }
+}
+
+/// Binds `addr`, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
+}

@@ -1,0 +1,377 @@
+//! WebSocket sessions: the upgrade, a reader that reassembles messages under a size cap and maps
+//! protocol faults to the close codes the contract names, and a writer that drains the client's
+//! hub queue, batches events into frames and keeps the peer alive with pings.
+//!
+//! fastwebsockets' `read_frame` is not cancel-safe (it consumes a frame header before awaiting
+//! the payload), so the socket is split: the reader runs in the session task and is only ever
+//! cancelled when the session is over anyway; the writer is its own task woken by the hub.
+//! fastwebsockets caps single frames only; fragmented messages are reassembled here and capped
+//! as a whole, so a peer cannot grow a message past the limit in small pieces.
+//!
+//! Close codes: 1007 for a text message that is not UTF-8, 1009 for a frame or message over the
+//! limit, 1002 for protocol errors, 1001 on server shutdown or when the peer stops answering
+//! pings, 1008 for a dashboard too slow to keep its window events.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{
+    Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Client;
+
+type Io = TokioIo<Upgraded>;
+/// The read half of an upgraded socket.
+pub type ReadHalf = WebSocketRead<tokio::io::ReadHalf<Io>>;
+/// The write half of an upgraded socket.
+pub type WriteHalf = WebSocketWrite<tokio::io::WriteHalf<Io>>;
+
+/// Session limits and liveness settings.
+#[derive(Clone, Copy, Debug)]
+pub struct WsConfig {
+    /// Largest frame or reassembled message, in bytes.
+    pub max_message: usize,
+    /// Ping a peer that has been silent this long.
+    pub ping_interval: Duration,
+    /// Close a peer that stays silent this long after a ping.
+    pub ping_timeout: Duration,
+    /// Largest outgoing frame when batching events into a JSON array.
+    pub max_out_frame: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_message: 1 << 20,
+            ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(10),
+            max_out_frame: 256 << 10,
+        }
+    }
+}
+
+/// Close codes used by the sessions.
+pub mod code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// How a read ended the session.
+#[derive(Debug)]
+pub struct End {
+    /// Close frame to send, if the socket is still writable.
+    pub close: Option<(u16, String)>,
+}
+
+/// Reads whole messages off the socket.
+pub struct MessageReader {
+    ws: ReadHalf,
+    partial: Option<BytesMut>,
+    max: usize,
+    last_seen: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl MessageReader {
+    /// Reads the next text or binary message. Pings are answered through `client`.
+    pub async fn next(&mut self, client: &Client) -> Result<BytesMut, End> {
+        let mut noop = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+        loop {
+            let frame = match self.ws.read_frame(&mut noop).await {
+                Ok(f) => f,
+                Err(e) => {
+                    return Err(End {
+                        close: close_for(&e),
+                    })
+                }
+            };
+            self.last_seen
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let fin = frame.fin;
+            let opcode = frame.opcode;
+            let payload = into_bytes(frame.payload);
+            match opcode {
+                OpCode::Ping => client.pong(payload.freeze()),
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    return Err(End {
+                        close: echo_close(&payload),
+                    })
+                }
+                OpCode::Text | OpCode::Binary => {
+                    if self.partial.is_some() {
+                        return Err(protocol("a new message started inside a fragmented one"));
+                    }
+                    if fin {
+                        return Ok(payload);
+                    }
+                    self.partial = Some(payload);
+                }
+                OpCode::Continuation => {
+                    let Some(mut buf) = self.partial.take() else {
+                        return Err(protocol("continuation frame without a message"));
+                    };
+                    if buf.len() + payload.len() > self.max {
+                        return Err(End {
+                            close: Some((
+                                code::TOO_BIG,
+                                format!("message over {} bytes", self.max),
+                            )),
+                        });
+                    }
+                    buf.extend_from_slice(&payload);
+                    if fin {
+                        return Ok(buf);
+                    }
+                    self.partial = Some(buf);
+                }
+            }
+        }
+    }
+}
+
+fn protocol(reason: &str) -> End {
+    End {
+        close: Some((code::PROTOCOL, reason.to_string())),
+    }
+}
+
+fn into_bytes(p: Payload<'_>) -> BytesMut {
+    match p {
+        Payload::Bytes(b) => b,
+        other => BytesMut::from(&other[..]),
+    }
+}
+
+fn close_for(e: &WebSocketError) -> Option<(u16, String)> {
+    use WebSocketError as E;
+    match e {
+        E::InvalidUTF8 => Some((code::INVALID_DATA, "text message is not valid UTF-8".into())),
+        E::FrameTooLarge => Some((code::TOO_BIG, "frame over the size limit".into())),
+        E::IoError(_) | E::UnexpectedEOF | E::ConnectionClosed => None,
+        other => Some((code::PROTOCOL, other.to_string())),
+    }
+}
+
+/// Answers a peer's close: echo its code when it is one we may send, else 1000.
+fn echo_close(payload: &[u8]) -> Option<(u16, String)> {
+    if payload.len() >= 2 {
+        let c = u16::from_be_bytes([payload[0], payload[1]]);
+        if payload.len() > 2 && std::str::from_utf8(&payload[2..]).is_err() {
+            return Some((code::INVALID_DATA, "close reason is not UTF-8".into()));
+        }
+        let allowed = matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999);
+        return Some(if allowed {
+            (c, String::new())
+        } else {
+            (code::PROTOCOL, format!("invalid close code {c}"))
+        });
+    }
+    if payload.len() == 1 {
+        return Some((code::PROTOCOL, "close frame of one byte".into()));
+    }
+    Some((code::NORMAL, String::new()))
+}
+
+/// What a session does with each message it reads.
+pub trait MessageHandler: Send {
+    /// Handles one message; replies go through `client`.
+    fn on_message(
+        &mut self,
+        client: &Arc<Client>,
+        data: &mut BytesMut,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Splits an upgraded socket into a reader and a writer.
+pub fn split(
+    upgraded: Upgraded,
+    cfg: &WsConfig,
+) -> (MessageReader, WriteHalf, Arc<AtomicU64>, Instant) {
+    let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Server);
+    ws.set_auto_pong(false);
+    ws.set_auto_close(false);
+    ws.set_writev(false);
+    // fastwebsockets refuses frames of `max` bytes or more; allow exactly `max_message`.
+    ws.set_max_message_size(cfg.max_message + 1);
+    let (r, w) = ws.split(tokio::io::split);
+    let epoch = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let reader = MessageReader {
+        ws: r,
+        partial: None,
+        max: cfg.max_message,
+        last_seen: last_seen.clone(),
+        epoch,
+    };
+    (reader, w, last_seen, epoch)
+}
+
+/// Runs a session to its end: reads messages into `handler`, writes the client's queue.
+pub async fn run_session<H: MessageHandler>(
+    upgraded: Upgraded,
+    client: Arc<Client>,
+    cfg: WsConfig,
+    shutdown: CancellationToken,
+    mut handler: H,
+) {
+    let (mut reader, writer, last_seen, epoch) = split(upgraded, &cfg);
+    let end = CancellationToken::new();
+    let writer_task = tokio::spawn(run_writer(
+        writer,
+        client.clone(),
+        cfg,
+        last_seen,
+        epoch,
+        shutdown,
+        end.clone(),
+    ));
+    loop {
+        let msg = tokio::select! {
+            m = reader.next(&client) => m,
+            _ = end.cancelled() => break,
+        };
+        match msg {
+            Ok(mut data) => handler.on_message(&client, &mut data).await,
+            Err(e) => {
+                if let Some((c, reason)) = e.close {
+                    client.close(c, &reason);
+                } else {
+                    end.cancel();
+                }
+                break;
+            }
+        }
+    }
+    // Let the writer flush what is queued and the close frame, briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+}
+
+async fn run_writer(
+    mut ws: WriteHalf,
+    client: Arc<Client>,
+    cfg: WsConfig,
+    last_seen: Arc<AtomicU64>,
+    epoch: Instant,
+    shutdown: CancellationToken,
+    end: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(cfg.ping_interval.min(cfg.ping_timeout) / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pinged_at: Option<u64> = None;
+    let mut buf = Vec::with_capacity(16 << 10);
+    let result: Result<(), WebSocketError> = async {
+        loop {
+            tokio::select! {
+                _ = client.notified() => {}
+                _ = end.cancelled() => {}
+                _ = shutdown.cancelled() => {
+                    write_close(&mut ws, code::GOING_AWAY, "server shutting down").await?;
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    let now = epoch.elapsed().as_millis() as u64;
+                    let seen = last_seen.load(Ordering::Relaxed);
+                    let idle = now.saturating_sub(seen);
+                    let timeout = (cfg.ping_interval + cfg.ping_timeout).as_millis() as u64;
+                    if idle >= timeout {
+                        write_close(&mut ws, code::GOING_AWAY, "no answer to ping").await?;
+                        return Ok(());
+                    }
+                    if idle >= cfg.ping_interval.as_millis() as u64
+                        && pinged_at.is_none_or(|p| p < seen)
+                    {
+                        pinged_at = Some(now);
+                        ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"ka"))).await?;
+                        ws.flush().await?;
+                    }
+                    continue;
+                }
+            }
+            let d = client.drain();
+            for p in &d.pongs {
+                ws.write_frame(Frame::pong(Payload::Borrowed(p))).await?;
+            }
+            if d.dropped > 0 {
+                let mut ev = Vec::with_capacity(64);
+                metrics_model::event::dropped(&mut ev, d.dropped, d.dropped_total);
+                ws.write_frame(Frame::text(Payload::Owned(ev))).await?;
+            }
+            write_events(&mut ws, &d.events, cfg.max_out_frame, &mut buf).await?;
+            if d.overflowed {
+                write_close(&mut ws, code::POLICY, "client too slow: window events backed up").await?;
+                return Ok(());
+            }
+            if let Some((c, reason)) = d.close {
+                write_close(&mut ws, c, &reason).await?;
+                return Ok(());
+            }
+            ws.flush().await?;
+            if end.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(client = client.id(), error = %e, "websocket writer ended");
+    }
+    end.cancel();
+}
+
+/// Writes events, one per frame when alone, else batched as JSON arrays of at most `max` bytes.
+async fn write_events(
+    ws: &mut WriteHalf,
+    events: &[Bytes],
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), WebSocketError> {
+    if let [one] = events {
+        return ws.write_frame(Frame::text(Payload::Borrowed(one))).await;
+    }
+    let mut i = 0;
+    while i < events.len() {
+        buf.clear();
+        buf.push(b'[');
+        while i < events.len() {
+            let e = &events[i];
+            if buf.len() > 1 && buf.len() + e.len() + 2 > max {
+                break;
+            }
+            if buf.len() > 1 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(e);
+            i += 1;
+        }
+        buf.push(b']');
+        ws.write_frame(Frame::text(Payload::Borrowed(buf))).await?;
+    }
+    Ok(())
+}
+
+async fn write_close(ws: &mut WriteHalf, c: u16, reason: &str) -> Result<(), WebSocketError> {
+    ws.write_frame(Frame::close(c, reason.as_bytes())).await?;
+    ws.flush().await
+}
+
+/// The socket-level errors of an upgrade, for the handler's 400.
+pub fn upgrade_error(e: &WebSocketError) -> String {
+    format!("WebSocket upgrade refused: {e}")
+}
+
+/// Bytes helper for handlers: turn an owned vector into `Bytes`.
+pub fn bytes(v: Vec<u8>) -> Bytes {
+    Bytes::from(v)
+}
