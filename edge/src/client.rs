@@ -73,6 +73,17 @@ pub async fn connect(
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| ClientError::Connect(addr, e))?;
+    handshake_on(tcp, host, path, tls, headers).await
+}
+
+/// Like [`connect`], over a TCP stream the caller opened (to set socket options).
+pub async fn handshake_on(
+    tcp: TcpStream,
+    host: &str,
+    path: &str,
+    tls: Option<Arc<ClientConfig>>,
+    headers: &[(&str, &str)],
+) -> Result<ClientSocket, ClientError> {
     let _ = tcp.set_nodelay(true);
     let mut req = Request::builder()
         .method("GET")

@@ -77,7 +77,8 @@ pub struct End {
 /// Reads whole messages off the socket.
 pub struct MessageReader {
     ws: ReadHalf,
-    partial: Option<BytesMut>,
+    /// A fragmented message being reassembled, and whether it is text.
+    partial: Option<(bool, BytesMut)>,
     max: usize,
     last_seen: Arc<AtomicU64>,
     epoch: Instant,
@@ -116,10 +117,10 @@ impl MessageReader {
                     if fin {
                         return Ok(payload);
                     }
-                    self.partial = Some(payload);
+                    self.partial = Some((opcode == OpCode::Text, payload));
                 }
                 OpCode::Continuation => {
-                    let Some(mut buf) = self.partial.take() else {
+                    let Some((text, mut buf)) = self.partial.take() else {
                         return Err(protocol("continuation frame without a message"));
                     };
                     if buf.len() + payload.len() > self.max {
@@ -132,9 +133,17 @@ impl MessageReader {
                     }
                     buf.extend_from_slice(&payload);
                     if fin {
+                        if text && std::str::from_utf8(&buf).is_err() {
+                            return Err(End {
+                                close: Some((
+                                    code::INVALID_DATA,
+                                    "text message is not valid UTF-8".into(),
+                                )),
+                            });
+                        }
                         return Ok(buf);
                     }
-                    self.partial = Some(buf);
+                    self.partial = Some((text, buf));
                 }
             }
         }
