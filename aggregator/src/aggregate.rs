@@ -282,7 +282,7 @@ impl State {
             while let Some(batch) = ring.pop() {
                 self.apply(&batch);
                 did += 1;
-                if did % 1024 == 0 {
+                if did.is_multiple_of(1024) {
                     self.close_due(now_ms());
                 }
             }

@@ -191,7 +191,7 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             if path == "/ws" {
                 let filter = match dashboard::filter_from_query(&req) {
                     Ok(f) => f,
-                    Err(resp) => return resp,
+                    Err(msg) => return h::error(StatusCode::BAD_REQUEST, &msg),
                 };
                 let ctx = app.ctx.clone();
                 dashboard::upgrade(req, &app.ctx, Audience::Dashboard, filter, move |_| {

@@ -48,15 +48,16 @@ impl DashboardContext {
     }
 }
 
-/// The filter in a request's `serverId` query parameter, or a 400 naming the bad id.
-pub fn filter_from_query(req: &Request<Incoming>) -> Result<ServerFilter, Response<Body>> {
+/// The filter in a request's `serverId` query parameter, or the message of a 400 naming the
+/// bad id.
+pub fn filter_from_query(req: &Request<Incoming>) -> Result<ServerFilter, String> {
     let Some(q) = crate::auth::query_param(req.uri().query().unwrap_or(""), "serverId") else {
         return Ok(None);
     };
     match parse_filter_list(&q) {
         Ok(ids) if ids.is_empty() => Ok(None),
         Ok(ids) => Ok(Some(ids)),
-        Err(e) => Err(http::error(StatusCode::BAD_REQUEST, &e.to_string())),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -169,7 +169,7 @@ impl Client {
         }
         match filter {
             None => true,
-            Some(ids) => ids.iter().any(|s| *s == e.server),
+            Some(ids) => ids.contains(&e.server),
         }
     }
 
