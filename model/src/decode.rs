@@ -182,6 +182,18 @@ impl Decoder {
         self.tape = Some(tape.reset());
     }
 
+    /// Decodes with simd-json only, skipping the fast path (for tests and benchmarks).
+    pub fn decode_json_slow(
+        &mut self,
+        buf: &mut [u8],
+        arrival_ms: u64,
+    ) -> Result<Vec<Sample>, DecodeError> {
+        let tape = self.parse(buf)?;
+        let out = samples_from_value(tape.as_value(), arrival_ms, self.limits, false);
+        self.recycle(tape);
+        out
+    }
+
     /// Decodes a JSON body: one sample object, or an array of 1..=max_batch samples.
     /// `arrival_ms` stands in for a missing timestamp. The input is modified in place.
     pub fn decode_json(
@@ -189,6 +201,9 @@ impl Decoder {
         buf: &mut [u8],
         arrival_ms: u64,
     ) -> Result<Vec<Sample>, DecodeError> {
+        if let Some(v) = crate::fast::decode(buf, arrival_ms, self.limits, false, true) {
+            return Ok(v);
+        }
         let tape = self.parse(buf)?;
         let out = samples_from_value(tape.as_value(), arrival_ms, self.limits, false);
         self.recycle(tape);
@@ -244,6 +259,9 @@ impl Decoder {
 
     /// Decodes exactly one sample object (one NDJSON line, one streamed line).
     pub fn decode_one(&mut self, buf: &mut [u8], arrival_ms: u64) -> Result<Sample, DecodeError> {
+        if let Some(mut v) = crate::fast::decode(buf, arrival_ms, self.limits, false, false) {
+            return Ok(v.remove(0));
+        }
         let tape = self.parse(buf)?;
         let v = tape.as_value();
         let out = if v.is_object() {
@@ -262,6 +280,9 @@ impl Decoder {
         buf: &mut [u8],
         arrival_ms: u64,
     ) -> Result<Message, DecodeError> {
+        if let Some(v) = crate::fast::decode(buf, arrival_ms, self.limits, true, true) {
+            return Ok(Message::Samples(v));
+        }
         let tape = self.parse(buf)?;
         let v = tape.as_value();
         let out = match v.as_object().and_then(|o| o.get("type")) {

@@ -13,6 +13,7 @@
 
 pub mod decode;
 pub mod event;
+mod fast;
 pub mod sample;
 pub mod window;
 
