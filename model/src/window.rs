@@ -13,9 +13,9 @@
 //! [`MAX_BUCKETS`] buckets (32 powers of two, a ratio of about 4e9 between the smallest and the
 //! largest value kept apart). Past the cap the smallest-magnitude buckets are folded into the
 //! lowest kept one, as DDSketch does: only quantiles of those smallest values lose accuracy.
-//! Memory per sketch is therefore at most 2 x 2048 x 4 B = 16 KiB; a series of typical
-//! telemetry (a few powers of two) uses a few hundred bytes. Buffers are kept across windows,
-//! so steady state allocates nothing.
+//! Buckets grow 64 at a time, so memory per sketch is at most 2 x 2112 x 4 B (about 16.5 KiB);
+//! a percentage gauge between 0.1 and 100 holds 2.7 KB. Buffers are kept across windows, so
+//! steady state allocates nothing.
 
 /// Most buckets kept per sign.
 pub const MAX_BUCKETS: usize = 2048;
@@ -49,6 +49,14 @@ impl Store {
         }
         let lo = self.offset;
         let hi = lo + self.counts.len() as u32 - 1;
+        let new_len = (hi.max(key) - lo.min(key) + 1) as usize;
+        if new_len > self.counts.capacity() {
+            // Grow a power of two (64 buckets) at a time, not by doubling: memory follows the
+            // range of values actually seen.
+            let want = (new_len + 64).min(MAX_BUCKETS + 64);
+            self.counts
+                .reserve_exact(want.saturating_sub(self.counts.len()));
+        }
         if key > hi {
             let new_lo = (key + 1).saturating_sub(MAX_BUCKETS as u32).max(lo);
             self.collapse_below(new_lo);
