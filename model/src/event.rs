@@ -55,61 +55,6 @@ fn write_short_decimal(out: &mut Vec<u8>, x: f64) -> bool {
     false
 }
 
-#[cfg(test)]
-mod tests {
-    use super::write_f64;
-
-    fn text(x: f64) -> String {
-        let mut v = Vec::new();
-        write_f64(&mut v, x);
-        String::from_utf8(v).expect("ascii")
-    }
-
-    #[test]
-    fn numbers_print_as_agents_write_them() {
-        assert_eq!(text(42.5), "42.5");
-        assert_eq!(text(61.2), "61.2");
-        assert_eq!(text(-0.05), "-0.05");
-        assert_eq!(text(0.0001), "0.0001");
-        assert_eq!(text(812.0), "812");
-        assert_eq!(text(1_764_349_200_123_456.0), "1764349200123456");
-        assert_eq!(text(-0.0), "-0");
-        assert_eq!(text(0.1 + 0.2), "0.30000000000000004");
-        assert_eq!(text(f64::NAN), "null");
-        assert_eq!(text(1e300), "1e300");
-    }
-
-    #[test]
-    fn every_printed_number_parses_back_exactly() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for i in 0..200_000u64 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let x = match i % 4 {
-                0 => f64::from_bits(seed),
-                1 => (seed % 1_000_000) as f64 / 100.0,
-                2 => (seed % 100_000) as f64 / 10_000.0 - 5.0,
-                _ => (seed as f64 / u64::MAX as f64) * 1e6,
-            };
-            if !x.is_finite() {
-                continue;
-            }
-            let t = text(x);
-            let back: f64 = t.parse().expect("valid number");
-            assert_eq!(
-                back.to_bits(),
-                if x == 0.0 {
-                    back.to_bits()
-                } else {
-                    x.to_bits()
-                },
-                "{x:e} printed as {t}"
-            );
-        }
-    }
-}
-
 /// Writes an unsigned integer.
 pub fn write_u64(out: &mut Vec<u8>, x: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes());
@@ -275,4 +220,59 @@ pub fn to_vec(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut v = Vec::with_capacity(128);
     f(&mut v);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_f64;
+
+    fn text(x: f64) -> String {
+        let mut v = Vec::new();
+        write_f64(&mut v, x);
+        String::from_utf8(v).expect("ascii")
+    }
+
+    #[test]
+    fn numbers_print_as_agents_write_them() {
+        assert_eq!(text(42.5), "42.5");
+        assert_eq!(text(61.2), "61.2");
+        assert_eq!(text(-0.05), "-0.05");
+        assert_eq!(text(0.0001), "0.0001");
+        assert_eq!(text(812.0), "812");
+        assert_eq!(text(1_764_349_200_123_456.0), "1764349200123456");
+        assert_eq!(text(-0.0), "-0");
+        assert_eq!(text(0.1 + 0.2), "0.30000000000000004");
+        assert_eq!(text(f64::NAN), "null");
+        assert_eq!(text(1e300), "1e300");
+    }
+
+    #[test]
+    fn every_printed_number_parses_back_exactly() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..200_000u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let x = match i % 4 {
+                0 => f64::from_bits(seed),
+                1 => (seed % 1_000_000) as f64 / 100.0,
+                2 => (seed % 100_000) as f64 / 10_000.0 - 5.0,
+                _ => (seed as f64 / u64::MAX as f64) * 1e6,
+            };
+            if !x.is_finite() {
+                continue;
+            }
+            let t = text(x);
+            let back: f64 = t.parse().expect("valid number");
+            assert_eq!(
+                back.to_bits(),
+                if x == 0.0 {
+                    back.to_bits()
+                } else {
+                    x.to_bits()
+                },
+                "{x:e} printed as {t}"
+            );
+        }
+    }
 }
