@@ -14,12 +14,11 @@
 //! so the aggregator adds nothing to ingest-to-dashboard latency.
 //!
 //! # Windows
-//! Tumbling, aligned to wall-clock multiples of their length; a sample counts by its arrival
-//! time at the ingest edge. A window closes when a sample from a later window arrives, or by
-//! timer `CLOSE_GRACE_MS` after its end, so samples still in the ring at the boundary are
-//! counted; the rare sample that arrives later still counts in the next window (`late`).
+//! The window state is `metrics_model::rollup::Rollup`, shared with System 1's workers. This
+//! thread closes a window when a sample from a later window arrives, or by timer
+//! `CLOSE_GRACE_MS` after its end, so samples still in the ring at the boundary are counted; the
+//! rare sample that arrives later still counts in the next window (`late`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -29,8 +28,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use metrics_edge::hub::{Event, EventKind, Hub};
-use metrics_model::event;
-use metrics_model::window::{Summary, WindowSpec, WindowStats};
+use metrics_model::rollup::{ClosedWindow, Rollup};
+use metrics_model::window::WindowSpec;
 use metrics_model::{now_ms, Sample};
 
 /// Time after a window's end before the timer closes it.
@@ -170,104 +169,22 @@ impl Drop for Aggregator {
     }
 }
 
-struct Series {
-    stats: Vec<WindowStats>,
-    last: f64,
-}
-
-/// Series in first-seen order, found by name.
-#[derive(Default)]
-struct SeriesSet {
-    index: HashMap<Box<str>, usize>,
-    list: Vec<(Box<str>, Series)>,
-}
-
-impl SeriesSet {
-    fn get_or_insert(
-        &mut self,
-        name: &str,
-        windows: usize,
-        budget: &mut Budget,
-    ) -> Option<&mut Series> {
-        if let Some(&i) = self.index.get(name) {
-            return Some(&mut self.list[i].1);
-        }
-        if !budget.take() {
-            return None;
-        }
-        self.index.insert(name.into(), self.list.len());
-        self.list.push((
-            name.into(),
-            Series {
-                stats: (0..windows).map(|_| WindowStats::default()).collect(),
-                last: 0.0,
-            },
-        ));
-        self.list.last_mut().map(|(_, s)| s)
-    }
-
-    fn summaries(&self, w: usize) -> Vec<(&str, Summary)> {
-        self.list
-            .iter()
-            .filter_map(|(n, s)| s.stats[w].summary().map(|x| (&**n, x)))
-            .collect()
-    }
-}
-
-struct Budget<'a> {
-    left: &'a mut usize,
-    stats: &'a AggregatorStats,
-}
-
-impl Budget<'_> {
-    fn take(&mut self) -> bool {
-        if *self.left == 0 {
-            self.stats.series_refused.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        *self.left -= 1;
-        self.stats.series.fetch_add(1, Ordering::Relaxed);
-        true
-    }
-}
-
-struct ServerState {
-    id: Arc<str>,
-    last_ts: u64,
-    last_arrival: u64,
-    series: SeriesSet,
-    /// The last `window` event of each window length, for snapshots.
-    last_windows: Vec<Option<Bytes>>,
-}
-
 struct State {
-    windows: Vec<WindowSpec>,
-    labels: Vec<String>,
-    current: Vec<u64>,
-    servers: HashMap<Arc<str>, ServerState>,
-    global: SeriesSet,
-    global_last: Vec<Option<Bytes>>,
+    rollup: Rollup,
     hub: Arc<Hub>,
     stats: Arc<AggregatorStats>,
-    series_left: usize,
-    out: Vec<Event>,
+    closed: Vec<ClosedWindow>,
+    events: Vec<Event>,
 }
 
 impl State {
     fn new(opts: AggregatorOptions, hub: Arc<Hub>, stats: Arc<AggregatorStats>) -> Self {
-        let now = now_ms();
-        let n = opts.windows.len();
         Self {
-            current: opts.windows.iter().map(|w| w.start_of(now)).collect(),
-            labels: opts.windows.iter().map(|w| w.label.clone()).collect(),
-            windows: opts.windows,
-            servers: HashMap::new(),
-            global: SeriesSet::default(),
-            global_last: vec![None; n],
+            rollup: Rollup::new(opts.windows, opts.max_series, now_ms()),
             hub,
             stats,
-            series_left: opts.max_series,
-            out: Vec::new(),
+            closed: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -280,234 +197,57 @@ impl State {
         loop {
             let mut did = 0usize;
             while let Some(batch) = ring.pop() {
-                self.apply(&batch);
+                self.rollup
+                    .add(batch.arrival_ms, &batch.samples, &mut self.closed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 did += 1;
                 if did.is_multiple_of(1024) {
-                    self.close_due(now_ms());
+                    self.publish();
                 }
             }
             while let Ok(cmd) = commands.try_recv() {
-                self.command(cmd);
+                match cmd {
+                    Command::Snapshot { server, reply } => {
+                        let snap = self.rollup.snapshot(server.as_deref(), now_ms());
+                        let _ = reply.send(snap.map(Bytes::from));
+                    }
+                }
             }
             let now = now_ms();
-            self.close_due(now);
+            self.rollup.close_due(now, CLOSE_GRACE_MS, &mut self.closed);
+            self.publish();
             if stop.load(Ordering::Acquire) && ring.is_empty() {
                 return;
             }
             if ring.is_empty() {
-                let next = self.next_close();
+                let next = self.rollup.next_close() + CLOSE_GRACE_MS;
                 let wait = next.saturating_sub(now).clamp(1, 100);
                 std::thread::park_timeout(Duration::from_millis(wait));
             }
         }
     }
 
-    fn next_close(&self) -> u64 {
-        self.windows
-            .iter()
-            .zip(&self.current)
-            .map(|(w, &start)| start + w.millis + CLOSE_GRACE_MS)
-            .min()
-            .unwrap_or(u64::MAX)
-    }
-
-    fn apply(&mut self, batch: &Batch) {
-        let t = batch.arrival_ms;
-        for w in 0..self.windows.len() {
-            if t >= self.current[w] + self.windows[w].millis {
-                self.close(w, t);
-            } else if t < self.current[w] {
-                self.stats
-                    .late
-                    .fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
-            }
-        }
-        let nw = self.windows.len();
-        let mut budget = Budget {
-            left: &mut self.series_left,
-            stats: &self.stats,
-        };
-        for s in &batch.samples {
-            let server = match self.servers.get_mut(s.server_id.as_str()) {
-                Some(x) => x,
-                None => {
-                    let id: Arc<str> = Arc::from(s.server_id.as_str());
-                    self.servers.entry(id.clone()).or_insert(ServerState {
-                        id,
-                        last_ts: 0,
-                        last_arrival: 0,
-                        series: SeriesSet::default(),
-                        last_windows: vec![None; nw],
-                    })
-                }
-            };
-            server.last_ts = s.timestamp;
-            server.last_arrival = t;
-            for (name, v) in s.metrics.iter() {
-                if let Some(series) = server.series.get_or_insert(name, nw, &mut budget) {
-                    series.last = v;
-                    for st in &mut series.stats {
-                        st.record(v);
-                    }
-                }
-                if let Some(series) = self.global.get_or_insert(name, nw, &mut budget) {
-                    series.last = v;
-                    for st in &mut series.stats {
-                        st.record(v);
-                    }
-                }
-            }
-        }
+    /// Sends closed windows to the hub and refreshes the shared counters.
+    fn publish(&mut self) {
+        let c = self.rollup.counts();
+        self.stats.samples.store(c.samples, Ordering::Relaxed);
+        self.stats.late.store(c.late, Ordering::Relaxed);
+        self.stats.series.store(c.series, Ordering::Relaxed);
         self.stats
-            .samples
-            .fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn close_due(&mut self, now: u64) {
-        for w in 0..self.windows.len() {
-            if now >= self.current[w] + self.windows[w].millis + CLOSE_GRACE_MS {
-                self.close(w, now);
-            }
-        }
-    }
-
-    /// Emits and resets window `w`, then moves it to the window holding `now`.
-    fn close(&mut self, w: usize, now: u64) {
-        let spec = &self.windows[w];
-        let (start, end) = (self.current[w], self.current[w] + spec.millis);
-        let label = &self.labels[w];
-        let mut out = std::mem::take(&mut self.out);
-        for server in self.servers.values_mut() {
-            let stats = server.series.summaries(w);
-            if stats.is_empty() {
-                continue;
-            }
-            let json = Bytes::from(event::to_vec(|b| {
-                event::window(b, label, &server.id, start, end, stats)
-            }));
-            server.last_windows[w] = Some(json.clone());
-            out.push(Event {
-                kind: EventKind::Window,
-                server: server.id.clone(),
-                json,
-            });
-            for (_, s) in &mut server.series.list {
-                s.stats[w].reset();
-            }
-        }
-        let stats = self.global.summaries(w);
-        if !stats.is_empty() {
-            let json = Bytes::from(event::to_vec(|b| {
-                event::window(b, label, "*", start, end, stats)
-            }));
-            self.global_last[w] = Some(json.clone());
-            out.push(Event {
-                kind: EventKind::Window,
-                server: Arc::from("*"),
-                json,
-            });
-            for (_, s) in &mut self.global.list {
-                s.stats[w].reset();
-            }
+            .series_refused
+            .store(c.series_refused, Ordering::Relaxed);
+        if self.closed.is_empty() {
+            return;
         }
         self.stats
             .windows_emitted
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        self.hub.publish(&out);
-        out.clear();
-        self.out = out;
-        self.current[w] = spec.start_of(now);
-        if w + 1 == self.windows.len() {
-            self.evict_idle(now);
-        }
+            .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
+        self.events.extend(self.closed.drain(..).map(|w| Event {
+            kind: EventKind::Window,
+            server: w.server,
+            json: Bytes::from(w.json),
+        }));
+        self.hub.publish(&self.events);
+        self.events.clear();
     }
-
-    /// Forgets servers silent for two of the longest windows, so memory follows live servers.
-    fn evict_idle(&mut self, now: u64) {
-        let longest = self.windows.last().map_or(0, |w| w.millis);
-        let before = self.servers.len();
-        let mut freed = 0usize;
-        self.servers.retain(|_, s| {
-            let keep = now.saturating_sub(s.last_arrival) < 2 * longest;
-            if !keep {
-                freed += s.series.list.len();
-            }
-            keep
-        });
-        if before != self.servers.len() {
-            self.series_left += freed;
-            self.stats.series.fetch_sub(freed as u64, Ordering::Relaxed);
-        }
-    }
-
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Snapshot { server, reply } => {
-                let _ = reply.send(self.snapshot(server.as_deref()));
-            }
-        }
-    }
-
-    fn snapshot(&self, server: Option<&str>) -> Result<Bytes, String> {
-        let mut b = Vec::with_capacity(1024);
-        b.extend_from_slice(b"{\"type\":\"snapshot\",\"serverId\":");
-        match server {
-            Some(s) => event::write_str(&mut b, s),
-            None => b.extend_from_slice(b"null"),
-        }
-        b.extend_from_slice(b",\"serverTime\":");
-        event::write_u64(&mut b, now_ms());
-        b.extend_from_slice(b",\"servers\":[");
-        let mut servers: Vec<&ServerState> = match server {
-            Some(id) => match self.servers.get(id) {
-                Some(s) => vec![s],
-                None => return Err(format!("no data for server `{id}`")),
-            },
-            None => self.servers.values().collect(),
-        };
-        servers.sort_by(|a, b| a.id.cmp(&b.id));
-        for (i, s) in servers.iter().enumerate() {
-            if i > 0 {
-                b.push(b',');
-            }
-            b.extend_from_slice(b"{\"serverId\":");
-            event::write_str(&mut b, &s.id);
-            b.extend_from_slice(b",\"timestamp\":");
-            event::write_u64(&mut b, s.last_ts);
-            b.extend_from_slice(b",\"metrics\":{");
-            for (j, (name, series)) in s.series.list.iter().enumerate() {
-                if j > 0 {
-                    b.push(b',');
-                }
-                event::write_str(&mut b, name);
-                b.push(b':');
-                event::write_f64(&mut b, series.last);
-            }
-            b.extend_from_slice(b"},\"windows\":");
-            write_windows(&mut b, &s.last_windows);
-            b.push(b'}');
-        }
-        b.extend_from_slice(b"]");
-        if server.is_none() {
-            b.extend_from_slice(b",\"all\":");
-            write_windows(&mut b, &self.global_last);
-        }
-        b.push(b'}');
-        Ok(Bytes::from(b))
-    }
-}
-
-/// `[<window event>, ...]`: the last closed window of each length.
-fn write_windows(b: &mut Vec<u8>, windows: &[Option<Bytes>]) {
-    b.push(b'[');
-    let mut first = true;
-    for w in windows.iter().flatten() {
-        if !first {
-            b.push(b',');
-        }
-        first = false;
-        b.extend_from_slice(w);
-    }
-    b.push(b']');
 }

@@ -10,10 +10,12 @@
 //! - [`window`]: tumbling wall-clock windows with exact count/min/max/mean and bounded-memory
 //!   quantiles (p50/p95/p99 within 1 % relative error).
 //! - [`event`]: the dashboard event encoding (`sample`, `window`, `hello`, ...).
+//! - [`rollup`]: the window state over many servers that both systems run.
 
 pub mod decode;
 pub mod event;
 mod fast;
+pub mod rollup;
 pub mod sample;
 pub mod window;
 

@@ -1,0 +1,323 @@
+//! The window roll-up both systems run: per (server, metric) and per metric across all servers
+//! (`"*"`), for every configured window, with the latest value of each series for snapshots.
+//!
+//! System 2 runs one roll-up on its aggregator thread; System 1 runs one in each worker for the
+//! partitions it owns. Same code, same windows, same events: the two systems publish the same
+//! derived metrics for the same samples.
+//!
+//! Tumbling windows are aligned to wall-clock multiples of their length and a sample counts by
+//! its arrival time at the ingest edge. A window closes when a sample from a later window is
+//! added, or when [`Rollup::close_due`] runs after its end; a sample arriving for an already
+//! closed window counts in the current one and is reported as `late`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::event;
+use crate::sample::Sample;
+use crate::window::{Summary, WindowSpec, WindowStats};
+
+/// One closed window of one server (or `"*"`), encoded as a `window` event.
+#[derive(Clone, Debug)]
+pub struct ClosedWindow {
+    pub server: Arc<str>,
+    pub json: Vec<u8>,
+}
+
+/// Counters of a roll-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RollupCounts {
+    pub samples: u64,
+    pub late: u64,
+    pub series: u64,
+    pub series_refused: u64,
+}
+
+struct Series {
+    stats: Vec<WindowStats>,
+    last: f64,
+}
+
+/// Series in first-seen order, found by name.
+#[derive(Default)]
+struct SeriesSet {
+    index: HashMap<Box<str>, usize>,
+    list: Vec<(Box<str>, Series)>,
+}
+
+impl SeriesSet {
+    fn get_or_insert(
+        &mut self,
+        name: &str,
+        windows: usize,
+        budget: &mut Budget<'_>,
+    ) -> Option<&mut Series> {
+        if let Some(&i) = self.index.get(name) {
+            return Some(&mut self.list[i].1);
+        }
+        if !budget.take() {
+            return None;
+        }
+        self.index.insert(name.into(), self.list.len());
+        self.list.push((
+            name.into(),
+            Series {
+                stats: (0..windows).map(|_| WindowStats::default()).collect(),
+                last: 0.0,
+            },
+        ));
+        self.list.last_mut().map(|(_, s)| s)
+    }
+
+    fn summaries(&self, w: usize) -> Vec<(&str, Summary)> {
+        self.list
+            .iter()
+            .filter_map(|(n, s)| s.stats[w].summary().map(|x| (&**n, x)))
+            .collect()
+    }
+
+    fn reset(&mut self, w: usize) {
+        for (_, s) in &mut self.list {
+            s.stats[w].reset();
+        }
+    }
+}
+
+struct Budget<'a> {
+    left: &'a mut usize,
+    counts: &'a mut RollupCounts,
+}
+
+impl Budget<'_> {
+    fn take(&mut self) -> bool {
+        if *self.left == 0 {
+            self.counts.series_refused += 1;
+            return false;
+        }
+        *self.left -= 1;
+        self.counts.series += 1;
+        true
+    }
+}
+
+struct ServerState {
+    id: Arc<str>,
+    last_ts: u64,
+    last_arrival: u64,
+    series: SeriesSet,
+    /// The last `window` event of each window length, for snapshots.
+    last_windows: Vec<Option<Vec<u8>>>,
+}
+
+/// Window state for a set of servers.
+pub struct Rollup {
+    windows: Vec<WindowSpec>,
+    current: Vec<u64>,
+    servers: HashMap<Arc<str>, ServerState>,
+    global: SeriesSet,
+    global_last: Vec<Option<Vec<u8>>>,
+    series_left: usize,
+    counts: RollupCounts,
+    star: Arc<str>,
+}
+
+impl Rollup {
+    /// A roll-up over `windows`, keeping at most `max_series` series, starting at `now_ms`.
+    pub fn new(windows: Vec<WindowSpec>, max_series: usize, now_ms: u64) -> Self {
+        let n = windows.len();
+        Self {
+            current: windows.iter().map(|w| w.start_of(now_ms)).collect(),
+            windows,
+            servers: HashMap::new(),
+            global: SeriesSet::default(),
+            global_last: vec![None; n],
+            series_left: max_series,
+            counts: RollupCounts::default(),
+            star: Arc::from("*"),
+        }
+    }
+
+    /// Counters so far.
+    pub fn counts(&self) -> RollupCounts {
+        self.counts
+    }
+
+    /// When the next window is due to close (ms since the epoch), before any grace.
+    pub fn next_close(&self) -> u64 {
+        self.windows
+            .iter()
+            .zip(&self.current)
+            .map(|(w, &start)| start + w.millis)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Adds samples that arrived at `arrival_ms`; windows it closes go to `out`.
+    pub fn add(&mut self, arrival_ms: u64, samples: &[Sample], out: &mut Vec<ClosedWindow>) {
+        let t = arrival_ms;
+        for w in 0..self.windows.len() {
+            if t >= self.current[w] + self.windows[w].millis {
+                self.close(w, t, out);
+            } else if t < self.current[w] {
+                self.counts.late += samples.len() as u64;
+            }
+        }
+        let nw = self.windows.len();
+        let mut budget = Budget {
+            left: &mut self.series_left,
+            counts: &mut self.counts,
+        };
+        for s in samples {
+            let server = match self.servers.get_mut(s.server_id.as_str()) {
+                Some(x) => x,
+                None => {
+                    let id: Arc<str> = Arc::from(s.server_id.as_str());
+                    self.servers.entry(id.clone()).or_insert(ServerState {
+                        id,
+                        last_ts: 0,
+                        last_arrival: 0,
+                        series: SeriesSet::default(),
+                        last_windows: vec![None; nw],
+                    })
+                }
+            };
+            server.last_ts = s.timestamp;
+            server.last_arrival = t;
+            for (name, v) in s.metrics.iter() {
+                if let Some(series) = server.series.get_or_insert(name, nw, &mut budget) {
+                    series.last = v;
+                    for st in &mut series.stats {
+                        st.record(v);
+                    }
+                }
+                if let Some(series) = self.global.get_or_insert(name, nw, &mut budget) {
+                    series.last = v;
+                    for st in &mut series.stats {
+                        st.record(v);
+                    }
+                }
+            }
+        }
+        self.counts.samples += samples.len() as u64;
+    }
+
+    /// Closes every window whose end plus `grace_ms` is at or before `now_ms`.
+    pub fn close_due(&mut self, now_ms: u64, grace_ms: u64, out: &mut Vec<ClosedWindow>) {
+        for w in 0..self.windows.len() {
+            if now_ms >= self.current[w] + self.windows[w].millis + grace_ms {
+                self.close(w, now_ms, out);
+            }
+        }
+    }
+
+    /// Emits and resets window `w`, then moves it to the window holding `now`.
+    fn close(&mut self, w: usize, now: u64, out: &mut Vec<ClosedWindow>) {
+        let spec = &self.windows[w];
+        let (start, end) = (self.current[w], self.current[w] + spec.millis);
+        let label = spec.label.as_str();
+        for server in self.servers.values_mut() {
+            let stats = server.series.summaries(w);
+            if stats.is_empty() {
+                continue;
+            }
+            let json = event::to_vec(|b| event::window(b, label, &server.id, start, end, stats));
+            server.last_windows[w] = Some(json.clone());
+            out.push(ClosedWindow {
+                server: server.id.clone(),
+                json,
+            });
+            server.series.reset(w);
+        }
+        let stats = self.global.summaries(w);
+        if !stats.is_empty() {
+            let json = event::to_vec(|b| event::window(b, label, "*", start, end, stats));
+            self.global_last[w] = Some(json.clone());
+            out.push(ClosedWindow {
+                server: self.star.clone(),
+                json,
+            });
+            self.global.reset(w);
+        }
+        self.current[w] = spec.start_of(now);
+        if w + 1 == self.windows.len() {
+            self.evict_idle(now);
+        }
+    }
+
+    /// Forgets servers silent for two of the longest windows, so memory follows live servers.
+    fn evict_idle(&mut self, now: u64) {
+        let longest = self.windows.last().map_or(0, |w| w.millis);
+        let mut freed = 0usize;
+        self.servers.retain(|_, s| {
+            let keep = now.saturating_sub(s.last_arrival) < 2 * longest;
+            if !keep {
+                freed += s.series.list.len();
+            }
+            keep
+        });
+        self.series_left += freed;
+        self.counts.series -= freed as u64;
+    }
+
+    /// The `snapshot` event: latest value of every metric and the last closed window of each
+    /// length, for `server` or for all. An error names an unknown server.
+    pub fn snapshot(&self, server: Option<&str>, now_ms: u64) -> Result<Vec<u8>, String> {
+        let mut b = Vec::with_capacity(1024);
+        b.extend_from_slice(b"{\"type\":\"snapshot\",\"serverId\":");
+        match server {
+            Some(s) => event::write_str(&mut b, s),
+            None => b.extend_from_slice(b"null"),
+        }
+        b.extend_from_slice(b",\"serverTime\":");
+        event::write_u64(&mut b, now_ms);
+        b.extend_from_slice(b",\"servers\":[");
+        let mut servers: Vec<&ServerState> = match server {
+            Some(id) => match self.servers.get(id) {
+                Some(s) => vec![s],
+                None => return Err(format!("no data for server `{id}`")),
+            },
+            None => self.servers.values().collect(),
+        };
+        servers.sort_by(|a, b| a.id.cmp(&b.id));
+        for (i, s) in servers.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            b.extend_from_slice(b"{\"serverId\":");
+            event::write_str(&mut b, &s.id);
+            b.extend_from_slice(b",\"timestamp\":");
+            event::write_u64(&mut b, s.last_ts);
+            b.extend_from_slice(b",\"metrics\":{");
+            for (j, (name, series)) in s.series.list.iter().enumerate() {
+                if j > 0 {
+                    b.push(b',');
+                }
+                event::write_str(&mut b, name);
+                b.push(b':');
+                event::write_f64(&mut b, series.last);
+            }
+            b.extend_from_slice(b"},\"windows\":");
+            write_windows(&mut b, &s.last_windows);
+            b.push(b'}');
+        }
+        b.push(b']');
+        if server.is_none() {
+            b.extend_from_slice(b",\"all\":");
+            write_windows(&mut b, &self.global_last);
+        }
+        b.push(b'}');
+        Ok(b)
+    }
+}
+
+/// `[<window event>, ...]`: the last closed window of each length.
+fn write_windows(b: &mut Vec<u8>, windows: &[Option<Vec<u8>>]) {
+    b.push(b'[');
+    for (i, w) in windows.iter().flatten().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(w);
+    }
+    b.push(b']');
+}
