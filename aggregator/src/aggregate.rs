@@ -246,6 +246,7 @@ impl State {
             kind: EventKind::Window,
             server: w.server,
             json: Bytes::from(w.json),
+            position: None,
         }));
         self.hub.publish(&self.events);
         self.events.clear();

@@ -74,6 +74,7 @@ impl MessageHandler for IngestHandler {
                         kind: EventKind::Sample,
                         server,
                         json: Bytes::from(json),
+                        position: None,
                     });
                 }
                 self.hub.publish(&events);

@@ -33,6 +33,9 @@ pub struct Event {
     /// The server the event is about; `*` for across-all-servers windows.
     pub server: Arc<str>,
     pub json: Bytes,
+    /// Position in a durable log (System 1's stream: entry ms, entry seq, index), used to
+    /// stitch a replay to the live feed without gaps or repeats. `None` for live-only events.
+    pub position: Option<(u64, u64, u32)>,
 }
 
 /// Who is on the other end of a socket.
@@ -71,6 +74,8 @@ struct Outbox {
     dropped_total: u64,
     overflowed: bool,
     close: Option<(u16, String)>,
+    /// While a replay runs, published events wait here instead of the queues.
+    held: Option<Vec<Event>>,
 }
 
 /// What a writer takes from its queue in one go.
@@ -186,6 +191,17 @@ impl Client {
         }
         let mut n = 0;
         let mut out = lock(&self.outbox);
+        if let Some(held) = out.held.as_mut() {
+            for e in wanted {
+                held.push(e.clone());
+                n += 1;
+            }
+            if held.len() > self.limits.other_cap + self.limits.sample_cap {
+                out.overflowed = true;
+                out.held = Some(Vec::new());
+            }
+            return n;
+        }
         for e in wanted {
             n += 1;
             out.seq += 1;
@@ -205,6 +221,34 @@ impl Client {
         drop(out);
         self.notify.notify_one();
         n
+    }
+
+    /// Holds published events aside (a replay is about to be sent with [`Client::send`]).
+    pub fn hold(&self) {
+        lock(&self.outbox).held.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends a hold: queues the held events, except those `skip` says were replayed already.
+    pub fn release(&self, skip: impl Fn(&Event) -> bool) {
+        let mut out = lock(&self.outbox);
+        let Some(held) = out.held.take() else { return };
+        for e in held.into_iter().filter(|e| !skip(e)) {
+            out.seq += 1;
+            let seq = out.seq;
+            match e.kind {
+                EventKind::Sample => {
+                    if out.samples.len() >= self.limits.sample_cap {
+                        out.samples.pop_front();
+                        out.dropped_pending += 1;
+                        out.dropped_total += 1;
+                    }
+                    out.samples.push_back((seq, e.json));
+                }
+                EventKind::Window => push_other(&mut out, self.limits, seq, e.json),
+            }
+        }
+        drop(out);
+        self.notify.notify_one();
     }
 
     /// Queues an event for this client only (hello, error, snapshot); never shed.
@@ -388,6 +432,7 @@ mod tests {
             kind,
             server: Arc::from(server),
             json: Bytes::from(format!("{n}")),
+            position: Some((u64::from(n), 0, 0)),
         }
     }
 
@@ -434,6 +479,22 @@ mod tests {
         assert_eq!(hub.count(Audience::Dashboard), 1);
         drop(only_b);
         assert_eq!(hub.count(Audience::Dashboard), 0);
+    }
+
+    #[test]
+    fn held_events_are_released_without_the_replayed_ones() {
+        let hub = Hub::new(QueueLimits::default());
+        let reg = hub.register(Audience::Dashboard, None);
+        reg.client().hold();
+        hub.publish(&[ev(EventKind::Sample, "a", 1), ev(EventKind::Sample, "a", 2)]);
+        reg.client().send(Bytes::from("replayed"));
+        assert_eq!(reg.client().drain().events, vec![Bytes::from("replayed")]);
+        reg.client().release(|e| e.position <= Some((1, 0, 0)));
+        hub.publish(&[ev(EventKind::Sample, "a", 3)]);
+        assert_eq!(
+            reg.client().drain().events,
+            vec![Bytes::from("2"), Bytes::from("3")]
+        );
     }
 
     #[test]

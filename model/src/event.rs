@@ -83,7 +83,19 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// `{"type":"sample","serverId":S,"timestamp":MS[,"id":ID],"metrics":{...}}`
 pub fn sample(out: &mut Vec<u8>, s: &Sample, id: Option<&str>) {
-    out.extend_from_slice(b"{\"type\":\"sample\",\"serverId\":\"");
+    out.extend_from_slice(b"{\"type\":\"sample\",");
+    sample_fields(out, s, id);
+}
+
+/// The sample as an agent sends it, normalised (metrics flattened, timestamp filled in):
+/// `{"serverId":S,"timestamp":MS,"metrics":{...}}`. System 1 stores samples this way.
+pub fn agent_sample(out: &mut Vec<u8>, s: &Sample) {
+    out.push(b'{');
+    sample_fields(out, s, None);
+}
+
+fn sample_fields(out: &mut Vec<u8>, s: &Sample, id: Option<&str>) {
+    out.extend_from_slice(b"\"serverId\":\"");
     out.extend_from_slice(s.server_id.as_bytes());
     out.extend_from_slice(b"\",\"timestamp\":");
     write_u64(out, s.timestamp);

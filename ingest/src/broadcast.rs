@@ -1,0 +1,380 @@
+//! The broadcaster: Redis Pub/Sub in, dashboards out, with replay from the stream.
+//!
+//! It subscribes to the events channel (reconnecting by itself with backoff when Redis goes
+//! away) and hands each published batch to the same dashboard hub System 2 uses, so `/ws`, the
+//! filter, the token and the slow-consumer policy are identical. Batches arrive as lines of
+//! `kind TAB server TAB position TAB json`; the JSON is sliced out, never parsed.
+//!
+//! Replay: a dashboard that reconnects with `?since=ID` (the `id` of the last `sample` event it
+//! saw) is registered with its live events held aside, is sent every later sample read back from
+//! the stream (as far back as the stream's retention goes), and only then gets the held live
+//! events, minus those the replay already covered. The hold starts before the stream is read,
+//! so nothing falls between the two; positions decide what was already sent, so nothing comes
+//! twice. A `replayed` event tells the dashboard how many samples came from the stream and
+//! whether the retention had already dropped some of what it asked for.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::redis::streams::StreamRangeReply;
+use deadpool_redis::redis::{self, Value};
+use deadpool_redis::Pool;
+use futures_util::StreamExt;
+use metrics_edge::dashboard::{BoxFuture, SnapshotSource};
+use metrics_edge::hub::{Client, Event, EventKind, Hub};
+use metrics_model::decode::Decoder;
+use metrics_model::{event, now_ms};
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::{Keys, Position};
+use crate::worker::decode_entry;
+
+/// Broadcaster counters and state.
+#[derive(Debug, Default)]
+pub struct BroadcastStats {
+    pub connected: AtomicBool,
+    pub batches: AtomicU64,
+    pub events: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// Splits one published batch into hub events.
+pub fn parse_batch(payload: Bytes) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < payload.len() {
+        let end = payload[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(payload.len(), |i| start + i);
+        if let Some(e) = parse_line(&payload, start, end) {
+            out.push(e);
+        }
+        start = end + 1;
+    }
+    out
+}
+
+fn parse_line(payload: &Bytes, start: usize, end: usize) -> Option<Event> {
+    let line = &payload[start..end];
+    let mut tabs = line
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\t')
+        .map(|(i, _)| i);
+    let (t1, t2, t3) = (tabs.next()?, tabs.next()?, tabs.next()?);
+    let kind = match line.first()? {
+        b'S' => EventKind::Sample,
+        b'W' => EventKind::Window,
+        _ => return None,
+    };
+    let server = std::str::from_utf8(&line[t1 + 1..t2]).ok()?;
+    let position = std::str::from_utf8(&line[t2 + 1..t3])
+        .ok()
+        .and_then(Position::parse)
+        .map(|p| (p.ms, p.seq, p.index));
+    Some(Event {
+        kind,
+        server: Arc::from(server),
+        json: payload.slice(start + t3 + 1..end),
+        position,
+    })
+}
+
+/// Relays Pub/Sub to `hub` until `shutdown`, reconnecting with backoff.
+pub async fn run(
+    url: String,
+    keys: Keys,
+    hub: Arc<Hub>,
+    stats: Arc<BroadcastStats>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt = 0u32;
+    while !shutdown.is_cancelled() {
+        match subscribe_once(&url, &keys, &hub, &stats, &shutdown, &mut attempt).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "Pub/Sub connection lost; reconnecting"),
+        }
+        stats.connected.store(false, Ordering::Relaxed);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        let ms = (100u64 << attempt.min(5)).min(3_000);
+        attempt += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn subscribe_once(
+    url: &str,
+    keys: &Keys,
+    hub: &Hub,
+    stats: &BroadcastStats,
+    shutdown: &CancellationToken,
+    attempt: &mut u32,
+) -> redis::RedisResult<()> {
+    let client = redis::Client::open(url)?;
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting to Redis timed out",
+            ))
+        })??;
+    pubsub.subscribe(&keys.channel).await?;
+    stats.connected.store(true, Ordering::Relaxed);
+    *attempt = 0;
+    tracing::info!(channel = %keys.channel, "subscribed");
+    let mut messages = pubsub.on_message();
+    loop {
+        tokio::select! {
+            m = messages.next() => match m {
+                Some(msg) => {
+                    let events = parse_batch(Bytes::copy_from_slice(msg.get_payload_bytes()));
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+                    hub.publish(&events);
+                }
+                None => return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "Pub/Sub stream ended"))),
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Sends `client` every sample after `since` read back from the stream, then releases its
+/// held live events. Returns how many samples were replayed.
+pub async fn replay(
+    pool: &Pool,
+    keys: &Keys,
+    client: &Client,
+    since: Position,
+) -> Result<u64, String> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| format!("Redis is unavailable: {e}"))?;
+    let filter = client.filter();
+    let wanted = |server: &str| {
+        filter
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|s| s == server))
+    };
+    // Did retention already drop part of what was asked for?
+    let first: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&keys.stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let oldest = first
+        .ids
+        .first()
+        .and_then(|e| Position::from_entry(&e.id, 0));
+    let truncated = oldest.is_some_and(|o| (o.ms, o.seq) > (since.ms, since.seq));
+    let mut decoder = Decoder::default();
+    let mut start = since.entry();
+    let mut last = since;
+    let mut count = 0u64;
+    let mut json = Vec::with_capacity(256);
+    loop {
+        let page: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&keys.stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = page.ids.len();
+        for e in &page.ids {
+            let Ok(d) = decode_entry(e, &mut decoder) else {
+                continue;
+            };
+            for (i, s) in d.samples.iter().enumerate() {
+                let Some(pos) = Position::from_entry(&d.id, i as u32) else {
+                    continue;
+                };
+                if pos <= since {
+                    continue;
+                }
+                last = last.max(pos);
+                if !wanted(&s.server_id) {
+                    continue;
+                }
+                json.clear();
+                event::sample(&mut json, s, Some(&pos.to_string()));
+                client.send(Bytes::copy_from_slice(&json));
+                count += 1;
+            }
+            start = format!("({}", e.id);
+        }
+        if n < 500 {
+            break;
+        }
+    }
+    let mut done = Vec::with_capacity(128);
+    done.extend_from_slice(b"{\"type\":\"replayed\",\"since\":");
+    event::write_str(&mut done, &since.to_string());
+    done.extend_from_slice(b",\"count\":");
+    event::write_u64(&mut done, count);
+    done.extend_from_slice(b",\"complete\":");
+    done.extend_from_slice(if truncated { b"false" } else { b"true" });
+    done.push(b'}');
+    client.send(done);
+    let seen = (last.ms, last.seq, last.index);
+    client.release(|e| e.position.is_some_and(|p| p <= seen));
+    Ok(count)
+}
+
+/// Snapshots from the per-server Redis hashes the workers keep.
+pub struct RedisSnapshots {
+    pub pool: Pool,
+    pub keys: Keys,
+}
+
+impl SnapshotSource for RedisSnapshots {
+    fn snapshot(&self, server_id: Option<String>) -> BoxFuture<Result<Bytes, String>> {
+        let pool = self.pool.clone();
+        let keys = self.keys.clone();
+        Box::pin(async move {
+            let mut conn = pool
+                .get()
+                .await
+                .map_err(|e| format!("Redis is unavailable: {e}"))?;
+            let servers: Vec<String> = match &server_id {
+                Some(s) => vec![s.clone()],
+                None => {
+                    let mut all: Vec<String> = redis::cmd("SMEMBERS")
+                        .arg(&keys.servers)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    all.sort();
+                    all.truncate(10_000);
+                    all
+                }
+            };
+            let mut pipe = redis::pipe();
+            for s in &servers {
+                pipe.cmd("HGETALL").arg(keys.server(s));
+            }
+            let hashes: Vec<Vec<(String, Value)>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut b = Vec::with_capacity(1024);
+            b.extend_from_slice(b"{\"type\":\"snapshot\",\"serverId\":");
+            match &server_id {
+                Some(s) => event::write_str(&mut b, s),
+                None => b.extend_from_slice(b"null"),
+            }
+            b.extend_from_slice(b",\"serverTime\":");
+            event::write_u64(&mut b, now_ms());
+            b.extend_from_slice(b",\"servers\":[");
+            let mut first = true;
+            for (s, fields) in servers.iter().zip(hashes) {
+                if fields.is_empty() {
+                    if server_id.is_some() {
+                        return Err(format!("no data for server `{s}`"));
+                    }
+                    continue;
+                }
+                if !first {
+                    b.push(b',');
+                }
+                first = false;
+                write_server(&mut b, s, &fields);
+            }
+            b.extend_from_slice(b"]}");
+            Ok(Bytes::from(b))
+        })
+    }
+}
+
+fn text(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn write_server(b: &mut Vec<u8>, server: &str, fields: &[(String, Value)]) {
+    b.extend_from_slice(b"{\"serverId\":");
+    event::write_str(b, server);
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(f, _)| f == k)
+            .and_then(|(_, v)| text(v))
+    };
+    b.extend_from_slice(b",\"timestamp\":");
+    b.extend_from_slice(get("_timestamp").unwrap_or(b"null"));
+    b.extend_from_slice(b",\"id\":");
+    match get("_id").and_then(|v| std::str::from_utf8(v).ok()) {
+        Some(id) => event::write_str(b, id),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.extend_from_slice(b",\"metrics\":{");
+    let mut first = true;
+    let mut metrics: Vec<_> = fields.iter().filter(|(f, _)| !f.starts_with('_')).collect();
+    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, v) in metrics {
+        let Some(v) = text(v) else { continue };
+        if !first {
+            b.push(b',');
+        }
+        first = false;
+        event::write_str(b, name);
+        b.push(b':');
+        b.extend_from_slice(v);
+    }
+    b.extend_from_slice(b"},\"windows\":[");
+    let mut first = true;
+    let mut windows: Vec<_> = fields
+        .iter()
+        .filter(|(f, _)| f.starts_with("_window:"))
+        .collect();
+    windows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, v) in windows {
+        let Some(v) = text(v) else { continue };
+        if !first {
+            b.push(b',');
+        }
+        first = false;
+        b.extend_from_slice(v);
+    }
+    b.extend_from_slice(b"]}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_into_events_without_parsing_json() {
+        let payload = Bytes::from_static(
+            b"S\tweb-1\t17-0/2\t{\"type\":\"sample\"}\nW\t*\t\t{\"type\":\"window\"}\nbogus\n",
+        );
+        let events = parse_batch(payload);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].kind, EventKind::Sample);
+        assert_eq!(&*events[0].server, "web-1");
+        assert_eq!(events[0].position, Some((17, 0, 2)));
+        assert_eq!(&events[0].json[..], b"{\"type\":\"sample\"}");
+        assert_eq!(events[1].kind, EventKind::Window);
+        assert_eq!(events[1].position, None);
+    }
+}

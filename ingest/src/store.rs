@@ -1,0 +1,256 @@
+//! Writing to Redis: the connection pool and the pipeline writer that coalesces the writes of
+//! concurrent requests.
+//!
+//! Each request becomes one `XADD` (all its samples in one entry). Requests queue their entry
+//! on a channel; a few writer tasks, each holding one pooled connection for as long as it works,
+//! take everything queued at that moment and send it as one pipeline. Under load a request
+//! therefore shares its round trip with every other request that arrived meanwhile, and with
+//! `K` writers at most `K` pipelines are in flight.
+//!
+//! Why connections are held rather than taken per request: with redis 1.x, deadpool-redis
+//! recycles a connection on every `pool.get()` with a round trip (`UNWATCH` + `PING`), which
+//! would double the Redis traffic of a single-sample request. A writer drops its connection
+//! (instead of returning it) after any error, so a broken connection is never reused.
+//!
+//! redis 1.x async connections time out responses after 500 ms by default; here the response
+//! timeout is set deliberately (`--redis-timeout`), above the request deadline, so a slow Redis
+//! surfaces as a 503 at the deadline and a dead connection is replaced soon after.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
+use deadpool_redis::{Connection, Manager, Pool, Runtime};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::keys::Keys;
+
+/// Why a write did not reach Redis.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+    #[error("Redis refused the write: {0}")]
+    Redis(String),
+    #[error("the writer is shutting down")]
+    Closed,
+}
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub url: String,
+    pub size: usize,
+    pub response_timeout: Duration,
+}
+
+/// Builds a pool whose connections have a deliberate response timeout.
+pub fn pool(opts: &PoolOptions) -> Result<Pool, StoreError> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(opts.response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(2)));
+    let manager = Manager::new_with_config(opts.url.as_str(), cfg)
+        .map_err(|e| StoreError::Unavailable(format!("bad REDIS_URL: {e}")))?;
+    Pool::builder(manager)
+        .max_size(opts.size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// `PING` through the pool: is Redis answering?
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// One stream entry to write.
+#[derive(Debug)]
+pub struct Entry {
+    pub arrival_ms: u64,
+    /// Samples in `payload`.
+    pub count: usize,
+    /// Normalised samples, one JSON object per line.
+    pub payload: Vec<u8>,
+}
+
+struct Job {
+    entry: Entry,
+    reply: oneshot::Sender<Result<String, StoreError>>,
+}
+
+/// Writer settings.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Concurrent pipelines (each on its own connection).
+    pub writers: usize,
+    /// Most entries in one pipeline.
+    pub max_pipeline: usize,
+    /// `MAXLEN ~` of the stream.
+    pub maxlen: u64,
+    /// This front door's id, stored with each entry.
+    pub node: String,
+}
+
+/// Counters of the writer.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub pipelines: AtomicU64,
+    pub entries: AtomicU64,
+    pub samples: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The outcome of a queued write.
+pub type Pending = oneshot::Receiver<Result<String, StoreError>>;
+
+/// Queues entries for the pipeline writers.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    /// Starts `opts.writers` writer tasks on `pool`.
+    pub fn start(pool: Pool, keys: Keys, opts: WriterOptions) -> Self {
+        let (tx, rx) = mpsc::channel(65_536);
+        let rx = Arc::new(Mutex::new(rx));
+        let stats = Arc::new(WriterStats::default());
+        for _ in 0..opts.writers.max(1) {
+            tokio::spawn(run_writer(
+                pool.clone(),
+                keys.clone(),
+                opts.clone(),
+                rx.clone(),
+                stats.clone(),
+            ));
+        }
+        Self { tx, stats }
+    }
+
+    /// Writes one entry; returns its stream id once Redis has it.
+    pub async fn write(&self, entry: Entry) -> Result<String, StoreError> {
+        self.submit(entry)
+            .await?
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Queues one entry; the receiver yields its stream id once Redis has it. Lets a caller
+    /// keep several writes in flight and collect the acknowledgements in order.
+    pub async fn submit(&self, entry: Entry) -> Result<Pending, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { entry, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+}
+
+async fn run_writer(
+    pool: Pool,
+    keys: Keys,
+    opts: WriterOptions,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    stats: Arc<WriterStats>,
+) {
+    let mut conn: Option<Connection> = None;
+    let mut jobs: Vec<Job> = Vec::with_capacity(opts.max_pipeline);
+    let maxlen = opts.maxlen.to_string();
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(j) => jobs.push(j),
+                None => return,
+            }
+            while jobs.len() < opts.max_pipeline {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match pool.get().await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let err = StoreError::Unavailable(e.to_string());
+                    for j in jobs.drain(..) {
+                        let _ = j.reply.send(Err(err.clone()));
+                    }
+                    continue;
+                }
+            },
+        };
+        let mut pipe = redis::pipe();
+        for j in &jobs {
+            pipe.cmd("XADD")
+                .arg(&keys.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(&maxlen)
+                .arg("*")
+                .arg("n")
+                .arg(&opts.node)
+                .arg("a")
+                .arg(j.entry.arrival_ms)
+                .arg("d")
+                .arg(&j.entry.payload);
+        }
+        // Never cancelled half-way: a dropped pipeline would leave its replies on the connection.
+        match pipe.query_async::<Vec<String>>(c).await {
+            Ok(ids) if ids.len() == jobs.len() => {
+                stats.pipelines.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .entries
+                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                let samples: usize = jobs.iter().map(|j| j.entry.count).sum();
+                stats.samples.fetch_add(samples as u64, Ordering::Relaxed);
+                for (j, id) in jobs.drain(..).zip(ids) {
+                    let _ = j.reply.send(Ok(id));
+                }
+            }
+            other => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                let err = match other {
+                    Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                        StoreError::Unavailable(e.to_string())
+                    }
+                    Err(e) => StoreError::Redis(e.to_string()),
+                    Ok(ids) => StoreError::Redis(format!(
+                        "{} replies for {} writes",
+                        ids.len(),
+                        jobs.len()
+                    )),
+                };
+                for j in jobs.drain(..) {
+                    let _ = j.reply.send(Err(err.clone()));
+                }
+                // Do not hand a connection in an unknown state back to the pool.
+                if let Some(c) = conn.take() {
+                    drop(Connection::take(c));
+                }
+            }
+        }
+    }
+}
