@@ -21,5 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod page;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod tls;
 pub mod ws;

@@ -1,0 +1,191 @@
+//! Test helpers shared by both systems' test suites (feature `test-util`): a WebSocket peer
+//! whose frames are read by a task into a channel (frame reads are not cancel-safe, channel
+//! receives are), and a bare HTTP/1.1 GET.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::client::{self, ClientError};
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A client socket: a writer half here, frames read by a task into a channel (reads are not
+/// cancel-safe, a channel receive is).
+pub struct Peer {
+    pub tx: WebSocketWrite<tokio::io::WriteHalf<TokioIo<Upgraded>>>,
+    pub rx: mpsc::UnboundedReceiver<Incoming>,
+}
+
+#[derive(Debug)]
+pub enum Incoming {
+    Event(Value),
+    Ping,
+    Close(u16),
+    Gone,
+}
+
+pub async fn connect(addr: SocketAddr, path: &str) -> Result<Peer, ClientError> {
+    connect_with(addr, path, None, &[]).await
+}
+
+pub async fn connect_with(
+    addr: SocketAddr,
+    path: &str,
+    tls: Option<Arc<ClientConfig>>,
+    headers: &[(&str, &str)],
+) -> Result<Peer, ClientError> {
+    let ws = client::connect(addr, "localhost", path, tls, headers).await?;
+    Ok(spawn_reader(ws))
+}
+
+pub fn spawn_reader(mut ws: client::ClientSocket) -> Peer {
+    ws.set_auto_pong(false);
+    ws.set_auto_close(false);
+    let (mut r, tx) = ws.split(tokio::io::split);
+    let (send, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut noop = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+        loop {
+            match r.read_frame(&mut noop).await {
+                Ok(f) => match f.opcode {
+                    OpCode::Text => {
+                        let v: Value =
+                            serde_json::from_slice(&f.payload).expect("server sent JSON");
+                        let items = match v {
+                            Value::Array(a) => a,
+                            one => vec![one],
+                        };
+                        for e in items {
+                            let _ = send.send(Incoming::Event(e));
+                        }
+                    }
+                    OpCode::Close => {
+                        let code = if f.payload.len() >= 2 {
+                            u16::from_be_bytes([f.payload[0], f.payload[1]])
+                        } else {
+                            1005
+                        };
+                        let _ = send.send(Incoming::Close(code));
+                        break;
+                    }
+                    OpCode::Ping => {
+                        let _ = send.send(Incoming::Ping);
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    let _ = send.send(Incoming::Gone);
+                    break;
+                }
+            }
+        }
+    });
+    Peer { tx, rx }
+}
+
+impl Peer {
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_raw(OpCode::Text, text.as_bytes(), true)
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(
+        &mut self,
+        op: OpCode,
+        bytes: &[u8],
+        fin: bool,
+    ) -> Result<(), WebSocketError> {
+        self.tx
+            .write_frame(Frame::new(fin, op, None, Payload::Owned(bytes.to_vec())))
+            .await?;
+        self.tx.flush().await
+    }
+
+    /// The next event (ignoring pings), failing the test after `WAIT`.
+    pub async fn next(&mut self) -> Incoming {
+        loop {
+            match tokio::time::timeout(WAIT, self.rx.recv()).await {
+                Ok(Some(Incoming::Ping)) => continue,
+                Ok(Some(x)) => return x,
+                Ok(None) => return Incoming::Gone,
+                Err(_) => panic!("nothing received within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// The next event whose `type` is `kind`, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            match self.next().await {
+                Incoming::Event(e) if e["type"] == kind => return e,
+                Incoming::Event(_) => continue,
+                other => panic!("expected a {kind} event, got {other:?}"),
+            }
+        }
+    }
+
+    /// Like `next_of`, also matching `serverId`.
+    pub async fn next_for(&mut self, kind: &str, server: &str) -> Value {
+        loop {
+            let e = self.next_of(kind).await;
+            if e["serverId"] == server {
+                return e;
+            }
+        }
+    }
+
+    /// Events that arrive within `d`.
+    pub async fn collect_for(&mut self, d: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        let end = tokio::time::Instant::now() + d;
+        while let Ok(Some(x)) = tokio::time::timeout_at(end, self.rx.recv()).await {
+            if let Incoming::Event(e) = x {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// The close code the server sent, skipping events.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.next().await {
+                Incoming::Event(_) => continue,
+                Incoming::Close(c) => return Some(c),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text[9..12].parse().expect("status code");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
