@@ -150,6 +150,10 @@ pub struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "INGEST_LOG_JSON", global = true)]
     pub log_json: bool,
+    /// Fault injection (tests only): a worker sleeps this many ms between reading a batch and
+    /// publishing it.
+    #[arg(long, env = "INGEST_FAULT_PAUSE_MS", hide = true, global = true)]
+    pub fault_pause_ms: Option<u64>,
 }
 
 /// Which parts run in this process.
@@ -189,6 +193,7 @@ pub struct Settings {
     pub max_series: usize,
     pub queue: QueueLimits,
     pub ws: WsConfig,
+    pub fault_pause: Option<Duration>,
 }
 
 /// Why the configuration was refused.
@@ -292,6 +297,7 @@ impl Args {
                 other_cap: (self.dashboard_queue * 16).max(65_536),
             },
             ws: WsConfig::default(),
+            fault_pause: self.fault_pause_ms.map(Duration::from_millis),
         })
     }
 }

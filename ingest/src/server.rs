@@ -155,6 +155,7 @@ impl Server {
                     windows: settings.windows.clone(),
                     max_series: settings.max_series,
                     lease: settings.lease,
+                    pause_after_read: settings.fault_pause,
                 },
                 worker_stats.clone(),
                 shutdown.clone(),

@@ -45,6 +45,9 @@ pub struct WorkerOptions {
     pub max_series: usize,
     /// Window leader lease.
     pub lease: Duration,
+    /// Fault injection for tests: sleep this long between reading a batch and publishing it,
+    /// so a test can kill the worker with the batch pending.
+    pub pause_after_read: Option<Duration>,
 }
 
 /// Counters.
@@ -223,6 +226,9 @@ async fn sample_loop(
             }
             if entries.is_empty() {
                 continue;
+            }
+            if let Some(pause) = opts.pause_after_read {
+                tokio::time::sleep(pause).await;
             }
             if let Err(e) = publish_batch(&mut conn, &keys, &entries, &mut decoder, &stats).await {
                 tracing::warn!(error = %e, "publishing a batch failed; it stays pending and will be claimed");

@@ -1,0 +1,254 @@
+//! Test harness: a redis-server of our own on a free port (which a test may stop and restart),
+//! System 1 in-process on 127.0.0.1:0, HTTP/1.1, h2c and h2-over-TLS clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+pub use metrics_edge::testing::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use ingest::{Listeners, Role, Server, Settings};
+
+/// A redis-server child process on its own port.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server must be installed for these tests (Debian package: redis-server)",
+            );
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("test connection to redis")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub shutdown: CancellationToken,
+    pub server_done: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Settings for tests: short windows, quick claims, a small deadline.
+pub fn settings(redis: &Redis) -> Settings {
+    let mut s = Settings::local(&redis.url());
+    s.windows = metrics_model::window::WindowSpec::parse_list("200ms,1s").expect("windows");
+    s.claim_idle = Duration::from_millis(500);
+    s.lease = Duration::from_millis(600);
+    s.deadline = Duration::from_millis(800);
+    s.redis_timeout = Duration::from_millis(1500);
+    s
+}
+
+pub async fn start(settings: Settings) -> TestServer {
+    start_with_tls(settings, None).await
+}
+
+pub async fn start_role(mut settings: Settings, role: Role) -> TestServer {
+    settings.role = role;
+    start(settings).await
+}
+
+pub async fn start_with_tls(
+    settings: Settings,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> TestServer {
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let tls = match tls {
+        Some(cfg) => Some((
+            TcpListener::bind("127.0.0.1:0").await.expect("bind tls"),
+            tokio_rustls::TlsAcceptor::from(cfg),
+        )),
+        None => None,
+    };
+    let shutdown = CancellationToken::new();
+    let server = Server::start(
+        settings,
+        Listeners {
+            plain: Some(plain),
+            tls,
+        },
+        shutdown.clone(),
+    )
+    .expect("server starts");
+    let addr = server.plain_addr.expect("plain addr");
+    let tls_addr = server.tls_addr;
+    let server_done = tokio::spawn(server.wait());
+    TestServer {
+        addr,
+        tls_addr,
+        shutdown,
+        server_done,
+    }
+}
+
+/// An HTTP response as a test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+    pub version: http::Version,
+}
+
+/// How to reach the server.
+#[derive(Clone)]
+pub enum Transport {
+    Http1,
+    H2c,
+    H2Tls(Arc<rustls::ClientConfig>),
+}
+
+/// Sends one request on a fresh connection.
+pub async fn request(addr: SocketAddr, t: &Transport, req: Request<Full<Bytes>>) -> Reply {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let resp = match t {
+        Transport::Http1 => {
+            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .expect("h1 handshake");
+            tokio::spawn(conn);
+            s.send_request(req).await.expect("h1 request")
+        }
+        Transport::H2c => {
+            let (mut s, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .expect("h2c handshake");
+            tokio::spawn(conn);
+            s.send_request(req).await.expect("h2c request")
+        }
+        Transport::H2Tls(cfg) => {
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake");
+            assert_eq!(
+                tls.get_ref().1.alpn_protocol(),
+                Some(&b"h2"[..]),
+                "ALPN picked h2"
+            );
+            let (mut s, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .expect("h2 handshake");
+            tokio::spawn(conn);
+            s.send_request(req).await.expect("h2 request")
+        }
+    };
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version,
+    }
+}
+
+/// `POST /metrics` with a content type.
+pub async fn post(
+    addr: SocketAddr,
+    t: &Transport,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let req = Request::post(format!("http://{addr}/metrics"))
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("request");
+    request(addr, t, req).await
+}
+
+/// A sample as the Node.js agents send it.
+pub fn sample(server: &str, cpu: f64) -> String {
+    format!(
+        r#"{{"serverId":"{server}","metrics":{{"cpu":{cpu},"network":{{"in":812,"out":230}}}}}}"#
+    )
+}
+
+/// Entries in the stream.
+pub fn xlen(redis: &Redis) -> u64 {
+    redis::cmd("XLEN")
+        .arg("metrics:samples")
+        .query(&mut redis.conn())
+        .expect("XLEN")
+}
