@@ -163,7 +163,7 @@ pub fn window<'a>(
     out.extend_from_slice(b"}}");
 }
 
-/// `{"type":"hello","system":S,"windows":[...],"serverTime":MS,"filter":null|[...],"queue":N}`
+/// `{"type":"hello","system":S,"windows":[...],"serverTime":MS,"filter":null|[...]}`
 pub fn hello(
     out: &mut Vec<u8>,
     system: &str,
