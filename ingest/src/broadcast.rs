@@ -188,7 +188,7 @@ pub async fn replay(
     let mut count = 0u64;
     let mut json = Vec::with_capacity(256);
     loop {
-        let page: StreamRangeReply = redis::cmd("XRANGE")
+        let mut page: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&keys.stream)
             .arg(&start)
             .arg("+")
@@ -198,7 +198,7 @@ pub async fn replay(
             .await
             .map_err(|e| e.to_string())?;
         let n = page.ids.len();
-        for e in &page.ids {
+        for e in &mut page.ids {
             let Ok(d) = decode_entry(e, &mut decoder) else {
                 continue;
             };

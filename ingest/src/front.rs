@@ -209,9 +209,16 @@ async fn read_body(
             }
         })?
         .to_bytes();
+    if enc == Encoding::Identity {
+        // A body that arrived in one frame is handed over without a copy.
+        return Ok(match raw.try_into_mut() {
+            Ok(b) => b.into(),
+            Err(raw) => raw.to_vec(),
+        });
+    }
     let mut out = Vec::with_capacity(raw.len().min(max) * 2);
     let decoded = match enc {
-        Encoding::Identity => return Ok(raw.to_vec()),
+        Encoding::Identity => unreachable!("handled above"),
         Encoding::Gzip => flate2::read::GzDecoder::new(&raw[..])
             .take(max as u64 + 1)
             .read_to_end(&mut out),

@@ -68,11 +68,11 @@ pub struct Decoded {
     pub samples: Vec<Sample>,
 }
 
-/// Decodes a stream entry written by the front door.
-pub fn decode_entry(e: &StreamId, decoder: &mut Decoder) -> Result<Decoded, String> {
-    let field = |k: &str| match e.map.get(k) {
-        Some(Value::BulkString(b)) => Some(b.clone()),
-        Some(Value::SimpleString(s)) => Some(s.clone().into_bytes()),
+/// Decodes a stream entry written by the front door (taking its fields out of `e`).
+pub fn decode_entry(e: &mut StreamId, decoder: &mut Decoder) -> Result<Decoded, String> {
+    let mut field = |k: &str| match e.map.remove(k) {
+        Some(Value::BulkString(b)) => Some(b),
+        Some(Value::SimpleString(s)) => Some(s.into_bytes()),
         _ => None,
     };
     let arrival_ms = field("a")
@@ -230,7 +230,9 @@ async fn sample_loop(
             if let Some(pause) = opts.pause_after_read {
                 tokio::time::sleep(pause).await;
             }
-            if let Err(e) = publish_batch(&mut conn, &keys, &entries, &mut decoder, &stats).await {
+            if let Err(e) =
+                publish_batch(&mut conn, &keys, &mut entries, &mut decoder, &stats).await
+            {
                 tracing::warn!(error = %e, "publishing a batch failed; it stays pending and will be claimed");
                 break;
             }
@@ -294,7 +296,7 @@ async fn claim(
 async fn publish_batch(
     conn: &mut Connection,
     keys: &Keys,
-    entries: &[StreamId],
+    entries: &mut [StreamId],
     decoder: &mut Decoder,
     stats: &WorkerStats,
 ) -> redis::RedisResult<()> {
@@ -303,7 +305,7 @@ async fn publish_batch(
     let mut latest: HashMap<String, (Sample, Position, u64)> = HashMap::new();
     let mut n = 0u64;
     let mut json = Vec::with_capacity(256);
-    for e in entries {
+    for e in entries.iter_mut() {
         let d = match decode_entry(e, decoder) {
             Ok(d) => d,
             Err(msg) => {
@@ -348,7 +350,7 @@ async fn publish_batch(
     }
     let mut ack = redis::cmd("XACK");
     ack.arg(&keys.stream).arg(WORKERS_GROUP);
-    for e in entries {
+    for e in entries.iter() {
         ack.arg(&e.id);
     }
     pipe.add_command(ack).ignore();
@@ -440,9 +442,9 @@ async fn window_loop(
                             )
                             .await
                             {
-                                Ok(entries) => {
+                                Ok(mut entries) => {
                                     if let Some(r) = rollup.as_mut() {
-                                        for e in &entries {
+                                        for e in &mut entries {
                                             if let Ok(d) = decode_entry(e, &mut decoder) {
                                                 r.add(d.arrival_ms, &d.samples, &mut closed);
                                             }
@@ -474,7 +476,7 @@ async fn window_loop(
             }
             let Some(r) = rollup.as_mut() else { continue };
             let until_close = r.next_close().saturating_sub(now_ms()).clamp(1, 250);
-            let entries = match read(
+            let mut entries = match read(
                 &mut conn,
                 &keys,
                 WINDOWS_GROUP,
@@ -487,7 +489,7 @@ async fn window_loop(
                 Ok(e) => e,
                 Err(_) => break,
             };
-            for e in &entries {
+            for e in &mut entries {
                 match decode_entry(e, &mut decoder) {
                     Ok(d) => r.add(d.arrival_ms, &d.samples, &mut closed),
                     Err(msg) => {
