@@ -98,25 +98,17 @@ pub async fn handle(front: &Arc<Front>, req: Request<Incoming>) -> Option<Respon
             ),
             Err(r) => r.into_response(),
         },
-        ("/metrics/stream", &Method::POST) => match stream(front, req).await {
+        // Boxed: the streaming path is long-lived and rare; keep its state out of every request's future.
+        ("/metrics/stream", &Method::POST) => match Box::pin(stream(front, req)).await {
             Ok(r) => r,
             Err(r) => r.into_response(),
         },
         ("/metrics" | "/metrics/stream", _) => h::method_not_allowed("POST"),
         ("/healthz", &Method::GET) => h::json(StatusCode::OK, "{\"status\":\"ok\"}"),
-        ("/readyz", &Method::GET) => {
-            match tokio::time::timeout(Duration::from_secs(1), store::ping(&front.pool)).await {
-                Ok(Ok(())) => h::json(StatusCode::OK, "{\"status\":\"ready\",\"redis\":\"ok\"}"),
-                Ok(Err(e)) => {
-                    Refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
-                }
-                Err(_) => Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Redis did not answer PING within 1 s".into(),
-                )
-                .into_response(),
-            }
-        }
+        ("/readyz", &Method::GET) => match store::ping(&front.pool, Duration::from_secs(1)).await {
+            Ok(()) => h::json(StatusCode::OK, "{\"status\":\"ready\",\"redis\":\"ok\"}"),
+            Err(e) => Refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        },
         _ => return None,
     })
 }
@@ -247,16 +239,6 @@ async fn read_body(
     }
 }
 
-/// Encodes samples as the stream entry's NDJSON payload.
-pub fn payload(samples: &[Sample]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(samples.len() * 160);
-    for s in samples {
-        event::agent_sample(&mut out, s);
-        out.push(b'\n');
-    }
-    out
-}
-
 async fn ingest(front: &Arc<Front>, req: Request<Incoming>) -> Result<usize, Refusal> {
     let (format, enc) = check_headers(front, &req)?;
     let arrival = now_ms();
@@ -271,9 +253,8 @@ async fn ingest(front: &Arc<Front>, req: Request<Incoming>) -> Result<usize, Ref
     })?;
     let n = samples.len();
     let entry = Entry {
-        arrival_ms: arrival,
         count: n,
-        payload: payload(&samples),
+        value: crate::keys::entry_value(arrival, front.writer.node(), &samples),
     };
     match tokio::time::timeout(front.opts.deadline, front.writer.write(entry)).await {
         Ok(Ok(_id)) => Ok(n),
@@ -442,9 +423,8 @@ async fn submit(
 ) -> bool {
     let count = samples.len();
     let entry = Entry {
-        arrival_ms,
         count,
-        payload: payload(&samples),
+        value: crate::keys::entry_value(arrival_ms, front.writer.node(), &samples),
     };
     let ack = match front.writer.submit(entry).await {
         Ok(pending) => Ack::Written { pending, count },

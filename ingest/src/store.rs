@@ -61,8 +61,26 @@ pub fn pool(opts: &PoolOptions) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
-/// `PING` through the pool: is Redis answering?
-pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+/// `PING` through the pool, within `timeout`: is Redis answering?
+///
+/// Boxed: a pool checkout embeds the connection-creation future (kilobytes), and the routes that
+/// call this share their future's size with the hot path, which tokio copies at every spawn.
+pub fn ping(
+    pool: &Pool,
+    timeout: std::time::Duration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>> {
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, ping_now(pool)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "Redis did not answer PING within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    })
+}
+
+async fn ping_now(pool: &Pool) -> Result<(), StoreError> {
     let mut conn = pool
         .get()
         .await
@@ -77,11 +95,10 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
 /// One stream entry to write.
 #[derive(Debug)]
 pub struct Entry {
-    pub arrival_ms: u64,
-    /// Samples in `payload`.
+    /// Samples in `value`.
     pub count: usize,
-    /// Normalised samples, one JSON object per line.
-    pub payload: Vec<u8>,
+    /// The entry's value, from [`crate::keys::entry_value`].
+    pub value: Vec<u8>,
 }
 
 struct Job {
@@ -119,6 +136,7 @@ pub type Pending = oneshot::Receiver<Result<String, StoreError>>;
 pub struct Writer {
     tx: mpsc::Sender<Job>,
     stats: Arc<WriterStats>,
+    node: Arc<str>,
 }
 
 impl Writer {
@@ -127,6 +145,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(65_536);
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(WriterStats::default());
+        let node = Arc::from(opts.node.as_str());
         for _ in 0..opts.writers.max(1) {
             tokio::spawn(run_writer(
                 pool.clone(),
@@ -136,7 +155,7 @@ impl Writer {
                 stats.clone(),
             ));
         }
-        Self { tx, stats }
+        Self { tx, stats, node }
     }
 
     /// Writes one entry; returns its stream id once Redis has it.
@@ -156,6 +175,11 @@ impl Writer {
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// This front door's node id, written into each entry.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Counters.
@@ -210,12 +234,8 @@ async fn run_writer(
                 .arg("~")
                 .arg(&maxlen)
                 .arg("*")
-                .arg("n")
-                .arg(&opts.node)
-                .arg("a")
-                .arg(j.entry.arrival_ms)
-                .arg("d")
-                .arg(&j.entry.payload);
+                .arg(crate::keys::ENTRY_FIELD)
+                .arg(&j.entry.value);
         }
         // Never cancelled half-way: a dropped pipeline would leave its replies on the connection.
         match pipe.query_async::<Vec<String>>(c).await {

@@ -2,6 +2,9 @@
 //! snapshots, acknowledge; one worker at a time (the lease holder) also runs the window roll-up
 //! from its own `windows` group.
 //!
+//! Each sample is enriched with its arrival time at the front door and that front door's node
+//! id (the snapshot hash keeps both as `_arrival` and `_node`).
+//!
 //! Per consumed batch: one pipeline of `HSET` (one per server in the batch), `SADD`, one
 //! `PUBLISH` carrying every event of the batch, and one `XACK`, sent after the events are
 //! published. A worker killed mid-batch leaves its entries pending; every worker periodically
@@ -65,27 +68,33 @@ pub struct WorkerStats {
 pub struct Decoded {
     pub id: String,
     pub arrival_ms: u64,
+    /// The front door that accepted it.
+    pub node: String,
     pub samples: Vec<Sample>,
 }
 
-/// Decodes a stream entry written by the front door (taking its fields out of `e`).
+/// Decodes a stream entry written by the front door (taking its value out of `e`).
 pub fn decode_entry(e: &mut StreamId, decoder: &mut Decoder) -> Result<Decoded, String> {
-    let mut field = |k: &str| match e.map.remove(k) {
-        Some(Value::BulkString(b)) => Some(b),
-        Some(Value::SimpleString(s)) => Some(s.into_bytes()),
-        _ => None,
+    let mut value = match e.map.remove(crate::keys::ENTRY_FIELD) {
+        Some(Value::BulkString(b)) => b,
+        Some(Value::SimpleString(s)) => s.into_bytes(),
+        _ => {
+            return Err(format!(
+                "entry {} has no `{}` field",
+                e.id,
+                crate::keys::ENTRY_FIELD
+            ))
+        }
     };
-    let arrival_ms = field("a")
-        .and_then(|a| String::from_utf8(a).ok())
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("entry {} has no arrival time", e.id))?;
-    let mut d = field("d").ok_or_else(|| format!("entry {} has no samples", e.id))?;
+    let (arrival_ms, node, ndjson) = crate::keys::split_entry_value(&mut value)
+        .ok_or_else(|| format!("entry {} has no header line", e.id))?;
     let samples = decoder
-        .decode_ndjson(&mut d, arrival_ms)
+        .decode_ndjson(ndjson, arrival_ms)
         .map_err(|err| format!("entry {}: {err}", e.id))?;
     Ok(Decoded {
         id: e.id.clone(),
         arrival_ms,
+        node,
         samples,
     })
 }
@@ -302,7 +311,7 @@ async fn publish_batch(
 ) -> redis::RedisResult<()> {
     let mut lines = Vec::with_capacity(entries.len() * 256);
     // Latest sample per server in this batch, for the snapshot hashes.
-    let mut latest: HashMap<String, (Sample, Position, u64)> = HashMap::new();
+    let mut latest: HashMap<String, (Sample, Position, u64, Arc<str>)> = HashMap::new();
     let mut n = 0u64;
     let mut json = Vec::with_capacity(256);
     for e in entries.iter_mut() {
@@ -315,6 +324,7 @@ async fn publish_batch(
                 continue;
             }
         };
+        let node: Arc<str> = Arc::from(d.node.as_str());
         for (i, s) in d.samples.into_iter().enumerate() {
             let Some(pos) = Position::from_entry(&d.id, i as u32) else {
                 continue;
@@ -323,11 +333,11 @@ async fn publish_batch(
             event::sample(&mut json, &s, Some(&pos.to_string()));
             event_line(&mut lines, b'S', &s.server_id, Some(pos), &json);
             n += 1;
-            latest.insert(s.server_id.clone(), (s, pos, d.arrival_ms));
+            latest.insert(s.server_id.clone(), (s, pos, d.arrival_ms, node.clone()));
         }
     }
     let mut pipe = redis::pipe();
-    for (server, (s, pos, arrival)) in &latest {
+    for (server, (s, pos, arrival, node)) in &latest {
         let key = keys.server(server);
         let mut cmd = redis::cmd("HSET");
         cmd.arg(&key)
@@ -335,6 +345,8 @@ async fn publish_batch(
             .arg(s.timestamp)
             .arg("_arrival")
             .arg(*arrival)
+            .arg("_node")
+            .arg(&**node)
             .arg("_id")
             .arg(pos.to_string());
         for (name, v) in s.metrics.iter() {
