@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, env = "AGG_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
     /// Sample events queued per dashboard before its oldest are dropped (and counted).
-    #[arg(long, env = "AGG_DASHBOARD_QUEUE", default_value_t = 4096)]
+    #[arg(long, env = "AGG_DASHBOARD_QUEUE", default_value_t = 16_384)]
     pub dashboard_queue: usize,
     /// Batches the connection-to-aggregator ring holds before connections wait.
     #[arg(long, env = "AGG_RING", default_value_t = 65_536)]

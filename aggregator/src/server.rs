@@ -194,16 +194,23 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
                     Err(msg) => return h::error(StatusCode::BAD_REQUEST, &msg),
                 };
                 let ctx = app.ctx.clone();
-                dashboard::upgrade(req, &app.ctx, Audience::Dashboard, filter, move |_| {
-                    DashboardHandler::new(ctx)
-                })
+                dashboard::upgrade(
+                    req,
+                    &app.ctx,
+                    Audience::Dashboard,
+                    filter,
+                    false,
+                    move |_| DashboardHandler::new(ctx),
+                )
             } else {
                 let handler = IngestHandler::new(
                     app.ctx.clone(),
                     app.aggregator.clone(),
                     app.settings.limits,
                 );
-                dashboard::upgrade(req, &app.ctx, Audience::Producer, None, move |_| handler)
+                dashboard::upgrade(req, &app.ctx, Audience::Producer, None, false, move |_| {
+                    handler
+                })
             }
         }
         ("/" | "/ingest" | "/ws" | "/healthz" | "/stats", _) => h::method_not_allowed("GET"),

@@ -62,11 +62,13 @@ pub fn filter_from_query(req: &Request<Incoming>) -> Result<ServerFilter, String
 }
 
 /// Upgrades `req` and spawns a session of `audience`; `make` builds its message handler.
+/// With `held`, the client's live events wait until the caller releases them (for a replay).
 pub fn upgrade<H, F>(
     mut req: Request<Incoming>,
     ctx: &DashboardContext,
     audience: Audience,
     filter: ServerFilter,
+    held: bool,
     make: F,
 ) -> Response<Body>
 where
@@ -83,7 +85,7 @@ where
         Ok(x) => x,
         Err(e) => return http::error(StatusCode::BAD_REQUEST, &ws::upgrade_error(&e)),
     };
-    let reg = ctx.hub.register(audience, filter.clone());
+    let reg = ctx.hub.register_with(audience, filter.clone(), held);
     let client = reg.client().clone();
     if audience == Audience::Dashboard {
         client.send(ctx.hello(filter.as_deref()));

@@ -58,7 +58,7 @@ pub struct QueueLimits {
 impl Default for QueueLimits {
     fn default() -> Self {
         Self {
-            sample_cap: 4096,
+            sample_cap: 16_384,
             other_cap: 65_536,
         }
     }
@@ -76,6 +76,9 @@ struct Outbox {
     close: Option<(u16, String)>,
     /// While a replay runs, published events wait here instead of the queues.
     held: Option<Vec<Event>>,
+    /// After a replay: events at or before this log position were sent by the replay, and
+    /// are skipped when they also arrive live (the live feed can trail the log).
+    replayed_through: Option<(u64, u64, u32)>,
 }
 
 /// What a writer takes from its queue in one go.
@@ -202,7 +205,11 @@ impl Client {
             }
             return n;
         }
+        let through = out.replayed_through;
         for e in wanted {
+            if through.is_some() && e.position.is_some_and(|p| Some(p) <= through) {
+                continue;
+            }
             n += 1;
             out.seq += 1;
             let seq = out.seq;
@@ -228,11 +235,17 @@ impl Client {
         lock(&self.outbox).held.get_or_insert_with(Vec::new);
     }
 
-    /// Ends a hold: queues the held events, except those `skip` says were replayed already.
-    pub fn release(&self, skip: impl Fn(&Event) -> bool) {
+    /// Ends a hold: queues the held events except those at or before `replayed_through` (the
+    /// last log position the replay sent), and from now on skips such events when they arrive
+    /// late from the live feed.
+    pub fn release(&self, replayed_through: Option<(u64, u64, u32)>) {
         let mut out = lock(&self.outbox);
         let Some(held) = out.held.take() else { return };
-        for e in held.into_iter().filter(|e| !skip(e)) {
+        out.replayed_through = replayed_through;
+        let done = |e: &Event| {
+            replayed_through.is_some() && e.position.is_some_and(|p| Some(p) <= replayed_through)
+        };
+        for e in held.into_iter().filter(|e| !done(e)) {
             out.seq += 1;
             let seq = out.seq;
             match e.kind {
@@ -375,6 +388,18 @@ impl Hub {
         audience: Audience,
         filter: Option<Vec<String>>,
     ) -> Registration {
+        self.register_with(audience, filter, false)
+    }
+
+    /// Like [`Hub::register`]; with `held`, published events wait aside from the first one on
+    /// (see [`Client::hold`]), so a replay sent before [`Client::release`] has no gap and no
+    /// repeat at its seam.
+    pub fn register_with(
+        self: &Arc<Self>,
+        audience: Audience,
+        filter: Option<Vec<String>>,
+        held: bool,
+    ) -> Registration {
         let client = Arc::new(Client {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             audience: AtomicU8::new(audience as u8),
@@ -384,6 +409,9 @@ impl Hub {
             limits: self.limits,
         });
         client.set_audience(audience, filter);
+        if held {
+            client.hold();
+        }
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -489,7 +517,9 @@ mod tests {
         hub.publish(&[ev(EventKind::Sample, "a", 1), ev(EventKind::Sample, "a", 2)]);
         reg.client().send(Bytes::from("replayed"));
         assert_eq!(reg.client().drain().events, vec![Bytes::from("replayed")]);
-        reg.client().release(|e| e.position <= Some((1, 0, 0)));
+        reg.client().release(Some((1, 0, 0)));
+        // Replayed already, arriving late from the live feed: skipped.
+        hub.publish(&[ev(EventKind::Sample, "a", 1)]);
         hub.publish(&[ev(EventKind::Sample, "a", 3)]);
         assert_eq!(
             reg.client().drain().events,

@@ -10,7 +10,8 @@
 //! the stream (as far back as the stream's retention goes), and only then gets the held live
 //! events, minus those the replay already covered. The hold starts before the stream is read,
 //! so nothing falls between the two; positions decide what was already sent, so nothing comes
-//! twice. A `replayed` event tells the dashboard how many samples came from the stream and
+//! twice, including samples the replay read from the stream before their live event (which
+//! trails the stream by a worker's processing time) arrived. A `replayed` event tells the dashboard how many samples came from the stream and
 //! whether the retention had already dropped some of what it asked for.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,16 +85,34 @@ fn parse_line(payload: &Bytes, start: usize, end: usize) -> Option<Event> {
 }
 
 /// Relays Pub/Sub to `hub` until `shutdown`, reconnecting with backoff.
+///
+/// Pub/Sub drops whatever is published while nobody listens, so after a reconnect the
+/// broadcaster first reads back from the stream every sample after the last one it relayed
+/// (as the `?since` replay does for a dashboard), then goes on live, skipping what the
+/// catch-up already covered: a Redis restart or a network blip costs dashboards no sample
+/// that is still in the stream.
 pub async fn run(
     url: String,
+    pool: Pool,
     keys: Keys,
     hub: Arc<Hub>,
     stats: Arc<BroadcastStats>,
     shutdown: CancellationToken,
 ) {
     let mut attempt = 0u32;
+    let mut last: Option<Position> = None;
     while !shutdown.is_cancelled() {
-        match subscribe_once(&url, &keys, &hub, &stats, &shutdown, &mut attempt).await {
+        let link = Link {
+            url: &url,
+            pool: &pool,
+            keys: &keys,
+            hub: &hub,
+            stats: &stats,
+        };
+        match link
+            .subscribe_once(&shutdown, &mut attempt, &mut last)
+            .await
+        {
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "Pub/Sub connection lost; reconnecting"),
         }
@@ -111,62 +130,97 @@ pub async fn run(
     }
 }
 
-async fn subscribe_once(
-    url: &str,
-    keys: &Keys,
-    hub: &Hub,
-    stats: &BroadcastStats,
-    shutdown: &CancellationToken,
-    attempt: &mut u32,
-) -> redis::RedisResult<()> {
-    let client = redis::Client::open(url)?;
-    let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
-        .await
-        .map_err(|_| {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connecting to Redis timed out",
-            ))
-        })??;
-    pubsub.subscribe(&keys.channel).await?;
-    stats.connected.store(true, Ordering::Relaxed);
-    *attempt = 0;
-    tracing::info!(channel = %keys.channel, "subscribed");
-    let mut messages = pubsub.on_message();
-    loop {
-        tokio::select! {
-            m = messages.next() => match m {
-                Some(msg) => {
-                    let events = parse_batch(Bytes::copy_from_slice(msg.get_payload_bytes()));
-                    stats.batches.fetch_add(1, Ordering::Relaxed);
-                    stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
-                    hub.publish(&events);
+struct Link<'a> {
+    url: &'a str,
+    pool: &'a Pool,
+    keys: &'a Keys,
+    hub: &'a Hub,
+    stats: &'a BroadcastStats,
+}
+
+impl Link<'_> {
+    async fn subscribe_once(
+        &self,
+        shutdown: &CancellationToken,
+        attempt: &mut u32,
+        last: &mut Option<Position>,
+    ) -> redis::RedisResult<()> {
+        let client = redis::Client::open(self.url)?;
+        let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to Redis timed out",
+                ))
+            })??;
+        pubsub.subscribe(&self.keys.channel).await?;
+        self.stats.connected.store(true, Ordering::Relaxed);
+        *attempt = 0;
+        tracing::info!(channel = %self.keys.channel, "subscribed");
+        // Subscribed first, then caught up: messages published meanwhile wait in the
+        // subscription and are filtered against what the catch-up sent.
+        let mut caught_up: Option<(u64, u64, u32)> = None;
+        if let Some(since) = *last {
+            match read_since(self.pool, self.keys, since).await {
+                Ok(r) => {
+                    if r.truncated {
+                        tracing::warn!(%since, "stream retention dropped samples published while disconnected");
+                    }
+                    tracing::info!(
+                        count = r.events.len(),
+                        "caught up from the stream after reconnecting"
+                    );
+                    for chunk in r.events.chunks(2048) {
+                        self.hub.publish(chunk);
+                    }
+                    caught_up = Some((r.last.ms, r.last.seq, r.last.index));
+                    *last = Some(r.last);
                 }
-                None => return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "Pub/Sub stream ended"))),
-            },
-            _ = shutdown.cancelled() => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, "could not catch up from the stream"),
+            }
+        }
+        let mut messages = pubsub.on_message();
+        loop {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(msg) => {
+                        let mut events = parse_batch(Bytes::copy_from_slice(msg.get_payload_bytes()));
+                        if let Some(c) = caught_up {
+                            events.retain(|e| e.position.is_none_or(|p| p > c));
+                        }
+                        if let Some(p) = events.iter().filter_map(|e| e.position).max() {
+                            let p = Position { ms: p.0, seq: p.1, index: p.2 };
+                            *last = Some(last.map_or(p, |l| l.max(p)));
+                        }
+                        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                        self.stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+                        self.hub.publish(&events);
+                    }
+                    None => return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "Pub/Sub stream ended"))),
+                },
+                _ = shutdown.cancelled() => return Ok(()),
+            }
         }
     }
 }
 
-/// Sends `client` every sample after `since` read back from the stream, then releases its
-/// held live events. Returns how many samples were replayed.
-pub async fn replay(
-    pool: &Pool,
-    keys: &Keys,
-    client: &Client,
-    since: Position,
-) -> Result<u64, String> {
+/// What a read of the stream after a position found.
+pub struct Reread {
+    /// Sample events after the position, in stream order.
+    pub events: Vec<Event>,
+    /// The last position read (the starting one when nothing was newer).
+    pub last: Position,
+    /// Retention had already dropped entries after the position.
+    pub truncated: bool,
+}
+
+/// Reads back every sample after `since` from the stream, as `sample` events.
+pub async fn read_since(pool: &Pool, keys: &Keys, since: Position) -> Result<Reread, String> {
     let mut conn = pool
         .get()
         .await
         .map_err(|e| format!("Redis is unavailable: {e}"))?;
-    let filter = client.filter();
-    let wanted = |server: &str| {
-        filter
-            .as_ref()
-            .is_none_or(|ids| ids.iter().any(|s| s == server))
-    };
     // Did retention already drop part of what was asked for?
     let first: StreamRangeReply = redis::cmd("XRANGE")
         .arg(&keys.stream)
@@ -184,8 +238,11 @@ pub async fn replay(
     let truncated = oldest.is_some_and(|o| (o.ms, o.seq) > (since.ms, since.seq));
     let mut decoder = Decoder::default();
     let mut start = since.entry();
-    let mut last = since;
-    let mut count = 0u64;
+    let mut out = Reread {
+        events: Vec::new(),
+        last: since,
+        truncated,
+    };
     let mut json = Vec::with_capacity(256);
     loop {
         let mut page: StreamRangeReply = redis::cmd("XRANGE")
@@ -209,19 +266,46 @@ pub async fn replay(
                 if pos <= since {
                     continue;
                 }
-                last = last.max(pos);
-                if !wanted(&s.server_id) {
-                    continue;
-                }
+                out.last = out.last.max(pos);
                 json.clear();
                 event::sample(&mut json, s, Some(&pos.to_string()));
-                client.send(Bytes::copy_from_slice(&json));
-                count += 1;
+                out.events.push(Event {
+                    kind: EventKind::Sample,
+                    server: Arc::from(s.server_id.as_str()),
+                    json: Bytes::copy_from_slice(&json),
+                    position: Some((pos.ms, pos.seq, pos.index)),
+                });
             }
             start = format!("({}", e.id);
         }
         if n < 500 {
             break;
+        }
+    }
+    Ok(out)
+}
+
+/// Sends `client` every sample after `since` read back from the stream, then releases its
+/// held live events. Returns how many samples were replayed.
+pub async fn replay(
+    pool: &Pool,
+    keys: &Keys,
+    client: &Client,
+    since: Position,
+) -> Result<u64, String> {
+    let filter = client.filter();
+    let wanted = |server: &str| {
+        filter
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|s| s == server))
+    };
+    let reread = read_since(pool, keys, since).await?;
+    let (last, truncated) = (reread.last, reread.truncated);
+    let mut count = 0u64;
+    for e in reread.events {
+        if wanted(&e.server) {
+            client.send(e.json);
+            count += 1;
         }
     }
     let mut done = Vec::with_capacity(128);
@@ -234,7 +318,7 @@ pub async fn replay(
     done.push(b'}');
     client.send(done);
     let seen = (last.ms, last.seq, last.index);
-    client.release(|e| e.position.is_some_and(|p| p <= seen));
+    client.release(Some(seen));
     Ok(count)
 }
 

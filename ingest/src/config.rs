@@ -143,7 +143,7 @@ pub struct Args {
     #[arg(
         long,
         env = "INGEST_DASHBOARD_QUEUE",
-        default_value_t = 4096,
+        default_value_t = 16_384,
         global = true
     )]
     pub dashboard_queue: usize,

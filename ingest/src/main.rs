@@ -8,6 +8,11 @@ use tracing_subscriber::EnvFilter;
 
 use ingest::{Args, Listeners, Server};
 
+/// mimalloc: measured faster than the system allocator on these services' many small,
+/// short-lived allocations (request bodies, events, futures); see BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

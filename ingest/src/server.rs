@@ -165,6 +165,7 @@ impl Server {
         let dashboards = broadcast_on.then(|| {
             tracker.spawn(broadcast::run(
                 settings.redis_url.clone(),
+                pool.clone(),
                 keys.clone(),
                 hub.clone(),
                 broadcast_stats.clone(),
@@ -297,20 +298,26 @@ fn dashboards(app: &Arc<App>, req: Request<Incoming>, path: &str) -> Response<Bo
     let handler_ctx = ctx.clone();
     let pool = app.pool.clone();
     let keys = app.keys.clone();
-    dashboard::upgrade(req, ctx, Audience::Dashboard, filter, move |client| {
-        if let Some(since) = since {
-            client.hold();
-            tokio::spawn(async move {
-                if let Err(e) = broadcast::replay(&pool, &keys, &client, since).await {
-                    let mut b = Vec::new();
-                    metrics_model::event::error(&mut b, &format!("replay failed: {e}"));
-                    client.send(b);
-                    client.release(|_| false);
-                }
-            });
-        }
-        DashboardHandler::new(handler_ctx)
-    })
+    dashboard::upgrade(
+        req,
+        ctx,
+        Audience::Dashboard,
+        filter,
+        since.is_some(),
+        move |client| {
+            if let Some(since) = since {
+                tokio::spawn(async move {
+                    if let Err(e) = broadcast::replay(&pool, &keys, &client, since).await {
+                        let mut b = Vec::new();
+                        metrics_model::event::error(&mut b, &format!("replay failed: {e}"));
+                        client.send(b);
+                        client.release(None);
+                    }
+                });
+            }
+            DashboardHandler::new(handler_ctx)
+        },
+    )
 }
 
 fn stats(app: &App) -> Response<Body> {

@@ -6,7 +6,7 @@
 //! id (the snapshot hash keeps both as `_arrival` and `_node`).
 //!
 //! Per consumed batch: one pipeline of `HSET` (one per server in the batch), `SADD`, one
-//! `PUBLISH` carrying every event of the batch, and one `XACK`, sent after the events are
+//! `PUBLISH` per 2,048 events of the batch, and one `XACK`, sent after the events are
 //! published. A worker killed mid-batch leaves its entries pending; every worker periodically
 //! claims entries idle longer than `--claim-idle` (`XAUTOCLAIM`) and processes them, so nothing
 //! acknowledged to an agent is lost. The price is at-least-once delivery: events of a batch that
@@ -63,6 +63,10 @@ pub struct WorkerStats {
     pub windows: AtomicU64,
     pub errors: AtomicU64,
 }
+
+/// Most events in one Pub/Sub message: a message lands in a dashboard's queue at once, so it
+/// must stay well below the queue's size (`--dashboard-queue`, default 16,384).
+pub const MAX_EVENTS_PER_MESSAGE: u64 = 2048;
 
 /// A stored entry, decoded.
 pub struct Decoded {
@@ -310,6 +314,7 @@ async fn publish_batch(
     stats: &WorkerStats,
 ) -> redis::RedisResult<()> {
     let mut lines = Vec::with_capacity(entries.len() * 256);
+    let mut messages = Vec::new();
     // Latest sample per server in this batch, for the snapshot hashes.
     let mut latest: HashMap<String, (Sample, Position, u64, Arc<str>)> = HashMap::new();
     let mut n = 0u64;
@@ -333,6 +338,9 @@ async fn publish_batch(
             event::sample(&mut json, &s, Some(&pos.to_string()));
             event_line(&mut lines, b'S', &s.server_id, Some(pos), &json);
             n += 1;
+            if n.is_multiple_of(MAX_EVENTS_PER_MESSAGE) {
+                messages.push(std::mem::take(&mut lines));
+            }
             latest.insert(s.server_id.clone(), (s, pos, d.arrival_ms, node.clone()));
         }
     }
@@ -358,7 +366,10 @@ async fn publish_batch(
         pipe.cmd("SADD").arg(&keys.servers).arg(server).ignore();
     }
     if !lines.is_empty() {
-        pipe.cmd("PUBLISH").arg(&keys.channel).arg(&lines).ignore();
+        messages.push(lines);
+    }
+    for m in &messages {
+        pipe.cmd("PUBLISH").arg(&keys.channel).arg(m).ignore();
     }
     let mut ack = redis::cmd("XACK");
     ack.arg(&keys.stream).arg(WORKERS_GROUP);

@@ -408,13 +408,18 @@ async fn a_dashboard_resumes_with_since_without_gaps_or_repeats() {
         srv
     });
     let mut seen = Vec::new();
+    let mut ids = Vec::new();
     let mut replayed = None;
     while seen.len() < 10 {
         match dash.next().await {
             Incoming::Event(e) if e["type"] == "sample" => {
-                seen.push(e["metrics"]["cpu"].as_i64().expect("cpu"))
+                seen.push(e["metrics"]["cpu"].as_i64().expect("cpu"));
+                ids.push(e["id"].to_string());
             }
-            Incoming::Event(e) if e["type"] == "replayed" => replayed = Some(e),
+            Incoming::Event(e) if e["type"] == "replayed" => {
+                ids.push(e.to_string());
+                replayed = Some(e)
+            }
             Incoming::Event(_) => {}
             other => panic!("{other:?}"),
         }
@@ -423,7 +428,7 @@ async fn a_dashboard_resumes_with_since_without_gaps_or_repeats() {
     assert_eq!(
         seen,
         (5..15).collect::<Vec<_>>(),
-        "missed samples, then live ones, none twice"
+        "missed samples, then live ones, none twice: {ids:?}"
     );
     let replayed = replayed.expect("a replayed event");
     assert!(replayed["count"].as_u64() >= Some(5));
