@@ -102,6 +102,74 @@ async fn worker_killed_mid_batch_loses_nothing_acknowledged() {
     let _ = b.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_stream_and_windows_count_each_sample_once() {
+    let redis = Redis::start();
+    let s = settings(&redis);
+    let front = start_role(s.clone(), Role::Front).await;
+    let dashboards = start_role(s, Role::Broadcaster).await;
+    let mut dash = connect(dashboards.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let mut workers = [
+        spawn_worker(&redis, "w1", None),
+        spawn_worker(&redis, "w2", None),
+    ];
+
+    let total = 300u64;
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let addr = front.addr;
+        tasks.push(tokio::spawn(async move {
+            post(
+                addr,
+                &Transport::H2c,
+                "application/json",
+                sample(&format!("m{}", i % 5), 1.0),
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("request"), 202);
+    }
+    // Every sample once (by id), and the "*" windows of the shortest length count each once.
+    let mut ids = HashSet::new();
+    let mut windowed = 0u64;
+    while ids.len() < total as usize || windowed < total {
+        match dash.next().await {
+            Incoming::Event(e) if e["type"] == "sample" => {
+                assert!(
+                    ids.insert(e["id"].as_str().expect("id").to_string()),
+                    "sample sent twice: {e}"
+                );
+            }
+            Incoming::Event(e)
+                if e["type"] == "window" && e["serverId"] == "*" && e["window"] == "200ms" =>
+            {
+                windowed += e["stats"]["cpu"]["count"].as_u64().expect("count");
+            }
+            Incoming::Event(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        windowed, total,
+        "each sample counted once across the workers' windows"
+    );
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("metrics:samples")
+        .arg("workers")
+        .query(&mut redis.conn())
+        .expect("XINFO");
+    assert_eq!(consumers.len(), 2, "both workers read from the group");
+    for w in &mut workers {
+        w.kill().expect("stop worker");
+        let _ = w.wait();
+    }
+}
+
 fn info_field(redis: &Redis, section: &str, field: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg(section)
