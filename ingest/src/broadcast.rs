@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis::streams::StreamRangeReply;
 use deadpool_redis::redis::{self, Value};
 use deadpool_redis::Pool;
 use futures_util::StreamExt;
@@ -29,7 +28,7 @@ use metrics_model::decode::Decoder;
 use metrics_model::{event, now_ms};
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::{Keys, Position};
+use crate::keys::{raw_entries, Keys, Position};
 use crate::worker::decode_entry;
 
 /// Broadcaster counters and state.
@@ -222,7 +221,7 @@ pub async fn read_since(pool: &Pool, keys: &Keys, since: Position) -> Result<Rer
         .await
         .map_err(|e| format!("Redis is unavailable: {e}"))?;
     // Did retention already drop part of what was asked for?
-    let first: StreamRangeReply = redis::cmd("XRANGE")
+    let first: Value = redis::cmd("XRANGE")
         .arg(&keys.stream)
         .arg("-")
         .arg("+")
@@ -231,8 +230,7 @@ pub async fn read_since(pool: &Pool, keys: &Keys, since: Position) -> Result<Rer
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    let oldest = first
-        .ids
+    let oldest = raw_entries(first)
         .first()
         .and_then(|e| Position::from_entry(&e.id, 0));
     let truncated = oldest.is_some_and(|o| (o.ms, o.seq) > (since.ms, since.seq));
@@ -245,7 +243,7 @@ pub async fn read_since(pool: &Pool, keys: &Keys, since: Position) -> Result<Rer
     };
     let mut json = Vec::with_capacity(256);
     loop {
-        let mut page: StreamRangeReply = redis::cmd("XRANGE")
+        let page: Value = redis::cmd("XRANGE")
             .arg(&keys.stream)
             .arg(&start)
             .arg("+")
@@ -254,8 +252,9 @@ pub async fn read_since(pool: &Pool, keys: &Keys, since: Position) -> Result<Rer
             .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        let n = page.ids.len();
-        for e in &mut page.ids {
+        let mut page = raw_entries(page);
+        let n = page.len();
+        for e in &mut page {
             let Ok(d) = decode_entry(e, &mut decoder) else {
                 continue;
             };

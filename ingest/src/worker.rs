@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use crate::keys::{raw_entries, RawEntry};
 use deadpool_redis::redis::{self, Value};
 use deadpool_redis::{Connection, Pool};
 use metrics_model::decode::Decoder;
@@ -78,11 +78,10 @@ pub struct Decoded {
 }
 
 /// Decodes a stream entry written by the front door (taking its value out of `e`).
-pub fn decode_entry(e: &mut StreamId, decoder: &mut Decoder) -> Result<Decoded, String> {
-    let mut value = match e.map.remove(crate::keys::ENTRY_FIELD) {
-        Some(Value::BulkString(b)) => b,
-        Some(Value::SimpleString(s)) => s.into_bytes(),
-        _ => {
+pub fn decode_entry(e: &mut RawEntry, decoder: &mut Decoder) -> Result<Decoded, String> {
+    let mut value = match e.value.take() {
+        Some(v) => v,
+        None => {
             return Err(format!(
                 "entry {} has no `{}` field",
                 e.id,
@@ -265,8 +264,8 @@ async fn read(
     consumer: &str,
     count: usize,
     block_ms: u64,
-) -> redis::RedisResult<Vec<StreamId>> {
-    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+) -> redis::RedisResult<Vec<RawEntry>> {
+    let reply: Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group)
         .arg(consumer)
@@ -279,9 +278,17 @@ async fn read(
         .arg(">")
         .query_async(conn)
         .await?;
-    Ok(reply
-        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-        .unwrap_or_default())
+    // `[[stream, entries]]`, or nil when BLOCK timed out.
+    let Value::Array(streams) = reply else {
+        return Ok(Vec::new());
+    };
+    Ok(streams
+        .into_iter()
+        .flat_map(|s| match s {
+            Value::Array(mut kv) if kv.len() == 2 => kv.pop().map(raw_entries).unwrap_or_default(),
+            _ => Vec::new(),
+        })
+        .collect())
 }
 
 /// Claims entries of `group` idle longer than `idle` (any consumer) for `consumer`.
@@ -292,8 +299,8 @@ async fn claim(
     consumer: &str,
     idle: Duration,
     count: usize,
-) -> redis::RedisResult<Vec<StreamId>> {
-    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+) -> redis::RedisResult<Vec<RawEntry>> {
+    let reply: Value = redis::cmd("XAUTOCLAIM")
         .arg(&keys.stream)
         .arg(group)
         .arg(consumer)
@@ -303,13 +310,17 @@ async fn claim(
         .arg(count)
         .query_async(conn)
         .await?;
-    Ok(reply.claimed)
+    // `[next-cursor, entries, deleted-ids]`
+    Ok(match reply {
+        Value::Array(mut parts) if parts.len() >= 2 => raw_entries(parts.swap_remove(1)),
+        _ => Vec::new(),
+    })
 }
 
 async fn publish_batch(
     conn: &mut Connection,
     keys: &Keys,
-    entries: &mut [StreamId],
+    entries: &mut [RawEntry],
     decoder: &mut Decoder,
     stats: &WorkerStats,
 ) -> redis::RedisResult<()> {
@@ -546,7 +557,7 @@ async fn ack(
     conn: &mut Connection,
     keys: &Keys,
     group: &str,
-    entries: &[StreamId],
+    entries: &[RawEntry],
 ) -> redis::RedisResult<()> {
     if entries.is_empty() {
         return Ok(());
