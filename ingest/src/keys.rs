@@ -176,6 +176,28 @@ mod tests {
     }
 
     #[test]
+    fn raw_entries_read_ids_and_the_entry_field() {
+        use redis::Value;
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("x"), bulk("y"), bulk("e"), bulk("v1")]),
+            ]),
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+            Value::Int(7),
+        ]);
+        let got = raw_entries(reply);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].id.as_str(), got[0].value.as_deref()),
+            ("1-0", Some(&b"v1"[..]))
+        );
+        assert_eq!((got[1].id.as_str(), got[1].value.as_deref()), ("2-0", None));
+        assert!(raw_entries(Value::Nil).is_empty());
+    }
+
+    #[test]
     fn positions_parse_and_order() {
         let p = Position::parse("1764349200123-4/7").expect("valid");
         assert_eq!((p.ms, p.seq, p.index), (1_764_349_200_123, 4, 7));
