@@ -3,10 +3,10 @@
 
 use anyhow::Context;
 use clap::Parser;
+use metrics_edge::process;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
-use aggregator::{Args, Listeners, Server};
+use aggregator::{server, Args, Server};
 
 /// mimalloc: measured faster than the system allocator on these services' many small,
 /// short-lived allocations (request bodies, events, futures); see BENCHMARKS.md.
@@ -16,19 +16,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    process::init_tracing(args.log_json);
     let settings = args.validate().context("invalid configuration")?;
     metrics_edge::tls::install_provider();
 
-    let listeners = Listeners::bind(&settings)
+    let listeners = server::bind(&settings)
         .await
         .context("starting listeners")?;
     let shutdown = CancellationToken::new();
@@ -62,33 +54,12 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
     }
-
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        process::shutdown_signal().await;
         tracing::info!("shutting down");
         signal.cancel();
     });
     server.wait().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -21,9 +20,8 @@ use metrics_edge::dashboard::{
 };
 use metrics_edge::http::{self as h, Body};
 use metrics_edge::hub::{Audience, Hub};
-use metrics_edge::listener::{self, ConnInfo, ListenOptions};
-use metrics_edge::tls::{self, TlsAcceptor};
-use tokio::net::TcpListener;
+use metrics_edge::listener::{self, ConnInfo, ListenError};
+use metrics_edge::tls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,29 +32,15 @@ use crate::ingest::IngestHandler;
 /// The system's name in `hello` events.
 pub const SYSTEM: &str = "system2-websocket";
 
-/// Bound listeners, so callers (and tests) choose the ports.
-#[derive(Default)]
-pub struct Listeners {
-    pub plain: Option<TcpListener>,
-    pub tls: Option<(TcpListener, TlsAcceptor)>,
-}
+pub use metrics_edge::listener::Listeners;
 
-impl Listeners {
-    /// Binds what `settings` asks for, loading the TLS files.
-    pub async fn bind(settings: &Settings) -> Result<Self, ServerError> {
-        let plain = match settings.listen {
-            Some(a) => Some(listener::bind(a).await?),
-            None => None,
-        };
-        let tls = match &settings.tls {
-            Some((addr, cert, key)) => {
-                let cfg = tls::server_config_from_files(cert, key, tls::ALPN_HTTP11)?;
-                Some((listener::bind(*addr).await?, TlsAcceptor::from(cfg)))
-            }
-            None => None,
-        };
-        Ok(Self { plain, tls })
-    }
+/// Binds what `settings` asks for, loading the TLS files.
+pub async fn bind(settings: &Settings) -> Result<Listeners, ListenError> {
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|(addr, cert, key)| (*addr, cert.as_path(), key.as_path()));
+    Listeners::bind(settings.listen, tls, tls::ALPN_HTTP11).await
 }
 
 /// Why the server could not start.
@@ -64,8 +48,6 @@ impl Listeners {
 pub enum ServerError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
 }
 
 struct App {
@@ -128,33 +110,10 @@ impl Server {
             let app = app.clone();
             async move { route(&app, req) }
         };
-        let mut plain_addr = None;
-        let mut tls_addr = None;
-        if let Some(l) = listeners.plain {
-            plain_addr = Some(l.local_addr()?);
-            tracker.spawn(listener::serve(
-                l,
-                None,
-                handler.clone(),
-                ListenOptions::default(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
-        if let Some((l, acceptor)) = listeners.tls {
-            tls_addr = Some(l.local_addr()?);
-            tracker.spawn(listener::serve(
-                l,
-                Some(acceptor),
-                handler,
-                ListenOptions::default(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
+        let bound = listeners.serve(handler, &shutdown, &tracker)?;
         Ok(Self {
-            plain_addr,
-            tls_addr,
+            plain_addr: bound.plain,
+            tls_addr: bound.tls,
             hub,
             aggregator,
             shutdown,
@@ -164,14 +123,7 @@ impl Server {
 
     /// Waits for shutdown, then for connections to drain (bounded), then stops the aggregator.
     pub async fn wait(self) {
-        self.shutdown.cancelled().await;
-        self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("connections still open after 10 s; stopping anyway");
-        }
+        listener::drain(&self.shutdown, &self.tracker).await;
         let agg = self.aggregator.clone();
         let _ = tokio::task::spawn_blocking(move || agg.stop()).await;
     }

@@ -213,17 +213,7 @@ impl Client {
             n += 1;
             out.seq += 1;
             let seq = out.seq;
-            match e.kind {
-                EventKind::Sample => {
-                    if out.samples.len() >= self.limits.sample_cap {
-                        out.samples.pop_front();
-                        out.dropped_pending += 1;
-                        out.dropped_total += 1;
-                    }
-                    out.samples.push_back((seq, e.json.clone()));
-                }
-                EventKind::Window => push_other(&mut out, self.limits, seq, e.json.clone()),
-            }
+            push(&mut out, self.limits, e.kind, seq, e.json.clone());
         }
         drop(out);
         self.notify.notify_one();
@@ -248,17 +238,7 @@ impl Client {
         for e in held.into_iter().filter(|e| !done(e)) {
             out.seq += 1;
             let seq = out.seq;
-            match e.kind {
-                EventKind::Sample => {
-                    if out.samples.len() >= self.limits.sample_cap {
-                        out.samples.pop_front();
-                        out.dropped_pending += 1;
-                        out.dropped_total += 1;
-                    }
-                    out.samples.push_back((seq, e.json));
-                }
-                EventKind::Window => push_other(&mut out, self.limits, seq, e.json),
-            }
+            push(&mut out, self.limits, e.kind, seq, e.json);
         }
         drop(out);
         self.notify.notify_one();
@@ -315,6 +295,22 @@ impl Client {
     /// Sample events shed so far.
     pub fn dropped_total(&self) -> u64 {
         lock(&self.outbox).dropped_total
+    }
+}
+
+/// Queues one event: a `sample` sheds the oldest queued sample when the queue is full (counted);
+/// anything else is never shed (see [`push_other`]).
+fn push(out: &mut Outbox, limits: QueueLimits, kind: EventKind, seq: u64, json: Bytes) {
+    match kind {
+        EventKind::Sample => {
+            if out.samples.len() >= limits.sample_cap {
+                out.samples.pop_front();
+                out.dropped_pending += 1;
+                out.dropped_total += 1;
+            }
+            out.samples.push_back((seq, json));
+        }
+        EventKind::Window => push_other(out, limits, seq, json),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod page;
+pub mod process;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tls;

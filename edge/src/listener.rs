@@ -153,6 +153,102 @@ async fn serve_conn<I, F, Fut>(
     }
 }
 
+/// The listeners of one process: plaintext and/or TLS, bound by the caller (tests bind
+/// 127.0.0.1:0) or by [`Listeners::bind`].
+#[derive(Default)]
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+/// Why listeners could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The addresses actually bound.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bound {
+    pub plain: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// Binds `plain`, and `tls` with the certificate and key files and `alpn`.
+    pub async fn bind(
+        plain: Option<SocketAddr>,
+        tls: Option<(SocketAddr, &std::path::Path, &std::path::Path)>,
+        alpn: &[&[u8]],
+    ) -> Result<Self, ListenError> {
+        let plain = match plain {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let tls = match tls {
+            Some((addr, cert, key)) => {
+                let cfg = crate::tls::server_config_from_files(cert, key, alpn)?;
+                Some((bind(addr).await?, TlsAcceptor::from(cfg)))
+            }
+            None => None,
+        };
+        Ok(Self { plain, tls })
+    }
+
+    /// Serves `handler` on every listener (tasks on `tracker`) until `shutdown`.
+    pub fn serve<F, Fut>(
+        self,
+        handler: F,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<Bound>
+    where
+        F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let mut bound = Bound::default();
+        if let Some(l) = self.plain {
+            bound.plain = Some(l.local_addr()?);
+            tracker.spawn(serve(
+                l,
+                None,
+                handler.clone(),
+                ListenOptions::default(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        if let Some((l, acceptor)) = self.tls {
+            bound.tls = Some(l.local_addr()?);
+            tracker.spawn(serve(
+                l,
+                Some(acceptor),
+                handler,
+                ListenOptions::default(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        Ok(bound)
+    }
+}
+
+/// Waits for `shutdown`, then up to 10 s for the tasks on `tracker` (connections, sessions,
+/// background loops) to finish.
+pub async fn drain(shutdown: &CancellationToken, tracker: &TaskTracker) {
+    shutdown.cancelled().await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks still running 10 s after shutdown; stopping anyway");
+    }
+}
+
 /// Binds `addr`, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)

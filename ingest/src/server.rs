@@ -20,9 +20,8 @@ use metrics_edge::auth::{query_param, Auth};
 use metrics_edge::dashboard::{self, DashboardContext, DashboardHandler};
 use metrics_edge::http::{self as h, Body};
 use metrics_edge::hub::{Audience, Hub};
-use metrics_edge::listener::{self, ConnInfo, ListenOptions};
-use metrics_edge::tls::{self, TlsAcceptor};
-use tokio::net::TcpListener;
+use metrics_edge::listener::{self, ConnInfo, ListenError};
+use metrics_edge::tls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,32 +35,18 @@ use crate::worker::{self, WorkerOptions, WorkerStats};
 /// The system's name in `hello` events.
 pub const SYSTEM: &str = "system1-redis";
 
-/// Bound listeners.
-#[derive(Default)]
-pub struct Listeners {
-    pub plain: Option<TcpListener>,
-    pub tls: Option<(TcpListener, TlsAcceptor)>,
-}
+pub use metrics_edge::listener::Listeners;
 
-impl Listeners {
-    /// Binds what `settings` asks for (none for a worker-only process).
-    pub async fn bind(settings: &Settings) -> Result<Self, ServerError> {
-        if settings.role == Role::Worker {
-            return Ok(Self::default());
-        }
-        let plain = match settings.listen {
-            Some(a) => Some(listener::bind(a).await?),
-            None => None,
-        };
-        let tls = match &settings.tls {
-            Some((addr, cert, key)) => {
-                let cfg = tls::server_config_from_files(cert, key, tls::ALPN_H2_HTTP11)?;
-                Some((listener::bind(*addr).await?, TlsAcceptor::from(cfg)))
-            }
-            None => None,
-        };
-        Ok(Self { plain, tls })
+/// Binds what `settings` asks for, loading the TLS files (nothing for a worker-only process).
+pub async fn bind(settings: &Settings) -> Result<Listeners, ListenError> {
+    if settings.role == Role::Worker {
+        return Ok(Listeners::default());
     }
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|(addr, cert, key)| (*addr, cert.as_path(), key.as_path()));
+    Listeners::bind(settings.listen, tls, tls::ALPN_H2_HTTP11).await
 }
 
 /// Why the server could not start.
@@ -69,8 +54,6 @@ impl Listeners {
 pub enum ServerError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -197,33 +180,10 @@ impl Server {
             let app = app.clone();
             async move { route(&app, req).await }
         };
-        let mut plain_addr = None;
-        let mut tls_addr = None;
-        if let Some(l) = listeners.plain {
-            plain_addr = Some(l.local_addr()?);
-            tracker.spawn(listener::serve(
-                l,
-                None,
-                handler.clone(),
-                ListenOptions::default(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
-        if let Some((l, acceptor)) = listeners.tls {
-            tls_addr = Some(l.local_addr()?);
-            tracker.spawn(listener::serve(
-                l,
-                Some(acceptor),
-                handler,
-                ListenOptions::default(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
+        let bound = listeners.serve(handler, &shutdown, &tracker)?;
         Ok(Self {
-            plain_addr,
-            tls_addr,
+            plain_addr: bound.plain,
+            tls_addr: bound.tls,
             hub,
             writer,
             worker_stats,
@@ -235,14 +195,7 @@ impl Server {
 
     /// Waits for shutdown, then for connections and tasks to finish (bounded).
     pub async fn wait(self) {
-        self.shutdown.cancelled().await;
-        self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("tasks still running after 10 s; stopping anyway");
-        }
+        listener::drain(&self.shutdown, &self.tracker).await;
     }
 }
 
