@@ -71,6 +71,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for t in tasks {
         total += t.await?;
     }
-    println!("sent {total} samples in {secs:.2} s: {:.0} samples/s from {agents} agents", total as f64 / secs);
+    println!(
+        "sent {total} samples in {secs:.2} s: {:.0} samples/s from {agents} agents",
+        total as f64 / secs
+    );
     Ok(())
 }
