@@ -344,6 +344,59 @@ async fn redis_down_gives_503_and_recovery_needs_no_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_slower_than_the_deadline_gives_503() {
+    let redis = Redis::start();
+    let srv = start(settings(&redis)).await;
+    assert_eq!(
+        post(
+            srv.addr,
+            &Transport::H2c,
+            "application/json",
+            sample("a", 1.0)
+        )
+        .await
+        .status,
+        202
+    );
+    redis.pause();
+    let r = post(
+        srv.addr,
+        &Transport::H2c,
+        "application/json",
+        sample("a", 2.0),
+    )
+    .await;
+    redis.resume();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(
+        r.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        r.body,
+        "{\"error\":\"Redis did not acknowledge within 800 ms; retry later\"}"
+    );
+    let mut accepted = false;
+    for _ in 0..100 {
+        if post(
+            srv.addr,
+            &Transport::H2c,
+            "application/json",
+            sample("a", 3.0),
+        )
+        .await
+        .status
+            == 202
+        {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "ingest recovers once Redis answers again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dashboard_resumes_with_since_without_gaps_or_repeats() {
     let redis = Redis::start();
     let srv = start(settings(&redis)).await;
