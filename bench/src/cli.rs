@@ -1,0 +1,174 @@
+//! The command line: subcommands and their flags (each with an environment variable).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::transport::Transport;
+
+/// Load generator and comparison reports for the two telemetry systems.
+///
+/// With no URLs, the systems run inside the bench (System 1 with a redis-server child of its
+/// own unless REDIS_URL is set). Reports go to a new folder under --results.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The same load against System 1 and System 2, one after the other, and one report.
+    Compare(CompareArgs),
+    /// The load against one system.
+    Run(RunArgs),
+    /// Per system, the highest rate dashboards keep up with: steps the rate up until fewer
+    /// than 99.9 % of samples arrive or p99 goes over --p99-ms.
+    Max(MaxArgs),
+}
+
+/// The load's shape.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Samples per second offered, in total over all agents.
+    #[arg(long, env = "BENCH_RATE", default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Samples per message (HTTP request or WebSocket frame); 1 sends single samples.
+    #[arg(long, env = "BENCH_BATCH", default_value_t = 10)]
+    pub batch: u64,
+    /// Agents (fake servers), each with its own connection.
+    #[arg(long, env = "BENCH_AGENTS", default_value_t = 100)]
+    pub agents: u64,
+    /// Dashboards watching the stream (fan-out); each must see every sample.
+    #[arg(long, env = "BENCH_DASHBOARDS", default_value_t = 1)]
+    pub dashboards: u64,
+    /// Seconds measured (after the warm-up).
+    #[arg(long, env = "BENCH_DURATION", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, env = "BENCH_WARMUP", default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds to wait after the last send for samples to reach the dashboards; what has not
+    /// arrived by then counts as lost.
+    #[arg(long, env = "BENCH_GRACE", default_value_t = 3.0)]
+    pub grace: f64,
+    /// Bursts: the peak rate (samples/s) of a burst; --rate is the rate between bursts.
+    #[arg(long, env = "BENCH_BURST_RATE")]
+    pub burst_rate: Option<f64>,
+    /// Bursts: seconds from one burst to the next.
+    #[arg(long, env = "BENCH_BURST_PERIOD", default_value_t = 5.0)]
+    pub burst_period: f64,
+    /// Bursts: seconds each burst lasts.
+    #[arg(long, env = "BENCH_BURST_LENGTH", default_value_t = 1.0)]
+    pub burst_length: f64,
+}
+
+/// Where results go and how the run looks.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Folder under which each run writes a new folder of reports.
+    #[arg(long, env = "BENCH_RESULTS", default_value = "results")]
+    pub results: PathBuf,
+    /// Write the reports into exactly this folder instead of a new timestamped one.
+    #[arg(long, env = "BENCH_OUT")]
+    pub out: Option<PathBuf>,
+    /// No progress bar (it is also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// CA certificate (PEM) to trust for https:// and wss:// URLs.
+    #[arg(long, env = "BENCH_CA")]
+    pub ca: Option<PathBuf>,
+    /// Bearer token for the systems under test.
+    #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Threads of the load generator's runtime (agents).
+    #[arg(long, env = "BENCH_LOAD_THREADS", default_value_t = 2)]
+    pub load_threads: usize,
+    /// Threads of an embedded system's runtime.
+    #[arg(long, env = "BENCH_SYSTEM_THREADS", default_value_t = 2)]
+    pub system_threads: usize,
+}
+
+/// One system to measure: embedded, or a URL.
+#[derive(Debug, Clone, Args)]
+pub struct Side {
+    /// System 1 at this URL (http:// or https://; POST /metrics, dashboards at /ws) instead
+    /// of in-process.
+    #[arg(long, env = "BENCH_SYSTEM1")]
+    pub system1: Option<String>,
+    /// System 1's dashboard stream URL, when not the same host's /ws.
+    #[arg(long, env = "BENCH_SYSTEM1_DASHBOARD")]
+    pub system1_dashboard: Option<String>,
+    /// How agents reach System 1.
+    #[arg(long, env = "BENCH_SYSTEM1_TRANSPORT", value_enum, default_value_t = Transport::H2c)]
+    pub system1_transport: Transport,
+    /// System 2 at this URL (ws:// or wss://; agents at /ingest, dashboards at /ws) instead
+    /// of in-process.
+    #[arg(long, env = "BENCH_SYSTEM2")]
+    pub system2: Option<String>,
+    /// System 2's dashboard stream URL, when not the same host's /ws.
+    #[arg(long, env = "BENCH_SYSTEM2_DASHBOARD")]
+    pub system2_dashboard: Option<String>,
+    /// How agents reach System 2.
+    #[arg(long, env = "BENCH_SYSTEM2_TRANSPORT", value_enum, default_value_t = Transport::Ws)]
+    pub system2_transport: Transport,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub side: Side,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Which system `run` and `max` measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    System1,
+    System2,
+    Both,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The system to measure (its URL and transport come from the --system1*/--system2*
+    /// flags).
+    #[arg(value_enum)]
+    pub system: Which,
+    #[command(flatten)]
+    pub side: Side,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MaxArgs {
+    /// The systems to search.
+    #[arg(value_enum, default_value_t = Which::Both)]
+    pub system: Which,
+    /// The p99 bound (corrected, ingest to dashboard) a step must stay under, in ms.
+    #[arg(long, env = "BENCH_P99_MS", default_value_t = 5.0)]
+    pub p99_ms: f64,
+    /// Share of acknowledged samples the dashboards must see, in percent.
+    #[arg(long, env = "BENCH_MIN_SEEN", default_value_t = 99.9)]
+    pub min_seen: f64,
+    /// Each step's rate is the previous one times this.
+    #[arg(long, env = "BENCH_STEP_FACTOR", default_value_t = 1.5)]
+    pub factor: f64,
+    /// Most steps per system.
+    #[arg(long, env = "BENCH_MAX_STEPS", default_value_t = 10)]
+    pub max_steps: u32,
+    #[command(flatten)]
+    pub side: Side,
+    /// The first step's rate is --rate; each step lasts --duration after --warmup.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}

@@ -1,0 +1,22 @@
+//! The bench: drives System 1 and System 2 (or any service that speaks docs/API.md) with the
+//! same open-loop load, measures ingest-to-dashboard latency in HDR histograms, and writes
+//! side-by-side reports.
+//!
+//! Layout, from the bottom up: [`schedule`] fixes when every message is due; [`agent`] makes
+//! the samples; [`transport`] opens connections; [`load`] runs the agents; [`dashboard`] runs
+//! the dashboards that see the samples arrive; [`record`] holds what both record; [`run`] is
+//! one measured run; [`systems`] starts the systems in-process; [`report`] writes the results;
+//! [`commands`] is what the `bench` binary's subcommands do.
+
+pub mod agent;
+pub mod cli;
+pub mod commands;
+pub mod cpu;
+pub mod dashboard;
+pub mod load;
+pub mod record;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod systems;
+pub mod transport;

@@ -1,0 +1,432 @@
+//! The `bench` binary end to end, as a user runs it: a short `bench compare` against both
+//! systems in-process (System 1 with a redis-server child the bench starts itself), every
+//! transport, an external URL target, and Ctrl-C. The report files are read back and checked:
+//! counts add up, nothing is lost at a low rate, the histograms match the counts, and the HTML
+//! page renders its charts in a real headless Chromium.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn bench() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bench"));
+    // The bench starts its own redis-server unless REDIS_URL says otherwise.
+    c.env_remove("REDIS_URL").env("NO_COLOR", "1");
+    c
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "bench-test-{name}-{}-{}",
+        std::process::id(),
+        metrics_model::now_us()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the bench binary runs");
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn report(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json written");
+    serde_json::from_str(&text).expect("report.json is JSON")
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// Every acknowledged sample reached every dashboard exactly once, and the figures agree
+/// with each other.
+fn check_counts_add_up(sys: &Value, dashboards: u64) {
+    let name = sys["name"].as_str().expect("name");
+    let c = &sys["counts"];
+    assert!(n(&c["offered"]) > 0, "{name}: {c}");
+    assert_eq!(
+        n(&c["sent"]),
+        n(&c["offered"]),
+        "{name}: all offered samples sent: {c}"
+    );
+    assert_eq!(
+        n(&c["acked"]),
+        n(&c["sent"]),
+        "{name}: all sent samples acknowledged: {c}"
+    );
+    assert_eq!(n(&c["errors"]), 0, "{name}: {sys}");
+    assert!(
+        c["rejected"].as_object().expect("map").is_empty(),
+        "{name}: {c}"
+    );
+    assert_eq!(n(&c["dashboards"]), dashboards);
+    assert_eq!(n(&c["expected_seen"]), n(&c["acked"]) * dashboards);
+    assert_eq!(
+        n(&c["seen"]),
+        n(&c["expected_seen"]),
+        "{name}: every sample seen: {c}"
+    );
+    assert_eq!(n(&c["lost"]), 0, "{name}: {c}");
+    assert_eq!(n(&c["duplicated"]), 0, "{name}: {c}");
+    assert_eq!(n(&c["unacked_seen"]), 0, "{name}: {c}");
+    // Each seen sample has one latency.
+    let lat = &sys["latency_us"];
+    assert_eq!(n(&lat["corrected"]["count"]), n(&c["seen"]), "{name}");
+    assert_eq!(n(&lat["uncorrected"]["count"]), n(&c["seen"]), "{name}");
+    let (p50, p99, max) = (
+        n(&lat["corrected"]["p50"]),
+        n(&lat["corrected"]["p99"]),
+        n(&lat["corrected"]["max"]),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{name}: {lat}");
+    // Correction only adds: from the intended time is never shorter than from the send.
+    assert!(
+        n(&lat["corrected"]["p50"]) >= n(&lat["uncorrected"]["p50"]),
+        "{name}"
+    );
+    // The timeline's seconds add up to the counts.
+    let tl = sys["timeline"].as_array().expect("timeline");
+    let sent: u64 = tl.iter().map(|p| n(&p["sent"])).sum();
+    let seen: u64 = tl.iter().map(|p| n(&p["seen"])).sum();
+    assert_eq!(sent, n(&c["sent"]), "{name}: timeline {tl:?}");
+    assert_eq!(seen, n(&c["seen"]) / dashboards, "{name}: timeline {tl:?}");
+}
+
+/// The `.hgrm` file's footer counts the same samples as the JSON.
+fn check_hgrm(dir: &Path, label: &str, count: u64) {
+    let text = std::fs::read_to_string(dir.join(format!("{label}.hgrm"))).expect("hgrm written");
+    let footer = text
+        .lines()
+        .find(|l| l.starts_with("#[Max"))
+        .expect("a #[Max line");
+    let total: u64 = footer
+        .rsplit('=')
+        .next()
+        .and_then(|s| s.trim().trim_end_matches(']').trim().parse().ok())
+        .expect("a total count");
+    assert_eq!(total, count, "{label}.hgrm: {footer}");
+    let last_row = text
+        .lines()
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .expect("rows");
+    assert!(last_row.contains("1.000000000000"), "{last_row}");
+}
+
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHROMIUM").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from("/usr/bin/chromium");
+    assert!(
+        p.is_file(),
+        "this test renders the HTML report in headless Chromium: install the Debian package \
+         `chromium` (apt-get install -y chromium), or set CHROMIUM to its binary"
+    );
+    p
+}
+
+/// Loads the report in headless Chromium and returns the DOM after its scripts ran.
+fn rendered_dom(html: &Path) -> String {
+    let profile = out_dir("chromium-profile");
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.display()),
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", html.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    // Bounded: a browser that hangs fails the test instead of the suite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish rendering the report within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    let _ = std::fs::remove_dir_all(&profile);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn compare_writes_reports_that_add_up_and_render() {
+    let dir = out_dir("compare");
+    let out = run_ok(
+        bench()
+            .args([
+                "compare",
+                "--rate",
+                "400",
+                "--batch",
+                "4",
+                "--agents",
+                "8",
+                "--dashboards",
+                "2",
+                "--duration",
+                "2",
+                "--warmup",
+                "0.5",
+                "--grace",
+                "5",
+                "--out",
+            ])
+            .arg(&dir),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The terminal table shows both systems side by side.
+    assert!(
+        stdout.contains("System 1") && stdout.contains("System 2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("latency p99"), "{stdout}");
+
+    let r = report(&dir);
+    let systems = r["systems"].as_array().expect("systems");
+    assert_eq!(systems.len(), 2);
+    assert_eq!(systems[0]["transport"], "h2c");
+    assert_eq!(systems[1]["transport"], "ws");
+    for s in systems {
+        check_counts_add_up(s, 2);
+        assert_eq!(s["target"], "embedded");
+        let cpu = &s["cpu"];
+        assert!(
+            cpu["load_generator_share"].as_f64().expect("share") > 0.0,
+            "{cpu}"
+        );
+        assert!(cpu["system_s"].as_f64().is_some(), "{cpu}");
+        let label = s["label"].as_str().expect("label");
+        check_hgrm(&dir, label, n(&s["latency_us"]["corrected"]["count"]));
+    }
+    // HTTP has acknowledgements; the WebSocket has none.
+    assert!(n(&systems[0]["ack_latency_us"]["corrected"]["count"]) > 0);
+    assert!(systems[1]["ack_latency_us"].is_null());
+    // Redis ran as the bench's own child, and its CPU was counted.
+    assert!(systems[0]["cpu"]["redis_s"].as_f64().is_some());
+    assert_eq!(r["params"]["rate_per_s"], 400.0);
+    assert!(r["machine"]["cpus"].as_u64().expect("cpus") >= 1);
+
+    // The HTML page is self-contained and draws its charts.
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(!html.contains("__REPORT_JSON__"));
+    assert!(!html.contains("src=\"http"), "the page fetches nothing");
+    let dom = rendered_dom(&dir.join("report.html"));
+    for id in ["latency-chart", "throughput-chart"] {
+        let at = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| {
+            panic!(
+                "no #{id} in the rendered page:\n{}",
+                &dom[..dom.len().min(3000)]
+            )
+        });
+        assert!(dom[at..].contains("<path"), "#{id} has no curves");
+    }
+    assert!(dom.contains("System 1") && dom.contains("System 2"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The other transports: HTTP/1.1, HTTP/2 over TLS and the streaming endpoint into System 1,
+/// WebSocket over TLS into System 2.
+#[test]
+fn every_transport_delivers_every_sample() {
+    for (system, flag, transport) in [
+        ("system1", "--system1-transport", "h1"),
+        ("system1", "--system1-transport", "h2tls"),
+        ("system1", "--system1-transport", "stream"),
+        ("system2", "--system2-transport", "wss"),
+    ] {
+        let dir = out_dir(transport);
+        run_ok(
+            bench()
+                .args([
+                    "run",
+                    system,
+                    flag,
+                    transport,
+                    "--rate",
+                    "300",
+                    "--batch",
+                    "3",
+                    "--agents",
+                    "4",
+                    "--duration",
+                    "1.5",
+                    "--warmup",
+                    "0.3",
+                    "--grace",
+                    "5",
+                    "--out",
+                ])
+                .arg(&dir),
+        );
+        let r = report(&dir);
+        let s = &r["systems"][0];
+        assert_eq!(s["transport"], transport);
+        check_counts_add_up(s, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Either side can be a URL: here a System 2 the test started itself.
+#[test]
+fn a_url_target_is_measured_the_same_way() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let addr = rt.block_on(async {
+        let s = aggregator::Settings::local();
+        let l = aggregator::server::bind(&s).await.expect("bind");
+        let server = aggregator::Server::start(s, l, shutdown.clone()).expect("start");
+        server.plain_addr.expect("plain listener")
+    });
+    let dir = out_dir("url");
+    let out = run_ok(
+        bench()
+            .args([
+                "run",
+                "system2",
+                "--rate",
+                "200",
+                "--batch",
+                "2",
+                "--agents",
+                "3",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.2",
+                "--grace",
+                "5",
+                "--system2",
+            ])
+            .arg(format!("ws://{addr}"))
+            .arg("--out")
+            .arg(&dir),
+    );
+    let r = report(&dir);
+    let s = &r["systems"][0];
+    assert_eq!(s["target"], format!("ws://{addr}"));
+    check_counts_add_up(s, 1);
+    // The system runs elsewhere: its CPU is not the bench's to report.
+    assert!(s["cpu"]["system_s"].is_null());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("ws://{addr}")));
+    shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_and_unreachable_targets_fail_with_a_reason() {
+    let out = bench()
+        .args(["run", "system2", "--batch", "0"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch must be 1 to 10000"));
+    let out = bench()
+        .args(["run", "system1", "--system1-transport", "ws"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("System 1 takes HTTP"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = bench()
+        .args(["run", "system2", "--duration", "1", "--system2"])
+        .arg(format!("ws://127.0.0.1:{port}"))
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connecting the dashboards") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
+
+/// Ctrl-C ends the run early and the report is still written, marked as stopped.
+#[test]
+fn ctrl_c_stops_the_run_and_still_writes_the_report() {
+    let dir = out_dir("ctrlc");
+    let mut child = bench()
+        .args([
+            "run",
+            "system2",
+            "--rate",
+            "500",
+            "--batch",
+            "5",
+            "--agents",
+            "4",
+            "--duration",
+            "60",
+            "--warmup",
+            "0.2",
+            "--grace",
+            "1",
+            "--out",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_secs(3));
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench did not stop after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&dir);
+    let s = &r["systems"][0];
+    assert_eq!(s["stopped_early"], true);
+    let d = s["duration_s"].as_f64().expect("duration");
+    assert!(d > 0.5 && d < 30.0, "measured {d} s of a 60 s run");
+    assert!(n(&s["counts"]["sent"]) > 0);
+    assert_eq!(n(&s["counts"]["lost"]), 0, "{}", s["counts"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
