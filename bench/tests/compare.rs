@@ -140,6 +140,9 @@ fn chromium() -> PathBuf {
 /// Loads the report in headless Chromium and returns the DOM after its scripts ran.
 fn rendered_dom(html: &Path) -> String {
     let profile = out_dir("chromium-profile");
+    std::fs::create_dir_all(&profile).expect("profile folder");
+    // To a file, not a pipe: a page bigger than the pipe buffer would block the browser.
+    let dom_file = profile.join("dom.html");
     let mut child = Command::new(chromium())
         .args([
             "--headless",
@@ -152,7 +155,7 @@ fn rendered_dom(html: &Path) -> String {
             "--dump-dom",
         ])
         .arg(format!("file://{}", html.display()))
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&dom_file).expect("dom file"))
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium starts");
@@ -168,9 +171,9 @@ fn rendered_dom(html: &Path) -> String {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = child.wait_with_output().expect("output");
+    let dom = std::fs::read_to_string(&dom_file).expect("the dumped DOM");
     let _ = std::fs::remove_dir_all(&profile);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    dom
 }
 
 #[test]

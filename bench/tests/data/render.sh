@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Renders bench's HTML report template with a JSON report the way the Rust side does (the marker
-# replaced once, every "</" escaped as "<\/"), loads the page in headless Chromium from a file://
+# replaced once, "<" in the JSON escaped), loads the page in headless Chromium from a file://
 # URL and checks it: the charts are in the DOM as SVG with lines, no script error was logged.
 # Writes NAME.html, NAME.dom.html, NAME.png and NAME.log under $OUT (default /tmp/bench-report).
+#
+# ESCAPE=u003c (default) escapes every "<" as "\u003c", which is always safe inside a script
+# element; ESCAPE=slash escapes only "</" as "<\/", which breaks on "<!--<script" in a string
+# (the edge case of --all then fails: the rest of the page becomes script text).
 #
 #   render.sh                 the sample report next to this script
 #   render.sh FILE.json ...   the given reports
@@ -77,13 +81,14 @@ status=0
 for json in "${inputs[@]}"; do
   name=$(basename "$json" .json)
   page=$out/$name.html
-  # Substitute exactly as bench/src/report/html.rs does.
-  python3 - "$template" "$json" "$page" <<'EOF'
+  # Substitute as bench/src/report/html.rs does.
+  python3 - "$template" "$json" "$page" "${ESCAPE:-u003c}" <<'EOF'
 import json, sys
-tpl, src, dst = sys.argv[1:]
+tpl, src, dst, mode = sys.argv[1:]
 t = open(tpl, encoding="utf-8").read()
 assert t.count("__REPORT_JSON__") == 1, "the marker must appear exactly once"
-doc = json.dumps(json.load(open(src, encoding="utf-8")), ensure_ascii=False).replace("</", "<\\/")
+doc = json.dumps(json.load(open(src, encoding="utf-8")), ensure_ascii=False)
+doc = doc.replace("</", "<\\/") if mode == "slash" else doc.replace("<", "\\u003c")
 open(dst, "w", encoding="utf-8").write(t.replace("__REPORT_JSON__", doc, 1))
 EOF
   flags=(--headless --no-sandbox --disable-gpu --hide-scrollbars --enable-logging=stderr --v=0)
