@@ -57,6 +57,12 @@ pub fn sample(child: Option<u32>) -> Sample {
     s
 }
 
+/// CPU seconds the calling thread has used; a thread that ends before the run's last sample
+/// reports its own time this way.
+pub fn this_thread() -> f64 {
+    stat(Path::new("/proc/thread-self/stat")).map_or(0.0, |(_, t)| t as f64 / TICKS_PER_SEC)
+}
+
 /// CPU used between two samples.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {

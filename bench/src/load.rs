@@ -130,33 +130,26 @@ fn full(body: Vec<u8>) -> Body {
     Full::new(Bytes::from(body)).boxed()
 }
 
-/// Runs agent `a` until its share of the schedule is sent (or `cancel`), then waits for its
-/// outstanding replies.
+/// Runs agent `a`: sends each message the pacer hands it, until the pacer is done (the
+/// schedule is over, or the run was cancelled), then waits for its outstanding replies.
 pub async fn run_agent(
     a: u64,
     mut conn: Conn,
     ep: Arc<Endpoint>,
     plan: Arc<Plan>,
     rec: Arc<LoadRecorder>,
-    cancel: CancellationToken,
+    mut due: mpsc::UnboundedReceiver<u64>,
 ) {
     let server_id = format!("{}{a}", plan.server_prefix);
     let mut metrics = AgentMetrics::new(a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
     let inflight = TaskTracker::new();
-    let total = plan.schedule.total();
     if ep.transport == Transport::Stream {
         if let Conn::Http(c) = conn {
             conn = Conn::Stream(StreamAgent::start(c, &ep, plan.clone(), rec.clone()));
         }
     }
-    let mut k = a;
-    while k < total {
-        let due = plan.start + plan.schedule.due(k);
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(due.into()) => {}
-        }
+    // The pacer hands this agent each of its messages when it is due.
+    while let Some(k) = due.recv().await {
         let measured = plan.measured(k);
         let ndjson = matches!(conn, Conn::Stream(_));
         let body = message(&plan, &mut metrics, &server_id, k, ndjson);
@@ -210,7 +203,6 @@ pub async fn run_agent(
                 }
             }
         }
-        k += plan.agents;
     }
     inflight.close();
     inflight.wait().await;
@@ -531,4 +523,30 @@ fn stream_ack(plan: &Plan, rec: &LoadRecorder, pending: &Mutex<VecDeque<Pending>
             }
         }
     }
+}
+
+/// Hands every message to its agent at its due time, from a thread of its own.
+///
+/// Tokio's timer has a 1 ms tick: an agent sleeping on it sends on average half a millisecond
+/// late, which would show up in every corrected latency. This thread sleeps with the OS timer
+/// (tens of microseconds late) and releases, on each wake-up, every message due by then.
+/// Returns the CPU seconds the thread used.
+pub fn pace(plan: &Plan, agents: Vec<mpsc::UnboundedSender<u64>>, cancel: &CancellationToken) -> f64 {
+    let total = plan.schedule.total();
+    let n = agents.len() as u64;
+    let mut k = 0u64;
+    while k < total && !cancel.is_cancelled() {
+        let now = Instant::now();
+        let due = plan.start + plan.schedule.due(k);
+        if due > now {
+            // Bounded, so a cancel is seen within 50 ms even at a very low rate.
+            std::thread::sleep((due - now).min(Duration::from_millis(50)));
+            continue;
+        }
+        while k < total && plan.start + plan.schedule.due(k) <= now {
+            let _ = agents[(k % n) as usize].send(k);
+            k += 1;
+        }
+    }
+    crate::cpu::this_thread()
 }

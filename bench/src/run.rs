@@ -212,18 +212,22 @@ pub async fn run(
     let wall = Instant::now();
 
     let agents = TaskTracker::new();
+    let mut dues = Vec::with_capacity(conns.len());
     for (a, conn) in conns.into_iter().enumerate() {
-        let fut = load::run_agent(
-            a as u64,
-            conn,
-            ep.clone(),
-            plan.clone(),
-            rec.clone(),
-            cancel.clone(),
-        );
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        dues.push(tx);
+        let fut = load::run_agent(a as u64, conn, ep.clone(), plan.clone(), rec.clone(), rx);
         agents.spawn_on(fut, &rts.load);
     }
     agents.close();
+    // The name makes its CPU time count as the load generator's.
+    let pacer = {
+        let (plan, cancel) = (plan.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name("bench-load-pace".into())
+            .spawn(move || load::pace(&plan, dues, &cancel))
+            .context("starting the pacer thread")?
+    };
 
     let total_s = w.warmup_s + w.duration_s;
     let bar = if show_progress {
@@ -279,11 +283,14 @@ pub async fn run(
     }
     stop_dash.cancel();
     bar.finish_and_clear();
+    let pacer_cpu = pacer.join().unwrap_or(0.0);
     let mut outcomes = Vec::with_capacity(dashboards.len());
     for d in dashboards {
         outcomes.push(d.await.context("a dashboard task failed")?);
     }
     let cpu_b = crate::cpu::sample(t.redis_pid);
+    let mut cpu_b = cpu_b;
+    cpu_b.load += pacer_cpu; // the pacer thread has ended: its time is no longer listed
     let cpu = crate::cpu::usage(&cpu_a, &cpu_b, wall.elapsed().as_secs_f64(), t.embedded);
 
     // Counts.

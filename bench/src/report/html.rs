@@ -8,9 +8,36 @@ const MARKER: &str = "__REPORT_JSON__";
 
 /// The page for `r`.
 pub fn render(r: &Report) -> String {
-    // `</` inside a script element would end it early; JSON allows `<\/` for the same text.
+    // Markup inside a script element (`</script>`, `<!--`) would end or hide it: every `<`
+    // becomes the JSON escape `\u003c`, which reads back as the same text.
     let json = serde_json::to_string(r)
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-        .replace("</", "<\\/");
+        .replace('<', "\\u003c");
     TEMPLATE.replacen(MARKER, &json, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_the_data_cannot_break_out_of_the_script() {
+        let r = Report {
+            tool: "bench".into(),
+            title: "</script><!--<script>alert(1)".into(),
+            started: String::new(),
+            command: String::new(),
+            params: serde_json::json!({}),
+            machine: Default::default(),
+            systems: vec![],
+            steps: vec![],
+        };
+        let page = render(&r);
+        assert!(!page.contains("__REPORT_JSON__"));
+        assert!(!page.contains("</script><!--"));
+        let start = page.find("id=\"report-data\">").expect("data element") + 18;
+        let end = start + page[start..].find("</script>").expect("script end");
+        let back: Report = serde_json::from_str(&page[start..end]).expect("the JSON reads back");
+        assert_eq!(back, r);
+    }
 }
