@@ -531,7 +531,11 @@ fn stream_ack(plan: &Plan, rec: &LoadRecorder, pending: &Mutex<VecDeque<Pending>
 /// late, which would show up in every corrected latency. This thread sleeps with the OS timer
 /// (tens of microseconds late) and releases, on each wake-up, every message due by then.
 /// Returns the CPU seconds the thread used.
-pub fn pace(plan: &Plan, agents: Vec<mpsc::UnboundedSender<u64>>, cancel: &CancellationToken) -> f64 {
+pub fn pace(
+    plan: &Plan,
+    agents: Vec<mpsc::UnboundedSender<u64>>,
+    cancel: &CancellationToken,
+) -> f64 {
     let total = plan.schedule.total();
     let n = agents.len() as u64;
     let mut k = 0u64;
