@@ -462,6 +462,15 @@ async fn max(
             best_here = Some(m);
             rate *= a.factor;
         }
+        let all_passed = steps
+            .last()
+            .is_some_and(|s| s["pass"].as_bool() == Some(true) && s["step"] == a.max_steps);
+        if all_passed && !cancel.is_cancelled() {
+            eprintln!(
+                "every step passed up to --max-steps {}: the limit is higher; raise --rate or --max-steps",
+                a.max_steps
+            );
+        }
         if let Some(m) = best_here {
             best.push(m);
         }
