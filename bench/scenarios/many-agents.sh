@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Many agents: 10,000 agents, each with its own connection, sending 2 samples/s each
-# (20,000 samples/s in all), against both systems.
+# Many agents: 10,000 agents, each with its own connection, sending one sample a second
+# (10,000 samples/s in all), against both systems.
 #
 # 10,000 agents in-process would need 20,000 sockets in one process (both ends), more than
 # the usual open-file limit, so here the systems run as processes of their own and the bench
@@ -46,4 +46,4 @@ done
 
 ./target/release/bench compare \
   --system1 "http://127.0.0.1:$p1" --system2 "ws://127.0.0.1:$p2" \
-  --agents 10000 --rate 20000 --batch 1 --duration 20 --warmup 5 --grace 5 "$@"
+  --agents 10000 --rate 10000 --batch 1 --duration 20 --warmup 5 --grace 5 "$@"

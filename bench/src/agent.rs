@@ -9,8 +9,27 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Number of metric leaves in one sample, `send_us` and `bench_seq` included.
-pub const METRICS_PER_SAMPLE: usize = 12;
+/// Which metrics a sample carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricSet {
+    /// cpu, memory, disk, load1, requests_per_s, latency_ms.p50/p99, errors, network.in/out:
+    /// 12 leaves with the bench's two, about 280 bytes.
+    Full,
+    /// cpu, memory, disk, network.in/out (the README's example agent): 7 leaves, about
+    /// 170 bytes.
+    Basic,
+}
+
+impl MetricSet {
+    /// Number of metric leaves in one sample, `send_us` and `bench_seq` included.
+    pub fn leaves(self) -> usize {
+        match self {
+            MetricSet::Full => 12,
+            MetricSet::Basic => 7,
+        }
+    }
+}
 
 /// The random-walk state of one agent.
 #[derive(Clone, Debug)]
@@ -75,7 +94,14 @@ impl AgentMetrics {
     }
 
     /// Appends one sample as JSON to `out`.
-    pub fn write_sample(&self, out: &mut Vec<u8>, server_id: &str, seq: u64, send_us: u64) {
+    pub fn write_sample(
+        &self,
+        set: MetricSet,
+        out: &mut Vec<u8>,
+        server_id: &str,
+        seq: u64,
+        send_us: u64,
+    ) {
         let mut i = itoa::Buffer::new();
         let mut f = ryu::Buffer::new();
         out.extend_from_slice(b"{\"serverId\":\"");
@@ -84,7 +110,7 @@ impl AgentMetrics {
         out.extend_from_slice(i.format(send_us).as_bytes());
         out.extend_from_slice(b",\"bench_seq\":");
         out.extend_from_slice(i.format(seq).as_bytes());
-        for (name, v) in [
+        let full = [
             (&b",\"cpu\":"[..], round1(self.cpu)),
             (b",\"memory\":", round1(self.memory)),
             (b",\"disk\":", round1(self.disk)),
@@ -95,7 +121,19 @@ impl AgentMetrics {
             (b"},\"errors\":", self.errors),
             (b",\"network\":{\"in\":", self.net_in.round()),
             (b",\"out\":", self.net_out.round()),
-        ] {
+        ];
+        let basic = [
+            (&b",\"cpu\":"[..], round1(self.cpu)),
+            (b",\"memory\":", round1(self.memory)),
+            (b",\"disk\":", round1(self.disk)),
+            (b",\"network\":{\"in\":", self.net_in.round()),
+            (b",\"out\":", self.net_out.round()),
+        ];
+        let fields: &[(&[u8], f64)] = match set {
+            MetricSet::Full => &full,
+            MetricSet::Basic => &basic,
+        };
+        for &(name, v) in fields {
             out.extend_from_slice(name);
             if v.fract() == 0.0 && v.abs() < 1e15 {
                 out.extend_from_slice(i.format(v as i64).as_bytes());
@@ -117,15 +155,21 @@ mod tests {
         let mut d = metrics_model::decode::Decoder::default();
         for seq in 0..500 {
             a.step();
+            let set = if seq % 2 == 0 {
+                MetricSet::Full
+            } else {
+                MetricSet::Basic
+            };
             let mut out = Vec::new();
-            a.write_sample(&mut out, "bench-x-1", seq, 1_764_349_200_123_456);
+            a.write_sample(set, &mut out, "bench-x-1", seq, 1_764_349_200_123_456);
             let text = String::from_utf8(out.clone()).expect("utf8");
             let s = d
                 .decode_one(&mut out, 0)
                 .unwrap_or_else(|e| panic!("{text}: {e}"));
             let s = &s;
             assert_eq!(s.server_id, "bench-x-1");
-            assert_eq!(s.metrics.len(), METRICS_PER_SAMPLE, "{text}");
+            assert_eq!(s.metrics.len(), set.leaves(), "{text}");
+            assert!(s.metrics.get("network.in").is_some());
             assert_eq!(s.metrics.get("bench_seq"), Some(seq as f64));
             assert_eq!(s.metrics.get("send_us"), Some(1_764_349_200_123_456.0));
             let cpu = s.metrics.get("cpu").expect("cpu");

@@ -23,8 +23,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// The load against one system.
     Run(RunArgs),
-    /// Per system, the highest rate dashboards keep up with: steps the rate up until fewer
-    /// than 99.9 % of samples arrive or p99 goes over --p99-ms.
+    /// Per system, the highest rate dashboards keep up with: steps the rate up from --rate
+    /// until fewer than 99.9 % of samples arrive or p99 goes over --p99-ms (down, when the
+    /// first step already fails).
     Max(MaxArgs),
 }
 
@@ -37,6 +38,10 @@ pub struct LoadArgs {
     /// Samples per message (HTTP request or WebSocket frame); 1 sends single samples.
     #[arg(long, env = "BENCH_BATCH", default_value_t = 10)]
     pub batch: u64,
+    /// The metrics each sample carries: `full` (12, about 280 bytes) or `basic` (7, about
+    /// 170 bytes).
+    #[arg(long, env = "BENCH_METRICS", value_enum, default_value_t = crate::agent::MetricSet::Full)]
+    pub metrics: crate::agent::MetricSet,
     /// Agents (fake servers), each with its own connection.
     #[arg(long, env = "BENCH_AGENTS", default_value_t = 100)]
     pub agents: u64,

@@ -97,7 +97,8 @@ pub fn workload(l: &LoadArgs) -> anyhow::Result<Workload> {
             period_s: l.burst_period,
             burst_s: l.burst_length,
         }),
-        metrics_per_sample: crate::agent::METRICS_PER_SAMPLE,
+        metrics: l.metrics,
+        metrics_per_sample: l.metrics.leaves(),
     };
     let s = w.schedule()?;
     if s.total() < 1 {
@@ -420,6 +421,7 @@ async fn max(
     for s in systems {
         let mut rate = base.rate_per_s;
         let mut best_here: Option<Measured> = None;
+        let mut going_down = false;
         for step in 1..=a.max_steps {
             if cancel.is_cancelled() {
                 break;
@@ -456,15 +458,24 @@ async fn max(
                 "seen_per_s": m.result.throughput.seen_per_s, "seen_pct": seen_pct,
                 "sent_pct": sent_pct, "p99_us": p99, "pass": pass,
             }));
-            if !pass {
+            // Up while steps pass; if the very first fails, down until one passes.
+            if pass {
+                best_here = Some(m);
+                if going_down {
+                    break;
+                }
+                rate *= a.factor;
+            } else if step == 1 || going_down {
+                going_down = true;
+                rate /= a.factor;
+            } else {
                 break;
             }
-            best_here = Some(m);
-            rate *= a.factor;
         }
         let all_passed = steps
             .last()
-            .is_some_and(|s| s["pass"].as_bool() == Some(true) && s["step"] == a.max_steps);
+            .is_some_and(|s| s["pass"].as_bool() == Some(true) && s["step"] == a.max_steps)
+            && !going_down;
         if all_passed && !cancel.is_cancelled() {
             eprintln!(
                 "every step passed up to --max-steps {}: the limit is higher; raise --rate or --max-steps",
@@ -526,6 +537,7 @@ mod tests {
             burst_rate: None,
             burst_period: 5.0,
             burst_length: 1.0,
+            metrics: crate::agent::MetricSet::Full,
         };
         assert!(workload(&l).unwrap_err().to_string().contains("--batch"));
         l.batch = 1;

@@ -38,6 +38,7 @@ pub struct Plan {
     pub schedule: Schedule,
     /// Samples per message.
     pub batch: u64,
+    pub metrics: crate::agent::MetricSet,
     pub agents: u64,
     /// Messages before this index are warm-up: sent, not recorded.
     pub first_measured: u64,
@@ -115,7 +116,7 @@ fn message(
             out.push(b',');
         }
         metrics.step();
-        metrics.write_sample(&mut out, server_id, k * batch + i, send_us);
+        metrics.write_sample(plan.metrics, &mut out, server_id, k * batch + i, send_us);
         if ndjson {
             out.push(b'\n');
         }

@@ -33,6 +33,7 @@ pub struct Workload {
     pub grace_s: f64,
     /// Bursts: peak rate, and how long a burst lasts in each period.
     pub burst: Option<Burst>,
+    pub metrics: crate::agent::MetricSet,
     pub metrics_per_sample: usize,
 }
 
@@ -198,6 +199,7 @@ pub async fn run(
     let plan = Arc::new(Plan {
         schedule,
         batch: w.batch,
+        metrics: w.metrics,
         agents: w.agents,
         first_measured,
         server_prefix,
