@@ -35,7 +35,8 @@ mod tests {
         let page = render(&r);
         assert!(!page.contains("__REPORT_JSON__"));
         assert!(!page.contains("</script><!--"));
-        let start = page.find("id=\"report-data\">").expect("data element") + 18;
+        let open = "<script type=\"application/json\" id=\"report-data\">";
+        let start = page.find(open).expect("data element") + open.len();
         let end = start + page[start..].find("</script>").expect("script end");
         let back: Report = serde_json::from_str(&page[start..end]).expect("the JSON reads back");
         assert_eq!(back, r);
