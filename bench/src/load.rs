@@ -155,6 +155,7 @@ pub async fn run_agent(
         let ndjson = matches!(conn, Conn::Stream(_));
         let body = message(&plan, &mut metrics, &server_id, k, ndjson);
         let sent_us = metrics_model::now_us();
+        rec.sent_all.fetch_add(plan.batch, Relaxed);
         if measured {
             rec.sent.fetch_add(plan.batch, Relaxed);
             rec.sent_per_sec.add(plan.second(sent_us), plan.batch);

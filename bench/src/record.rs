@@ -171,6 +171,8 @@ impl Timeline {
 pub struct LoadRecorder {
     /// Samples written to the wire.
     pub sent: AtomicU64,
+    /// The same, warm-up included (for the progress display).
+    pub sent_all: AtomicU64,
     /// Samples the system acknowledged (HTTP 202, a stream ack; for WebSocket, written).
     pub acked: AtomicU64,
     /// Samples whose request failed at the transport (connection refused or reset, timeout).
@@ -189,6 +191,7 @@ impl LoadRecorder {
     pub fn new(samples: u64, secs: usize) -> Self {
         Self {
             sent: AtomicU64::new(0),
+            sent_all: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             acked_set: AtomicBits::new(samples),

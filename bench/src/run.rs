@@ -235,7 +235,7 @@ pub async fn run(
     let bar = if show_progress {
         let b = ProgressBar::new((total_s * 1000.0) as u64);
         b.set_style(
-            ProgressStyle::with_template("{prefix:>10} [{bar:30}] {msg}")
+            ProgressStyle::with_template("{prefix:>8} [{bar:20}] {msg}")
                 .expect("a valid template")
                 .progress_chars("=> "),
         );
@@ -253,17 +253,23 @@ pub async fn run(
         }
         let el = start.elapsed().as_secs_f64();
         bar.set_position((el * 1000.0) as u64);
-        let (sent, seen) = (rec.sent.load(Relaxed), live.seen.load(Relaxed));
+        let (sent, seen) = (rec.sent_all.load(Relaxed), live.seen.load(Relaxed));
         let dt = last.0.elapsed().as_secs_f64().max(1e-3);
-        let phase = if el < w.warmup_s {
-            "warm-up"
-        } else {
-            "measuring"
+        let phase = if el < w.warmup_s { " warm-up" } else { "" };
+        let rate = |n: u64| {
+            let r = n as f64 / dt;
+            if r >= 1e6 {
+                format!("{:.2}M", r / 1e6)
+            } else if r >= 1e3 {
+                format!("{:.1}k", r / 1e3)
+            } else {
+                format!("{r:.0}")
+            }
         };
         bar.set_message(format!(
-            "{el:.0}/{total_s:.0} s {phase}  sent {:.0}/s  seen {:.0}/s",
-            (sent - last.1) as f64 / dt,
-            (seen - last.2) as f64 / dt / w.dashboards.max(1) as f64,
+            "{el:.0}/{total_s:.0} s{phase}  sent {}/s  seen {}/s",
+            rate(sent - last.1),
+            rate((seen - last.2) / w.dashboards.max(1)),
         ));
         last = (Instant::now(), sent, seen);
     }
@@ -275,7 +281,7 @@ pub async fn run(
         w.grace_s
     };
     let grace_end = Instant::now() + Duration::from_secs_f64(grace);
-    bar.set_message("waiting for the last samples to reach the dashboards");
+    bar.set_message("waiting for stragglers");
     while Instant::now() < grace_end {
         let want = rec.acked.load(Relaxed) * w.dashboards;
         if live.seen.load(Relaxed) >= want {
