@@ -433,3 +433,49 @@ fn ctrl_c_stops_the_run_and_still_writes_the_report() {
     assert_eq!(n(&s["counts"]["lost"]), 0, "{}", s["counts"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench max` steps the rate and reports each step; at these low rates every step passes.
+#[test]
+fn max_reports_each_step_and_the_best_passing_one() {
+    let dir = out_dir("max");
+    let out = run_ok(
+        bench()
+            .args([
+                "max",
+                "system2",
+                "--rate",
+                "200",
+                "--factor",
+                "2",
+                "--max-steps",
+                "2",
+                "--batch",
+                "2",
+                "--agents",
+                "3",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.2",
+                "--grace",
+                "5",
+                "--p99-ms",
+                "1000",
+                "--out",
+            ])
+            .arg(&dir),
+    );
+    let r = report(&dir);
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0]["rate_per_s"], 200.0);
+    assert_eq!(steps[1]["rate_per_s"], 400.0);
+    assert!(steps.iter().all(|s| s["pass"] == true), "{steps:?}");
+    // The report's system is the best passing step.
+    let s = &r["systems"][0];
+    assert_eq!(s["throughput"]["offered_per_s"], 400.0);
+    check_counts_add_up(s, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("every step passed"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
