@@ -193,7 +193,10 @@ pub async fn run_agent(
                     if ok {
                         ack(&plan, &rec, k, sent_us, sent_us);
                     } else {
-                        rec.error(plan.batch, || "the WebSocket closed during the run".into());
+                        let why = ws.close_reason().await;
+                        rec.error(plan.batch, || {
+                            why.unwrap_or_else(|| "the WebSocket closed during the run".into())
+                        });
                     }
                 }
             }
@@ -313,6 +316,8 @@ pub struct WsAgent {
         >,
     >,
     reader: tokio::task::JoinHandle<()>,
+    /// Why the system closed the socket, once it did.
+    closed: Arc<Mutex<Option<String>>>,
 }
 
 impl WsAgent {
@@ -320,20 +325,39 @@ impl WsAgent {
         let (mut rx, tx) = ws.split(tokio::io::split);
         let tx = Arc::new(tokio::sync::Mutex::new(tx));
         let reply_tx = tx.clone();
+        let closed: Arc<Mutex<Option<String>>> = Arc::default();
+        let why = closed.clone();
         let reader = tokio::spawn(async move {
             loop {
                 let reply_tx = reply_tx.clone();
                 let mut obligated = move |f: Frame<'_>| {
                     let reply_tx = reply_tx.clone();
                     let f = Frame::new(f.fin, f.opcode, None, Payload::Owned(f.payload.to_vec()));
-                    async move { reply_tx.lock().await.write_frame(f).await }
+                    async move {
+                        // A failed pong or close reply is not the reader's error: the close
+                        // frame that prompted it carries the reason, and must come through.
+                        let _ = reply_tx.lock().await.write_frame(f).await;
+                        Ok::<(), std::io::Error>(())
+                    }
                 };
                 let frame = match rx.read_frame(&mut obligated).await {
                     Ok(f) => f,
-                    Err(_) => break,
+                    Err(e) => {
+                        *why.lock().expect("lock") = Some(format!("reading failed: {e}"));
+                        break;
+                    }
                 };
                 match frame.opcode {
-                    OpCode::Close => break,
+                    OpCode::Close => {
+                        let p = &frame.payload[..];
+                        let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+                        let text = String::from_utf8_lossy(p.get(2..).unwrap_or_default());
+                        *why.lock().expect("lock") = Some(match code {
+                            Some(c) => format!("the system closed the socket: {c} {text}"),
+                            None => "the system closed the socket".into(),
+                        });
+                        break;
+                    }
                     OpCode::Text | OpCode::Binary => {
                         let p = &frame.payload[..];
                         if memchr::memmem::find(p, b"\"type\":\"error\"").is_some() {
@@ -346,7 +370,22 @@ impl WsAgent {
                 }
             }
         });
-        Self { tx, reader }
+        Self { tx, reader, closed }
+    }
+
+    /// Why the socket closed: the system's close frame when the reader has seen one (waiting
+    /// briefly for it the first time, as the write may fail first).
+    async fn close_reason(&self) -> Option<String> {
+        for _ in 0..20 {
+            if let Some(w) = self.closed.lock().expect("lock").clone() {
+                return Some(w);
+            }
+            if self.reader.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.closed.lock().expect("lock").clone()
     }
 
     async fn send(&self, body: Vec<u8>) -> bool {
