@@ -239,13 +239,18 @@ fn prepare(
     let url = sys
         .url(transport.websocket(), transport.tls())
         .context("the embedded system has no listener for this transport")?;
-    let ep = Endpoint::from_url(
+    let mut ep = Endpoint::from_url(
         &url,
         None,
         transport,
         sys.ca_pem.as_deref(),
         out.token.clone(),
     )?;
+    // Connect to the address bound, whatever the certificate's name resolves to.
+    if let Some(addr) = if transport.tls() { sys.tls } else { sys.plain } {
+        ep.ingest.addr = addr;
+        ep.dashboard.addr = addr;
+    }
     Ok(Prepared {
         target: Target {
             name: name.to_string(),

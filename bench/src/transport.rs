@@ -147,11 +147,18 @@ fn parse_url(url: &str) -> Result<Parsed, TargetError> {
     })
 }
 
+/// The host's address, IPv4 first (`localhost` often lists `::1` first, and most local
+/// servers listen on 127.0.0.1).
 fn resolve(url: &str, host: &str, port: u16) -> Result<SocketAddr, TargetError> {
-    (host, port)
+    let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| TargetError::Resolve(url.to_string(), e.to_string()))?
-        .next()
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| TargetError::Resolve(url.to_string(), "no address".into()))
 }
 
