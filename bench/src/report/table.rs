@@ -116,6 +116,7 @@ fn rows(s: &SystemResult) -> Vec<(&'static str, String)> {
                 s.cpu.cores
             ),
         ),
+        ("dashboards CPU", format!("{:.1} s", s.cpu.dashboards_s)),
         (
             "system CPU",
             s.cpu.system_s.map_or("-".into(), |x| format!("{x:.1} s")),
