@@ -90,6 +90,9 @@ pub struct OutputArgs {
     /// Threads of the load generator's runtime (agents).
     #[arg(long, env = "BENCH_LOAD_THREADS", default_value_t = 2)]
     pub load_threads: usize,
+    /// Threads of the dashboards' runtime.
+    #[arg(long, env = "BENCH_DASHBOARD_THREADS", default_value_t = 1)]
+    pub dashboard_threads: usize,
     /// Threads of an embedded system's runtime.
     #[arg(long, env = "BENCH_SYSTEM_THREADS", default_value_t = 2)]
     pub system_threads: usize,

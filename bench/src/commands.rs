@@ -28,7 +28,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let dash_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(output.dashboard_threads.max(1))
         .thread_name("bench-dash")
         .enable_all()
         .build()?;
