@@ -11,7 +11,7 @@ use crate::transport::Transport;
 /// With no URLs, the systems run inside the bench (System 1 with a redis-server child of its
 /// own unless REDIS_URL is set). Reports go to a new folder under --results.
 #[derive(Debug, Parser)]
-#[command(name = "bench", version, about, long_about)]
+#[command(name = "bench", version, about, long_about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -179,4 +179,22 @@ pub struct MaxArgs {
     pub load: LoadArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_flag_overrides_an_earlier_one_so_scenario_scripts_take_extra_flags() {
+        let cli = Cli::try_parse_from(["bench", "compare", "--rate", "1000", "--rate", "50000"])
+            .expect("parses");
+        let Command::Compare(a) = cli.command else {
+            panic!("compare");
+        };
+        assert_eq!(a.load.rate, 50000.0);
+        assert_eq!(a.side.system1_transport, Transport::H2c);
+        let e = Cli::try_parse_from(["bench", "run", "system3"]).unwrap_err();
+        assert!(e.to_string().contains("system3"), "{e}");
+    }
 }
