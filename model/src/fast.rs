@@ -60,6 +60,19 @@ impl<'a> Cursor<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
+    /// After an object member: `,` (another member follows: `Some(true)`) or `}` (the object
+    /// ended: `Some(false)`); anything else fails.
+    #[inline]
+    fn next_member(&mut self) -> Option<bool> {
+        let c = self.peek()?;
+        self.i += 1;
+        match c {
+            b',' => Some(true),
+            b'}' => Some(false),
+            _ => None,
+        }
+    }
+
     /// A string of name characters only (no escapes): the only strings samples need.
     #[inline]
     fn name(&mut self) -> Option<&'a str> {
@@ -209,34 +222,18 @@ impl<'a> Cursor<'a> {
                         }
                         self.eat(b':')?;
                         let v = self.number()?;
-                        if m.len() == limits.max_metrics {
-                            return None;
-                        }
-                        m.push(name, sub, v);
-                        match self.peek()? {
-                            b',' => self.i += 1,
-                            b'}' => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return None,
+                        push(&mut m, limits, name, sub, v)?;
+                        if !self.next_member()? {
+                            break;
                         }
                     }
                 }
             } else {
                 let v = self.number()?;
-                if m.len() == limits.max_metrics {
-                    return None;
-                }
-                m.push("", name, v);
+                push(&mut m, limits, "", name, v)?;
             }
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return None,
+            if !self.next_member()? {
+                break;
             }
         }
         if m.is_empty() || m.find_duplicate().is_some() {
@@ -266,13 +263,8 @@ impl<'a> Cursor<'a> {
                 }
                 _ => return None,
             }
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return None,
+            if !self.next_member()? {
+                break;
             }
         }
         Some(Sample {
@@ -289,6 +281,13 @@ impl<'a> Cursor<'a> {
 }
 
 /// One sample object, or an array of them, in the common shape; `None` means "ask simd-json".
+/// Adds a metric unless the sample already has as many as the limits allow (the slow path then
+/// reports the error).
+#[inline]
+fn push(m: &mut Metrics, limits: Limits, prefix: &str, name: &str, v: f64) -> Option<()> {
+    (m.len() < limits.max_metrics).then(|| m.push(prefix, name, v))
+}
+
 pub(crate) fn decode(
     input: &[u8],
     arrival_ms: u64,
