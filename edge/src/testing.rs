@@ -1,6 +1,6 @@
 //! Test helpers shared by both systems' test suites (feature `test-util`): a WebSocket peer
 //! whose frames are read by a task into a channel (frame reads are not cancel-safe, channel
-//! receives are), and a bare HTTP/1.1 GET.
+//! receives are), a bare HTTP/1.1 GET, and listeners on free loopback ports.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -16,6 +16,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::client::{self, ClientError};
+
+/// A plaintext listener on 127.0.0.1:0, and a TLS one with `tls` when given.
+pub async fn local_listeners(tls: Option<Arc<rustls::ServerConfig>>) -> crate::listener::Listeners {
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tls = match tls {
+        Some(cfg) => Some((
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind tls"),
+            tokio_rustls::TlsAcceptor::from(cfg),
+        )),
+        None => None,
+    };
+    crate::listener::Listeners {
+        plain: Some(plain),
+        tls,
+    }
+}
 
 /// How long a test waits for anything before failing.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -116,23 +116,7 @@ async fn several_workers_share_the_stream_and_windows_count_each_sample_once() {
     ];
 
     let total = 300u64;
-    let mut tasks = Vec::new();
-    for i in 0..total {
-        let addr = front.addr;
-        tasks.push(tokio::spawn(async move {
-            post(
-                addr,
-                &Transport::H2c,
-                "application/json",
-                sample(&format!("m{}", i % 5), 1.0),
-            )
-            .await
-            .status
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.expect("request"), 202);
-    }
+    post_concurrently(front.addr, Transport::H2c, total, "m", 5).await;
     // Every sample once (by id), and the "*" windows of the shortest length count each once.
     let mut ids = HashSet::new();
     let mut windowed = 0u64;
@@ -195,38 +179,12 @@ async fn concurrent_requests_share_pipelines() {
     s.writers = 2;
     let front = start_role(s, Role::Front).await;
     // Warm the writers' connections.
-    assert_eq!(
-        post(
-            front.addr,
-            &Transport::H2c,
-            "application/json",
-            sample("w", 1.0)
-        )
-        .await
-        .status,
-        202
-    );
+    post_accepted(front.addr, &Transport::H2c, sample("w", 1.0)).await;
     let xadd_before = info_field(&redis, "commandstats", "cmdstat_xadd:calls=");
     let reads_before = info_field(&redis, "stats", "total_reads_processed:");
 
     let n = 400;
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let addr = front.addr;
-        tasks.push(tokio::spawn(async move {
-            post(
-                addr,
-                &Transport::Http1,
-                "application/json",
-                sample(&format!("p{}", i % 10), 1.0),
-            )
-            .await
-            .status
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.expect("request"), 202);
-    }
+    post_concurrently(front.addr, Transport::Http1, n, "p", 10).await;
     let xadds = info_field(&redis, "commandstats", "cmdstat_xadd:calls=") - xadd_before;
     // Our own INFO calls add a read each; nothing else talks to this Redis.
     let reads = info_field(&redis, "stats", "total_reads_processed:") - reads_before;

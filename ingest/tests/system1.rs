@@ -274,17 +274,7 @@ async fn redis_down_gives_503_and_recovery_needs_no_restart() {
     let srv = start(settings(&redis)).await;
     let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
     dash.next_of("hello").await;
-    assert_eq!(
-        post(
-            srv.addr,
-            &Transport::Http1,
-            "application/json",
-            sample("before", 1.0)
-        )
-        .await
-        .status,
-        202
-    );
+    post_accepted(srv.addr, &Transport::Http1, sample("before", 1.0)).await;
     dash.next_for("sample", "before").await;
 
     redis.stop();
@@ -347,17 +337,7 @@ async fn redis_down_gives_503_and_recovery_needs_no_restart() {
 async fn redis_slower_than_the_deadline_gives_503() {
     let redis = Redis::start();
     let srv = start(settings(&redis)).await;
-    assert_eq!(
-        post(
-            srv.addr,
-            &Transport::H2c,
-            "application/json",
-            sample("a", 1.0)
-        )
-        .await
-        .status,
-        202
-    );
+    post_accepted(srv.addr, &Transport::H2c, sample("a", 1.0)).await;
     redis.pause();
     let r = post(
         srv.addr,
@@ -403,17 +383,7 @@ async fn a_dashboard_resumes_with_since_without_gaps_or_repeats() {
     let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
     dash.next_of("hello").await;
     for i in 0..5 {
-        assert_eq!(
-            post(
-                srv.addr,
-                &Transport::H2c,
-                "application/json",
-                sample("r", f64::from(i))
-            )
-            .await
-            .status,
-            202
-        );
+        post_accepted(srv.addr, &Transport::H2c, sample("r", f64::from(i))).await;
     }
     let mut last = String::new();
     for i in 0..5 {
@@ -424,24 +394,9 @@ async fn a_dashboard_resumes_with_since_without_gaps_or_repeats() {
     drop(dash);
     // Missed while away: five more, in one batch and singles.
     let batch = format!("[{},{}]", sample("r", 5.0), sample("r", 6.0));
-    assert_eq!(
-        post(srv.addr, &Transport::H2c, "application/json", batch)
-            .await
-            .status,
-        202
-    );
+    post_accepted(srv.addr, &Transport::H2c, batch).await;
     for i in 7..10 {
-        assert_eq!(
-            post(
-                srv.addr,
-                &Transport::H2c,
-                "application/json",
-                sample("r", f64::from(i))
-            )
-            .await
-            .status,
-            202
-        );
+        post_accepted(srv.addr, &Transport::H2c, sample("r", f64::from(i))).await;
     }
     let mut dash = connect(srv.addr, &format!("/ws?since={last}"))
         .await

@@ -4,10 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use aggregator::{Listeners, Server, Settings};
+use aggregator::{Server, Settings};
 pub use metrics_edge::testing::*;
 use metrics_model::window::WindowSpec;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub struct TestServer {
@@ -34,24 +33,9 @@ pub async fn start_with_tls(
     settings: Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> TestServer {
-    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let tls = match tls {
-        Some(cfg) => Some((
-            TcpListener::bind("127.0.0.1:0").await.expect("bind tls"),
-            tokio_rustls::TlsAcceptor::from(cfg),
-        )),
-        None => None,
-    };
     let shutdown = CancellationToken::new();
-    let server = Server::start(
-        settings,
-        Listeners {
-            plain: Some(plain),
-            tls,
-        },
-        shutdown.clone(),
-    )
-    .expect("server starts");
+    let server = Server::start(settings, local_listeners(tls).await, shutdown.clone())
+        .expect("server starts");
     let addr = server.plain_addr.expect("plain addr");
     let tls_addr = server.tls_addr;
     let hub = server.hub.clone();

@@ -12,10 +12,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 pub use metrics_edge::testing::*;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use ingest::{Listeners, Role, Server, Settings};
+use ingest::{Role, Server, Settings};
 
 /// A redis-server child process on its own port.
 pub struct Redis {
@@ -148,24 +147,9 @@ pub async fn start_with_tls(
     settings: Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> TestServer {
-    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let tls = match tls {
-        Some(cfg) => Some((
-            TcpListener::bind("127.0.0.1:0").await.expect("bind tls"),
-            tokio_rustls::TlsAcceptor::from(cfg),
-        )),
-        None => None,
-    };
     let shutdown = CancellationToken::new();
-    let server = Server::start(
-        settings,
-        Listeners {
-            plain: Some(plain),
-            tls,
-        },
-        shutdown.clone(),
-    )
-    .expect("server starts");
+    let server = Server::start(settings, local_listeners(tls).await, shutdown.clone())
+        .expect("server starts");
     let addr = server.plain_addr.expect("plain addr");
     let tls_addr = server.tls_addr;
     let server_done = tokio::spawn(server.wait());
@@ -256,6 +240,27 @@ pub async fn post(
         .body(Full::new(body.into()))
         .expect("request");
     request(addr, t, req).await
+}
+
+/// `POST /metrics` of JSON over `t`, which must be accepted (202).
+pub async fn post_accepted(addr: SocketAddr, t: &Transport, body: impl Into<Bytes>) {
+    let r = post(addr, t, "application/json", body).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+}
+
+/// `n` one-sample requests at once over `t`, server ids `{prefix}{i % servers}`; each must be
+/// accepted.
+pub async fn post_concurrently(addr: SocketAddr, t: Transport, n: u64, prefix: &str, servers: u64) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (t, body) = (t.clone(), sample(&format!("{prefix}{}", i % servers), 1.0));
+        tasks.push(tokio::spawn(
+            async move { post_accepted(addr, &t, body).await },
+        ));
+    }
+    for task in tasks {
+        task.await.expect("request");
+    }
 }
 
 /// A sample as the Node.js agents send it.
