@@ -110,9 +110,25 @@ pub fn workload(l: &LoadArgs) -> anyhow::Result<Workload> {
     Ok(w)
 }
 
-/// Makes sure this process may open `need` files, raising the limit when allowed.
-fn ensure_files(need: u64) -> anyhow::Result<()> {
+/// The systems `which` names, in the order they run.
+fn chosen(which: Which) -> Vec<systems::Which> {
+    match which {
+        Which::System1 => vec![systems::Which::System1],
+        Which::System2 => vec![systems::Which::System2],
+        Which::Both => vec![systems::Which::System1, systems::Which::System2],
+    }
+}
+
+/// Makes sure this process may open the files `w` needs against `systems`, raising the limit
+/// when allowed: a socket per agent and dashboard, twice when a system runs in-process (it
+/// holds the other ends).
+fn ensure_files(w: &Workload, side: &Side, systems: &[systems::Which]) -> anyhow::Result<()> {
     use rlimit::Resource;
+    let embedded = systems.iter().any(|s| match s {
+        systems::Which::System1 => side.system1.is_none(),
+        systems::Which::System2 => side.system2.is_none(),
+    });
+    let need = (w.agents + w.dashboards) * (1 + u64::from(embedded)) + 512;
     let (soft, hard) = Resource::NOFILE.get().unwrap_or((1024, 1024));
     if soft >= need {
         return Ok(());
@@ -285,6 +301,26 @@ fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Va
     v
 }
 
+/// The report of `measured`, with this command line and this machine.
+fn report(
+    title: String,
+    started: String,
+    params: serde_json::Value,
+    measured: &[Measured],
+    steps: Vec<serde_json::Value>,
+) -> Report {
+    Report {
+        tool: format!("bench {}", env!("CARGO_PKG_VERSION")),
+        title,
+        started,
+        command: command_line(),
+        params,
+        machine: Machine::detect(),
+        systems: measured.iter().map(|m| m.result.clone()).collect(),
+        steps,
+    }
+}
+
 fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
@@ -369,17 +405,8 @@ async fn compare(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let w = workload(load)?;
-    let systems: Vec<systems::Which> = match which {
-        Which::System1 => vec![systems::Which::System1],
-        Which::System2 => vec![systems::Which::System2],
-        Which::Both => vec![systems::Which::System1, systems::Which::System2],
-    };
-    // An in-process system holds the other end of every socket.
-    let embedded = systems.iter().any(|s| match s {
-        systems::Which::System1 => side.system1.is_none(),
-        systems::Which::System2 => side.system2.is_none(),
-    });
-    ensure_files((w.agents + w.dashboards) * (1 + u64::from(embedded)) + 512)?;
+    let systems = chosen(which);
+    ensure_files(&w, side, &systems)?;
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut redis = None;
     let mut measured = Vec::new();
@@ -390,16 +417,13 @@ async fn compare(
         measured.push(measure(s, side, out, &w, &mut redis, rts, cancel).await?);
     }
     drop(redis);
-    let report = Report {
-        tool: format!("bench {}", env!("CARGO_PKG_VERSION")),
-        title: format!("bench {what}"),
+    let report = report(
+        format!("bench {what}"),
         started,
-        command: command_line(),
-        params: params(&w, side, serde_json::json!({})),
-        machine: Machine::detect(),
-        systems: measured.iter().map(|m| m.result.clone()).collect(),
-        steps: Vec::new(),
-    };
+        params(&w, side, serde_json::json!({})),
+        &measured,
+        Vec::new(),
+    );
     write_report(out, what, &report, &measured)
 }
 
@@ -412,12 +436,8 @@ async fn max(
         bail!("--factor must be above 1, got {}", a.factor);
     }
     let base = workload(&a.load)?;
-    let systems: Vec<systems::Which> = match a.system {
-        Which::System1 => vec![systems::Which::System1],
-        Which::System2 => vec![systems::Which::System2],
-        Which::Both => vec![systems::Which::System1, systems::Which::System2],
-    };
-    ensure_files((base.agents + base.dashboards) * 2 + 512)?;
+    let systems = chosen(a.system);
+    ensure_files(&base, &a.side, &systems)?;
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut redis = None;
     let mut best: Vec<Measured> = Vec::new();
@@ -492,20 +512,17 @@ async fn max(
         }
     }
     drop(redis);
-    let report = Report {
-        tool: format!("bench {}", env!("CARGO_PKG_VERSION")),
-        title: "bench max: the highest passing step of each system".into(),
+    let report = report(
+        "bench max: the highest passing step of each system".into(),
         started,
-        command: command_line(),
-        params: params(
+        params(
             &base,
             &a.side,
             serde_json::json!({"p99_bound_ms": a.p99_ms, "min_seen_pct": a.min_seen, "step_factor": a.factor}),
         ),
-        machine: Machine::detect(),
-        systems: best.iter().map(|m| m.result.clone()).collect(),
-        steps: steps.clone(),
-    };
+        &best,
+        steps.clone(),
+    );
     println!("steps:");
     for s in &steps {
         println!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use fastwebsockets::OpCode;
 use memchr::memmem::Finder;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::Plan;
@@ -65,11 +65,11 @@ impl Scanner {
 
     /// Calls `f` for each sample event of this run in `frame` (one event or an array).
     pub fn scan(&self, frame: &[u8], mut f: impl FnMut(Found)) {
-        let starts: Vec<usize> = self.sample.find_iter(frame).collect();
-        for (i, &s) in starts.iter().enumerate() {
+        let mut starts = self.sample.find_iter(frame).peekable();
+        while let Some(s) = starts.next() {
             // The event runs to the next sample event (or the end); other events between
             // them carry none of the fields looked for.
-            let end = starts.get(i + 1).copied().unwrap_or(frame.len());
+            let end = starts.peek().copied().unwrap_or(frame.len());
             // `serverId` may come before `type` in other implementations: look back to the
             // start of the object too.
             let open = frame[..s].iter().rposition(|&b| b == b'{').unwrap_or(0);
@@ -122,7 +122,7 @@ pub struct Live {
 /// Connects a dashboard; returns once the system said `hello`, with the task that reads.
 pub async fn start(
     ep: &Endpoint,
-    plan_rx: oneshot::Receiver<Arc<Plan>>,
+    mut plan_rx: watch::Receiver<Option<Arc<Plan>>>,
     rec: Arc<Mutex<DashRecorder>>,
     live: Arc<Live>,
     stop: CancellationToken,
@@ -151,7 +151,12 @@ pub async fn start(
         }
     }
     Ok(tokio::spawn(async move {
-        let Ok(plan) = plan_rx.await else {
+        let plan = plan_rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|p| p.clone());
+        let Some(plan) = plan else {
             return Outcome {
                 seen: Bits::new(0),
                 unique: 0,

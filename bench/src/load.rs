@@ -144,6 +144,7 @@ pub async fn run_agent(
     let server_id = format!("{}{a}", plan.server_prefix);
     let mut metrics = AgentMetrics::new(a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
     let inflight = TaskTracker::new();
+    let template = PostTemplate::new(&ep, ep.transport != Transport::H1);
     if ep.transport == Transport::Stream {
         if let Conn::Http(c) = conn {
             conn = Conn::Stream(StreamAgent::start(c, &ep, plan.clone(), rec.clone()));
@@ -162,7 +163,7 @@ pub async fn run_agent(
         }
         match &mut conn {
             Conn::Http(HttpConn::H2(send)) => {
-                let req = post(&ep, body, true);
+                let req = template.request(full(body));
                 let fut = send.send_request(req);
                 let (plan, rec) = (plan.clone(), rec.clone());
                 inflight.spawn(async move {
@@ -173,7 +174,7 @@ pub async fn run_agent(
             Conn::Http(HttpConn::H1(send)) => {
                 let res = match send.ready().await {
                     Ok(()) => {
-                        let req = post(&ep, body, false);
+                        let req = template.request(full(body));
                         tokio::time::timeout(REQUEST_TIMEOUT, send.send_request(req)).await
                     }
                     Err(e) => Ok(Err(e)),
@@ -191,7 +192,7 @@ pub async fn run_agent(
                 let ok = ws.send(body).await;
                 if measured {
                     if ok {
-                        ack(&plan, &rec, k, sent_us, sent_us);
+                        mark_acked(&plan, &rec, k);
                     } else {
                         let why = ws.close_reason().await;
                         rec.error(plan.batch, || {
@@ -218,53 +219,79 @@ pub async fn run_agent(
     }
 }
 
-fn post(ep: &Endpoint, body: Vec<u8>, h2: bool) -> Request<Body> {
-    let ndjson = ep.transport == Transport::Stream;
-    let uri = if h2 {
+/// The parts of an agent's `POST` that are the same for every request, built once.
+#[derive(Clone)]
+pub struct PostTemplate {
+    uri: http::Uri,
+    host: Option<http::HeaderValue>,
+    auth: Option<http::HeaderValue>,
+    content_type: http::HeaderValue,
+}
+
+impl PostTemplate {
+    /// For `ep`; HTTP/2 takes an absolute URI, HTTP/1.1 a path and a `Host` header.
+    pub fn new(ep: &Endpoint, h2: bool) -> Self {
+        let authority = format!("{}:{}", ep.ingest.name, ep.ingest.addr.port());
         let scheme = if ep.ingest.tls.is_some() {
             "https"
         } else {
             "http"
         };
-        format!(
-            "{scheme}://{}:{}{}",
-            ep.ingest.name,
-            ep.ingest.addr.port(),
-            ep.ingest_path
-        )
-    } else {
-        ep.ingest_path.clone()
-    };
-    let mut r = Request::post(uri).header(
-        "content-type",
-        if ndjson {
-            "application/x-ndjson"
+        let uri = if h2 {
+            format!("{scheme}://{authority}{}", ep.ingest_path)
         } else {
-            "application/json"
-        },
-    );
-    if !h2 {
-        r = r.header(
-            "host",
-            format!("{}:{}", ep.ingest.name, ep.ingest.addr.port()),
-        );
+            ep.ingest_path.clone()
+        };
+        Self {
+            uri: uri.parse().expect("a URI made of a parsed URL's parts"),
+            host: (!h2).then(|| authority.parse().expect("a valid Host header")),
+            auth: ep.token.as_ref().map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .expect("a token valid in a header")
+            }),
+            content_type: http::HeaderValue::from_static(if ep.transport == Transport::Stream {
+                "application/x-ndjson"
+            } else {
+                "application/json"
+            }),
+        }
     }
-    if let Some(t) = &ep.token {
-        r = r.header("authorization", format!("Bearer {t}"));
+
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut r =
+            Request::post(self.uri.clone()).header("content-type", self.content_type.clone());
+        if let Some(h) = &self.host {
+            r = r.header("host", h.clone());
+        }
+        if let Some(a) = &self.auth {
+            r = r.header("authorization", a.clone());
+        }
+        r.body(body).expect("a valid request")
     }
-    r.body(full(body)).expect("a valid request")
 }
 
-/// Records an acknowledged message.
-fn ack(plan: &Plan, rec: &LoadRecorder, k: u64, sent_us: u64, now_us: u64) {
+/// Counts message `k` as acknowledged (for WebSocket, which has no acks: written).
+fn mark_acked(plan: &Plan, rec: &LoadRecorder, k: u64) {
     let first = k * plan.batch;
     rec.acked_set.set_range(first, first + plan.batch);
     rec.acked.fetch_add(plan.batch, Relaxed);
-    rec.acked_per_sec.add(plan.second(now_us), plan.batch);
-    if now_us > sent_us || sent_us == now_us {
-        let l = Latency::of(plan.intended_us(k), sent_us, now_us);
-        rec.ack_latency.lock().expect("recorder lock").record(l);
-    }
+}
+
+/// Records a message the system acknowledged at `now_us`, with its acknowledgement latency.
+fn ack(plan: &Plan, rec: &LoadRecorder, k: u64, sent_us: u64, now_us: u64) {
+    mark_acked(plan, rec, k);
+    let l = Latency::of(plan.intended_us(k), sent_us, now_us);
+    rec.ack_latency.lock().expect("recorder lock").record(l);
+}
+
+/// A refusal's body, as text (the systems name the problem there).
+async fn body_text(resp: hyper::Response<hyper::body::Incoming>) -> String {
+    resp.into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default()
 }
 
 type Reply = Result<
@@ -285,12 +312,7 @@ async fn reply(plan: &Plan, rec: &LoadRecorder, k: u64, sent_us: u64, res: Reply
         }
         Ok(Ok(resp)) => {
             let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
+            let body = body_text(resp).await;
             if measured {
                 rec.reject(status.as_str(), plan.batch, || {
                     format!("{status}: {}", body.trim())
@@ -420,6 +442,8 @@ struct Pending {
 
 /// A streaming agent: one `POST /metrics/stream` whose body it writes for the whole run.
 pub struct StreamAgent {
+    /// Lines (samples) per message.
+    batch: u64,
     body: Option<mpsc::Sender<Bytes>>,
     pending: Arc<Mutex<VecDeque<Pending>>>,
     reader: tokio::task::JoinHandle<()>,
@@ -434,9 +458,9 @@ impl StreamAgent {
         });
         let body: Body = StreamBody::new(stream).boxed();
         let pending: Arc<Mutex<VecDeque<Pending>>> = Arc::default();
-        let mut req = post(ep, Vec::new(), true);
-        *req.body_mut() = body;
+        let req = PostTemplate::new(ep, true).request(body);
         let p = pending.clone();
+        let batch = plan.batch;
         let reader = tokio::spawn(async move {
             let HttpConn::H2(mut send) = conn else {
                 return;
@@ -450,12 +474,7 @@ impl StreamAgent {
             };
             if !resp.status().is_success() {
                 let status = resp.status();
-                let text = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                    .unwrap_or_default();
+                let text = body_text(resp).await;
                 rec.reject(status.as_str(), 0, || format!("{status}: {}", text.trim()));
                 return;
             }
@@ -473,6 +492,7 @@ impl StreamAgent {
             }
         });
         Self {
+            batch,
             body: Some(tx),
             pending,
             reader,
@@ -480,14 +500,13 @@ impl StreamAgent {
     }
 
     async fn send(&self, k: u64, sent_us: u64, body: Vec<u8>) -> bool {
-        let lines = body.iter().filter(|&&b| b == b'\n').count() as u64;
         self.pending
             .lock()
             .expect("pending lock")
             .push_back(Pending {
                 k,
                 sent_us,
-                lines,
+                lines: self.batch,
                 acked: 0,
             });
         match &self.body {

@@ -90,11 +90,21 @@ impl AtomicBits {
         Self((0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
     }
 
+    /// Adds `from..to`, a word (64 numbers) at a time.
     pub fn set_range(&self, from: u64, to: u64) {
-        for i in from..to {
+        let mut i = from;
+        while i < to {
+            let bit = i % 64;
+            let n = (to - i).min(64 - bit);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
             if let Some(w) = self.0.get((i / 64) as usize) {
-                w.fetch_or(1 << (i % 64), Relaxed);
+                w.fetch_or(mask, Relaxed);
             }
+            i += n;
         }
     }
 
@@ -179,7 +189,6 @@ pub struct LoadRecorder {
     pub errors: AtomicU64,
     pub acked_set: AtomicBits,
     pub sent_per_sec: Timeline,
-    pub acked_per_sec: Timeline,
     /// Refused samples, by status (`"503"`) or `"error"` for an error event on a WebSocket.
     pub rejected: Mutex<BTreeMap<String, u64>>,
     /// The first refusal message of each kind, to show the user why.
@@ -196,7 +205,6 @@ impl LoadRecorder {
             errors: AtomicU64::new(0),
             acked_set: AtomicBits::new(samples),
             sent_per_sec: Timeline::new(secs),
-            acked_per_sec: Timeline::new(secs),
             rejected: Mutex::new(BTreeMap::new()),
             reasons: Mutex::new(BTreeMap::new()),
             ack_latency: Mutex::new(LatencyPair::default()),
@@ -261,6 +269,25 @@ mod tests {
         assert_eq!(lost, 5 + 10);
         assert_eq!(unacked_seen, 1);
         assert!(acked.get(155) && !acked.get(160));
+    }
+
+    #[test]
+    fn ranges_set_exactly_their_bits() {
+        for (from, to) in [
+            (0, 0),
+            (0, 1),
+            (3, 64),
+            (63, 65),
+            (64, 192),
+            (5, 300),
+            (130, 131),
+        ] {
+            let bits = AtomicBits::new(320);
+            bits.set_range(from, to);
+            for i in 0..320 {
+                assert_eq!(bits.get(i), (from..to).contains(&i), "{from}..{to} at {i}");
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -150,29 +150,18 @@ pub async fn run(
     let dash_rec = Arc::new(Mutex::new(DashRecorder::default()));
     let live = Arc::new(Live::default());
     let stop_dash = CancellationToken::new();
-    let mut plan_txs = Vec::new();
-    let mut plan_rxs = Vec::new();
-    for _ in 0..w.dashboards {
-        let (tx, rx) = oneshot::channel::<Arc<Plan>>();
-        plan_txs.push(tx);
-        plan_rxs.push(Mutex::new(Some(rx)));
-    }
-    let plan_rxs = Arc::new(plan_rxs);
+    // The plan (with the run's start time) reaches the dashboards once the agents are ready.
+    let (plan_tx, plan_rx) = watch::channel::<Option<Arc<Plan>>>(None);
     let dashboards = {
-        let (ep, rec, live, stop, rxs) = (
+        let (ep, rec, live, stop) = (
             ep.clone(),
             dash_rec.clone(),
             live.clone(),
             stop_dash.clone(),
-            plan_rxs.clone(),
         );
-        gather(&rts.dash, w.dashboards, 64, move |i| {
+        gather(&rts.dash, w.dashboards, 64, move |_| {
             let (ep, rec, live, stop) = (ep.clone(), rec.clone(), live.clone(), stop.clone());
-            let rx = rxs[i as usize]
-                .lock()
-                .expect("lock")
-                .take()
-                .expect("one receiver each");
+            let rx = plan_rx.clone();
             Box::pin(async move { dashboard::start(&ep, rx, rec, live, stop).await })
         })
         .await
@@ -207,9 +196,7 @@ pub async fn run(
         start_us,
         measure_us: start_us + (w.warmup_s * 1e6) as u64,
     });
-    for tx in plan_txs {
-        let _ = tx.send(plan.clone());
-    }
+    plan_tx.send_replace(Some(plan.clone()));
     let cpu_a = crate::cpu::sample(t.redis_pid);
     let wall = Instant::now();
 
