@@ -38,8 +38,8 @@ pub struct LoadArgs {
     /// Samples per message (HTTP request or WebSocket frame); 1 sends single samples.
     #[arg(long, env = "BENCH_BATCH", default_value_t = 10)]
     pub batch: u64,
-    /// The metrics each sample carries: `full` (12, about 280 bytes) or `basic` (7, about
-    /// 170 bytes).
+    /// The metrics each sample carries: `full` (12, about 240 bytes) or `basic` (7, about
+    /// 160 bytes).
     #[arg(long, env = "BENCH_METRICS", value_enum, default_value_t = crate::agent::MetricSet::Full)]
     pub metrics: crate::agent::MetricSet,
     /// Agents (fake servers), each with its own connection.

@@ -127,6 +127,11 @@ mod tests {
         assert!(a.child.is_some());
         let u = usage(&a, &b, 0.3, true);
         assert!(u.load_generator_share > 0.0);
-        assert!(u.system_s.is_some());
+        // The load thread's time is not counted as the system's.
+        assert!(
+            u.system_s.expect("in-process") <= b.process - a.process - u.load_generator_s + 1e-9
+        );
+        // A system reached by URL is not this process: no figure for it.
+        assert_eq!(usage(&a, &b, 0.3, false).system_s, None);
     }
 }

@@ -587,8 +587,9 @@ fn stream_ack(plan: &Plan, rec: &LoadRecorder, pending: &Mutex<VecDeque<Pending>
 
 /// Hands every message to its agent at its due time, from a thread of its own.
 ///
-/// Tokio's timer has a 1 ms tick: an agent sleeping on it sends on average half a millisecond
-/// late, which would show up in every corrected latency. This thread sleeps with the OS timer
+/// Tokio's timer has a 1 ms tick: an agent sleeping on it sends up to a millisecond late, which
+/// would show up in every corrected latency (System 2's p50 at 20,000 samples/s was 1.20 ms
+/// that way, 0.23 ms with this thread). This thread sleeps with the OS timer
 /// (tens of microseconds late) and releases, on each wake-up, every message due by then.
 /// Returns the CPU seconds the thread used.
 pub fn pace(
