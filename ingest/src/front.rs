@@ -284,6 +284,11 @@ impl HttpBody for ChannelBody {
     }
 }
 
+/// Queues the refusal of line `line` (numbered from 1) in its place among the acknowledgements.
+async fn refuse(acks: &mpsc::Sender<Ack>, line: usize, message: String) {
+    let _ = acks.send(Ack::Refused { line, message }).await;
+}
+
 enum Ack {
     Written {
         pending: store::Pending,
@@ -364,23 +369,18 @@ async fn stream(front: &Arc<Front>, req: Request<Incoming>) -> Result<Response<B
                 match with_decoder(|d| d.decode_one(line, arrival)) {
                     Ok(s) => samples.push(s),
                     Err(e) => {
-                        let _ = ack_tx
-                            .send(Ack::Refused {
-                                line: line_no,
-                                message: format!("line {line_no}: {e}"),
-                            })
-                            .await;
+                        refuse(&ack_tx, line_no, format!("line {line_no}: {e}")).await;
                     }
                 }
             }
             if buf.len() > max_line {
                 line_no += 1;
-                let _ = ack_tx
-                    .send(Ack::Refused {
-                        line: line_no,
-                        message: format!("line {line_no}: over the limit of {max_line} bytes"),
-                    })
-                    .await;
+                refuse(
+                    &ack_tx,
+                    line_no,
+                    format!("line {line_no}: over the limit of {max_line} bytes"),
+                )
+                .await;
                 buf.clear();
                 skipping = true;
             }
@@ -397,12 +397,7 @@ async fn stream(front: &Arc<Front>, req: Request<Incoming>) -> Result<Response<B
                     submit(&front, &ack_tx, vec![s], arrival).await;
                 }
                 Err(e) => {
-                    let _ = ack_tx
-                        .send(Ack::Refused {
-                            line: line_no,
-                            message: format!("line {line_no}: {e}"),
-                        })
-                        .await;
+                    refuse(&ack_tx, line_no, format!("line {line_no}: {e}")).await;
                 }
             }
         }
