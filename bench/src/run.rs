@@ -283,8 +283,7 @@ pub async fn run(
     for d in dashboards {
         outcomes.push(d.await.context("a dashboard task failed")?);
     }
-    let cpu_b = crate::cpu::sample(t.redis_pid);
-    let mut cpu_b = cpu_b;
+    let mut cpu_b = crate::cpu::sample(t.redis_pid);
     cpu_b.load += pacer_cpu; // the pacer thread has ended: its time is no longer listed
     let cpu = crate::cpu::usage(&cpu_a, &cpu_b, wall.elapsed().as_secs_f64(), t.embedded);
 
@@ -316,15 +315,22 @@ pub async fn run(
     let reasons = rec.reasons.lock().expect("lock").clone();
     let dash = dash_rec.lock().expect("lock");
     let sent_ps = rec.sent_per_sec.values();
+    // Per dashboard: differences of the rounded running total, so the seconds add up to the
+    // total exactly.
+    let mut running = (0u64, 0u64);
     let timeline = (0..secs_len)
         .map(|s| {
             let (seen, p99) = dash.per_sec.get(s).map_or((0, None), |(n, h)| {
                 (*n, (!h.is_empty()).then(|| h.value_at_quantile(0.99)))
             });
+            let all = running.0 + seen;
+            let per_dashboard = (all as f64 / d).round() as u64;
+            let this = per_dashboard - running.1;
+            running = (all, per_dashboard);
             TimelinePoint {
                 t: s as u64 + 1,
                 sent: sent_ps.get(s).copied().unwrap_or(0),
-                seen: (seen as f64 / d).round() as u64,
+                seen: this,
                 p99_us: p99,
             }
         })
