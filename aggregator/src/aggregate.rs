@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use metrics_edge::dashboard::SnapshotError;
 use metrics_edge::hub::{Event, EventKind, Hub};
 use metrics_model::rollup::{ClosedWindow, Rollup};
 use metrics_model::window::WindowSpec;
@@ -76,7 +77,7 @@ pub struct AggregatorStats {
 enum Command {
     Snapshot {
         server: Option<String>,
-        reply: tokio::sync::oneshot::Sender<Result<Bytes, String>>,
+        reply: tokio::sync::oneshot::Sender<Result<Bytes, SnapshotError>>,
     },
 }
 
@@ -131,7 +132,8 @@ impl Aggregator {
     }
 
     /// The latest values and closed windows of one server, or of all.
-    pub async fn snapshot(&self, server: Option<String>) -> Result<Bytes, String> {
+    pub async fn snapshot(&self, server: Option<String>) -> Result<Bytes, SnapshotError> {
+        let stopped = || SnapshotError::Unavailable("the aggregator is shutting down".into());
         let (reply, rx) = tokio::sync::oneshot::channel();
         let sent = self
             .commands
@@ -139,11 +141,10 @@ impl Aggregator {
             .unwrap_or_else(|e| e.into_inner())
             .send(Command::Snapshot { server, reply });
         if sent.is_err() {
-            return Err("aggregator is shutting down".into());
+            return Err(stopped());
         }
         self.thread.unpark();
-        rx.await
-            .unwrap_or_else(|_| Err("aggregator is shutting down".into()))
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Counters.
@@ -209,7 +210,7 @@ impl State {
                 match cmd {
                     Command::Snapshot { server, reply } => {
                         let snap = self.rollup.snapshot(server.as_deref(), now_ms());
-                        let _ = reply.send(snap.map(Bytes::from));
+                        let _ = reply.send(snap.map(Bytes::from).map_err(SnapshotError::from));
                     }
                 }
             }

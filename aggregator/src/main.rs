@@ -2,7 +2,6 @@
 //! SIGINT/SIGTERM, then drains.
 
 use anyhow::Context;
-use clap::Parser;
 use metrics_edge::process;
 use tokio_util::sync::CancellationToken;
 
@@ -15,20 +14,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    process::init_tracing(args.log_json);
+    let args = Args::from_env();
+    process::init(args.edge.log_json);
     let settings = args.validate().context("invalid configuration")?;
-    metrics_edge::tls::install_provider();
-
+    let (simulate, rate) = (settings.simulate, settings.simulate_rate);
     let listeners = server::bind(&settings)
         .await
         .context("starting listeners")?;
     let shutdown = CancellationToken::new();
-    let (simulate, rate, token) = (
-        settings.simulate,
-        settings.simulate_rate,
-        settings.token.clone(),
-    );
     let server = Server::start(settings, listeners, shutdown.clone())?;
     if let Some(a) = server.plain_addr {
         tracing::info!(addr = %a, "listening (HTTP/1.1, WebSocket)");
@@ -36,30 +29,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(a) = server.tls_addr {
         tracing::info!(addr = %a, "listening (TLS, HTTP/1.1, WebSocket)");
-        println!(
-            "dashboard: https://localhost:{}/   agents: wss://localhost:{}/ingest",
-            a.port(),
-            a.port()
-        );
+        let port = a.port();
+        println!("dashboard: https://localhost:{port}/   agents: wss://localhost:{port}/ingest");
     }
     if simulate > 0 {
-        if let Some(addr) = server.plain_addr {
-            println!("simulating {simulate} agents at {rate} samples/s each");
-            tokio::spawn(aggregator::simulate::run(
-                addr,
-                simulate,
-                rate,
-                token,
-                shutdown.clone(),
-            ));
-        }
+        println!("simulating {simulate} agents at {rate} samples/s each");
     }
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        process::shutdown_signal().await;
-        tracing::info!("shutting down");
-        signal.cancel();
-    });
-    server.wait().await;
+    process::run_until_signal(shutdown, server.wait()).await;
     Ok(())
 }

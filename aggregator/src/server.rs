@@ -16,18 +16,18 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_edge::auth::Auth;
 use metrics_edge::dashboard::{
-    self, BoxFuture, DashboardContext, DashboardHandler, SnapshotSource,
+    self, BoxFuture, DashboardContext, DashboardHandler, SnapshotError, SnapshotSource,
 };
-use metrics_edge::http::{self as h, Body};
+use metrics_edge::http::{self as h, Answer, Body, Refusal};
 use metrics_edge::hub::{Audience, Hub};
-use metrics_edge::listener::{self, ConnInfo, ListenError};
+use metrics_edge::lifecycle::Lifecycle;
+use metrics_edge::listener::{ConnInfo, ListenError};
 use metrics_edge::tls;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::agent::AgentHandler;
 use crate::aggregate::Aggregator;
 use crate::config::Settings;
-use crate::ingest::IngestHandler;
 
 /// The system's name in `hello` events.
 pub const SYSTEM: &str = "system2-websocket";
@@ -36,11 +36,7 @@ pub use metrics_edge::listener::Listeners;
 
 /// Binds what `settings` asks for, loading the TLS files.
 pub async fn bind(settings: &Settings) -> Result<Listeners, ListenError> {
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(|(addr, cert, key)| (*addr, cert.as_path(), key.as_path()));
-    Listeners::bind(settings.listen, tls, tls::ALPN_HTTP11).await
+    Listeners::bind(&settings.edge, tls::ALPN_HTTP11).await
 }
 
 /// Why the server could not start.
@@ -60,7 +56,7 @@ struct App {
 struct AggregatorSnapshots(Arc<Aggregator>);
 
 impl SnapshotSource for AggregatorSnapshots {
-    fn snapshot(&self, server_id: Option<String>) -> BoxFuture<Result<Bytes, String>> {
+    fn snapshot(&self, server_id: Option<String>) -> BoxFuture<Result<Bytes, SnapshotError>> {
         let agg = self.0.clone();
         Box::pin(async move { agg.snapshot(server_id).await })
     }
@@ -72,101 +68,111 @@ pub struct Server {
     pub tls_addr: Option<SocketAddr>,
     pub hub: Arc<Hub>,
     pub aggregator: Arc<Aggregator>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    life: Lifecycle,
 }
 
 impl Server {
-    /// Starts serving on `listeners` until `shutdown` is cancelled.
+    /// Starts serving on `listeners` until `shutdown` is cancelled; with `--simulate`, starts
+    /// the simulated agents too.
     pub fn start(
         settings: Settings,
         listeners: Listeners,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
-        let hub = Hub::new(settings.queue);
-        let aggregator = Aggregator::start(settings.aggregator.clone(), hub.clone())?;
-        let tracker = TaskTracker::new();
+        let life = Lifecycle::new(shutdown, settings.edge.drain);
+        let hub = Hub::new(settings.edge.queue);
+        let aggregator = Aggregator::start(settings.aggregator(), hub.clone())?;
         let ctx = DashboardContext {
             system: SYSTEM,
-            windows: settings
-                .aggregator
-                .windows
-                .iter()
-                .map(|w| w.label.clone())
-                .collect(),
+            windows: settings.edge.window_labels(),
             hub: hub.clone(),
-            ws: settings.ws,
+            ws: settings.edge.ws,
             snapshots: Arc::new(AggregatorSnapshots(aggregator.clone())),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
+            life: life.clone(),
         };
         let app = Arc::new(App {
-            auth: Auth::new(settings.token.clone()),
+            auth: Auth::new(settings.edge.token.clone()),
             ctx,
             aggregator: aggregator.clone(),
             settings,
         });
-        let handler = move |req: Request<Incoming>, _info: ConnInfo| {
+        let handler = {
             let app = app.clone();
-            async move { route(&app, req) }
+            move |req: Request<Incoming>, _info: ConnInfo| {
+                let app = app.clone();
+                async move { h::respond(route(&app, req)) }
+            }
         };
-        let bound = listeners.serve(handler, &shutdown, &tracker)?;
+        let bound = listeners.serve(handler, &life)?;
+        let s = &app.settings;
+        if let (Some(addr), true) = (bound.plain, s.simulate > 0) {
+            life.spawn(crate::simulate::run(
+                addr,
+                s.simulate,
+                s.simulate_rate,
+                s.edge.token.clone(),
+                life.token().clone(),
+            ));
+        }
         Ok(Self {
             plain_addr: bound.plain,
             tls_addr: bound.tls,
             hub,
             aggregator,
-            shutdown,
-            tracker,
+            life,
         })
     }
 
-    /// Waits for shutdown, then for connections to drain (bounded), then stops the aggregator.
+    /// Waits for shutdown, then for connections and tasks to drain (bounded), then stops the
+    /// aggregator.
     pub async fn wait(self) {
-        listener::drain(&self.shutdown, &self.tracker).await;
+        self.life.wait().await;
         let agg = self.aggregator.clone();
         let _ = tokio::task::spawn_blocking(move || agg.stop()).await;
     }
 }
 
-fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+/// The route table.
+fn route(app: &App, req: Request<Incoming>) -> Answer {
     let path = req.uri().path();
     let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(&req);
     match (path, req.method()) {
-        ("/healthz", &Method::GET) => h::json(StatusCode::OK, "{\"status\":\"ok\"}"),
-        ("/stats", &Method::GET) => stats(app),
-        ("/", &Method::GET) if !is_upgrade => metrics_edge::page::index(),
-        ("/" | "/ingest" | "/ws", &Method::GET) => {
-            if !app.auth.allows(&req) {
-                return h::unauthorized();
-            }
-            if path == "/ws" {
-                let filter = match dashboard::filter_from_query(&req) {
-                    Ok(f) => f,
-                    Err(msg) => return h::error(StatusCode::BAD_REQUEST, &msg),
-                };
-                let ctx = app.ctx.clone();
-                dashboard::upgrade(
-                    req,
-                    &app.ctx,
-                    Audience::Dashboard,
-                    filter,
-                    false,
-                    move |_| DashboardHandler::new(ctx),
-                )
-            } else {
-                let handler = IngestHandler::new(
-                    app.ctx.clone(),
-                    app.aggregator.clone(),
-                    app.settings.limits,
-                );
-                dashboard::upgrade(req, &app.ctx, Audience::Producer, None, false, move |_| {
-                    handler
-                })
-            }
+        ("/healthz", &Method::GET) => Ok(h::json(StatusCode::OK, "{\"status\":\"ok\"}")),
+        ("/stats", &Method::GET) => Ok(stats(app)),
+        ("/", &Method::GET) if !is_upgrade => Ok(metrics_edge::page::index()),
+        ("/ws", &Method::GET) => {
+            app.auth.check(&req)?;
+            let filter = dashboard::filter_from_query(&req)?;
+            let ctx = app.ctx.clone();
+            Ok(dashboard::upgrade(
+                req,
+                &app.ctx,
+                Audience::Dashboard,
+                filter,
+                false,
+                move |_| DashboardHandler::new(ctx),
+            ))
         }
-        ("/" | "/ingest" | "/ws" | "/healthz" | "/stats", _) => h::method_not_allowed("GET"),
-        _ => h::not_found(path),
+        ("/" | "/ingest", &Method::GET) => {
+            app.auth.check(&req)?;
+            let handler = AgentHandler::new(
+                app.ctx.clone(),
+                app.aggregator.clone(),
+                app.settings.edge.limits,
+            );
+            Ok(dashboard::upgrade(
+                req,
+                &app.ctx,
+                Audience::Producer,
+                None,
+                false,
+                move |_| handler,
+            ))
+        }
+        ("/" | "/ingest" | "/ws" | "/healthz" | "/stats", _) => {
+            Err(Refusal::MethodNotAllowed("GET"))
+        }
+        _ => Err(Refusal::NotFound(path.to_string())),
     }
 }
 

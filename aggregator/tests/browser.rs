@@ -40,8 +40,8 @@ async fn dashboard_renders_live_data_in_headless_chromium() {
     let binary = chromium_binary();
 
     let mut settings = Settings::local();
-    settings.token = Some(TOKEN.to_string());
-    settings.aggregator.windows = WindowSpec::parse_list("1s,10s").expect("windows");
+    settings.edge.token = Some(TOKEN.to_string());
+    settings.edge.windows = WindowSpec::parse_list("1s,10s").expect("windows");
     let shutdown = CancellationToken::new();
     // Stops the server and the agents however the test ends.
     let _stop = shutdown.clone().drop_guard();

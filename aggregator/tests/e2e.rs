@@ -207,7 +207,7 @@ async fn snapshot_request_returns_latest_values_and_windows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_is_required_when_configured() {
     let mut s = settings();
-    s.token = Some("s3cret".into());
+    s.edge.token = Some("s3cret".into());
     let srv = start(s).await;
     for path in ["/ws", "/ingest", "/"] {
         match connect(srv.addr, path).await {
@@ -296,7 +296,7 @@ async fn invalid_utf8_closes_with_1007() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frames_and_messages_close_with_1009() {
     let mut s = settings();
-    s.ws.max_message = 1024;
+    s.edge.ws.max_message = 1024;
     let srv = start(s).await;
     let mut agent = connect(srv.addr, "/ingest").await.expect("agent");
     agent
@@ -343,8 +343,8 @@ async fn protocol_errors_close_with_1002() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_are_pinged_then_closed() {
     let mut s = settings();
-    s.ws.ping_interval = Duration::from_millis(300);
-    s.ws.ping_timeout = Duration::from_millis(300);
+    s.edge.ws.ping_interval = Duration::from_millis(300);
+    s.edge.ws.ping_timeout = Duration::from_millis(300);
     let srv = start(s).await;
     let mut agent = connect(srv.addr, "/ingest").await.expect("agent");
     // Our test peer never answers pings.

@@ -8,7 +8,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_dashboard_does_not_hold_back_a_live_one() {
     let mut s = settings();
-    s.queue.sample_cap = 256;
+    s.edge.queue.sample_cap = 256;
     let srv = start(s).await;
 
     // The stalled dashboard: connected, never read (its frames pile up in kernel buffers and

@@ -166,7 +166,11 @@ impl Embedded {
         let certs = if tls { Some(dev_certs()?) } else { None };
         let tls_files = certs
             .as_ref()
-            .map(|(_, c, k, _)| (SocketAddr::from(([127, 0, 0, 1], 0)), c.clone(), k.clone()));
+            .map(|(_, c, k, _)| metrics_edge::config::TlsFiles {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                cert: c.clone(),
+                key: k.clone(),
+            });
         let shutdown = CancellationToken::new();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
@@ -177,7 +181,7 @@ impl Embedded {
             match which {
                 Which::System1 => {
                     let mut s = ingest::Settings::local(redis_url);
-                    s.tls = tls_files;
+                    s.edge.tls = tls_files;
                     s.prefix = prefix.to_string();
                     Box::pin(async move {
                         let l = ingest::server::bind(&s).await.map_err(|e| e.to_string())?;
@@ -189,7 +193,7 @@ impl Embedded {
                 }
                 Which::System2 => {
                     let mut s = aggregator::Settings::local();
-                    s.tls = tls_files;
+                    s.edge.tls = tls_files;
                     Box::pin(async move {
                         let l = aggregator::server::bind(&s)
                             .await

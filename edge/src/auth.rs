@@ -20,9 +20,13 @@ impl Auth {
         }
     }
 
-    /// True when a token is configured.
-    pub fn enabled(&self) -> bool {
-        self.token.is_some()
+    /// [`Auth::allows`], as a refusal to answer with.
+    pub fn check<B>(&self, req: &::http::Request<B>) -> Result<(), crate::http::Refusal> {
+        if self.allows(req) {
+            Ok(())
+        } else {
+            Err(crate::http::Refusal::Unauthorized)
+        }
     }
 
     /// Checks the request's `Authorization` header, then its `token` query parameter.

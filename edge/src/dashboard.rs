@@ -9,24 +9,39 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::http::{self, Body, Refusal};
+use crate::hub::{Audience, Client, Hub};
+use crate::lifecycle::Lifecycle;
+use crate::ws::{self, MessageHandler, WsConfig};
 use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use metrics_model::decode::{parse_filter_list, with_decoder, Control, Message, ServerFilter};
 use metrics_model::{event, now_ms};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use crate::http::{self, Body};
-use crate::hub::{Audience, Client, Hub};
-use crate::ws::{self, MessageHandler, WsConfig};
 
 /// A boxed future, for the snapshot source.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Answers `snapshot.request`: the encoded `snapshot` event, or an error message.
+/// Why a `snapshot.request` could not be answered; the text goes to the client in an `error`
+/// event.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no data for server `{0}`")]
+    UnknownServer(String),
+    #[error("snapshot unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<metrics_model::rollup::UnknownServer> for SnapshotError {
+    fn from(e: metrics_model::rollup::UnknownServer) -> Self {
+        SnapshotError::UnknownServer(e.0)
+    }
+}
+
+/// Answers `snapshot.request` with the encoded `snapshot` event (`metrics_model::event`'s
+/// [`SnapshotEncoder`](metrics_model::event::SnapshotEncoder)).
 pub trait SnapshotSource: Send + Sync + 'static {
-    fn snapshot(&self, server_id: Option<String>) -> BoxFuture<Result<Bytes, String>>;
+    fn snapshot(&self, server_id: Option<String>) -> BoxFuture<Result<Bytes, SnapshotError>>;
 }
 
 /// Everything a dashboard session needs from its system.
@@ -37,8 +52,7 @@ pub struct DashboardContext {
     pub hub: Arc<Hub>,
     pub ws: WsConfig,
     pub snapshots: Arc<dyn SnapshotSource>,
-    pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
+    pub life: Lifecycle,
 }
 
 impl DashboardContext {
@@ -48,16 +62,15 @@ impl DashboardContext {
     }
 }
 
-/// The filter in a request's `serverId` query parameter, or the message of a 400 naming the
-/// bad id.
-pub fn filter_from_query(req: &Request<Incoming>) -> Result<ServerFilter, String> {
+/// The filter in a request's `serverId` query parameter, or a 400 naming the bad id.
+pub fn filter_from_query(req: &Request<Incoming>) -> Result<ServerFilter, Refusal> {
     let Some(q) = crate::auth::query_param(req.uri().query().unwrap_or(""), "serverId") else {
         return Ok(None);
     };
     match parse_filter_list(&q) {
         Ok(ids) if ids.is_empty() => Ok(None),
         Ok(ids) => Ok(Some(ids)),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -76,14 +89,14 @@ where
     F: FnOnce(Arc<Client>) -> H,
 {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return http::error(
-            StatusCode::BAD_REQUEST,
-            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
-        );
+        return Refusal::BadRequest(
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request".into(),
+        )
+        .into_response();
     }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
-        Err(e) => return http::error(StatusCode::BAD_REQUEST, &ws::upgrade_error(&e)),
+        Err(e) => return Refusal::BadRequest(ws::upgrade_error(&e)).into_response(),
     };
     let reg = ctx.hub.register_with(audience, filter.clone(), held);
     let client = reg.client().clone();
@@ -92,8 +105,8 @@ where
     }
     let handler = make(client.clone());
     let cfg = ctx.ws;
-    let shutdown = ctx.shutdown.clone();
-    ctx.tracker.spawn(async move {
+    let life = ctx.life.clone();
+    ctx.life.spawn(async move {
         let upgraded = match fut.await {
             Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => {
@@ -101,7 +114,7 @@ where
                 return;
             }
         };
-        ws::run_session(upgraded, client, cfg, shutdown, handler).await;
+        ws::run_session(upgraded, client, cfg, &life, handler).await;
         drop(reg);
     });
     let (parts, _) = response.into_parts();
@@ -157,7 +170,7 @@ pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Con
         },
         Control::SnapshotRequest { server_id } => match ctx.snapshots.snapshot(server_id).await {
             Ok(json) => client.send(json),
-            Err(msg) => client.send(event::to_vec(|b| event::error(b, &msg))),
+            Err(e) => client.send(event::to_vec(|b| event::error(b, &e.to_string()))),
         },
     }
 }

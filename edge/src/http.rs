@@ -41,29 +41,104 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, body)
 }
 
-/// 401 with the `WWW-Authenticate` challenge.
-pub fn unauthorized() -> Response<Body> {
-    let mut r = error(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong token: send Authorization: Bearer <token> or ?token=<token>",
-    );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
+/// Why a request was refused: the one error type of both services' HTTP boundary. Every
+/// variant's text is what the client reads in `{"error": ...}`, so it names what was wrong;
+/// [`Refusal::into_response`] is the one place a refusal becomes a response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400: malformed or invalid input; the message names the field, index or line.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 with the `WWW-Authenticate: Bearer` challenge.
+    #[error("missing or wrong token: send Authorization: Bearer <token> or ?token=<token>")]
+    Unauthorized,
+    /// 404 naming the path.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// 405 with `Allow`.
+    #[error("method not allowed here; use {0}")]
+    MethodNotAllowed(&'static str),
+    /// 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 415: content type or encoding.
+    #[error("{0}")]
+    UnsupportedMedia(String),
+    /// 503 with `Retry-After: 1`: a dependency (Redis) is down or slower than the deadline.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
-/// 404 naming the path.
-pub fn not_found(path: &str) -> Response<Body> {
-    error(StatusCode::NOT_FOUND, &format!("no route for {path}"))
+impl Refusal {
+    /// The status this refusal is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// `{"error": message}` with the status and the headers the status calls for.
+    pub fn into_response(self) -> Response<Body> {
+        let mut r = error(self.status(), &self.to_string());
+        let headers = r.headers_mut();
+        match self {
+            Refusal::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Refusal::MethodNotAllowed(allowed) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
+            }
+            Refusal::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
+    }
 }
 
-/// 405 naming the allowed method.
-pub fn method_not_allowed(allowed: &'static str) -> Response<Body> {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("method not allowed here; use {allowed}"),
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allowed));
-    r
+impl From<metrics_model::DecodeError> for Refusal {
+    fn from(e: metrics_model::DecodeError) -> Self {
+        Refusal::BadRequest(e.to_string())
+    }
+}
+
+/// A handler's answer: a response, or a refusal to turn into one.
+pub type Answer = Result<Response<Body>, Refusal>;
+
+/// The response for `answer`.
+pub fn respond(answer: Answer) -> Response<Body> {
+    answer.unwrap_or_else(Refusal::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_carry_the_headers_their_status_needs() {
+        let r = Refusal::Unavailable("Redis is down".into()).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = Refusal::Unauthorized.into_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let r = Refusal::MethodNotAllowed("POST").into_response();
+        assert_eq!(
+            (r.status(), &r.headers()[header::ALLOW]),
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                &HeaderValue::from_static("POST")
+            )
+        );
+        assert_eq!(
+            Refusal::NotFound("/x".into()).to_string(),
+            "no route for /x"
+        );
+    }
 }

@@ -13,12 +13,17 @@
 //!   and never `window` events.
 //! - [`dashboard`]: the `/ws` dashboard session, and [`page`]: the embedded dashboard page.
 //! - [`http`]: response helpers (JSON errors, the page).
+//! - [`config`]: the flags both services take; [`lifecycle`]: shutdown and task tracking;
+//!   [`process`]: logging and the signal; [`backoff`]: reconnect pacing.
 
 pub mod auth;
+pub mod backoff;
 pub mod client;
+pub mod config;
 pub mod dashboard;
 pub mod http;
 pub mod hub;
+pub mod lifecycle;
 pub mod listener;
 pub mod page;
 pub mod process;

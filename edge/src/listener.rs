@@ -5,9 +5,10 @@
 //! `serve_connection_with_upgrades`, and the header-read timeout only works with a timer set on
 //! the builder; both are wired here so no caller can forget them.
 //!
-//! Shutdown: when the token is cancelled the loop stops accepting and every open connection is
-//! asked to finish gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the in-flight response),
-//! with `drain` as the bound. Upgraded WebSocket sessions watch the same token themselves.
+//! Shutdown: when the process's [`Lifecycle`] is cancelled the loop stops accepting and every
+//! open connection is asked to finish gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the
+//! in-flight response), within the lifecycle's drain bound. Upgraded WebSocket sessions watch
+//! the same lifecycle themselves.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,18 +23,16 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::config::EdgeSettings;
 use crate::http::Body;
+use crate::lifecycle::Lifecycle;
 
 /// Connection-level settings.
 #[derive(Clone, Debug)]
 pub struct ListenOptions {
     /// Time a client has to send request headers (and to finish a TLS handshake).
     pub header_read_timeout: Duration,
-    /// Time in-flight requests get to finish at shutdown.
-    pub drain: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_streams: u32,
 }
@@ -42,7 +41,6 @@ impl Default for ListenOptions {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
-            drain: Duration::from_secs(5),
             h2_max_streams: 1024,
         }
     }
@@ -55,15 +53,14 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// Serves `handler` on `listener` until `shutdown` is cancelled, then drains connections.
-/// Connection tasks are spawned on `tracker`, so the caller can wait for them.
+/// Serves `handler` on `listener` until `life` is cancelled, then drains connections.
+/// Connection tasks are tracked by `life`, so its `wait` waits for them.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: F,
     opts: ListenOptions,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    life: Lifecycle,
 ) where
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -82,7 +79,7 @@ pub async fn serve<F, Fut>(
     let builder = Arc::new(builder);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = life.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -100,16 +97,16 @@ pub async fn serve<F, Fut>(
         };
         let handler = handler.clone();
         let builder = builder.clone();
-        let shutdown = shutdown.clone();
+        let conn_life = life.clone();
         let tls = tls.clone();
-        let drain = opts.drain;
         let handshake_timeout = opts.header_read_timeout;
-        tracker.spawn(async move {
+        life.spawn(async move {
+            let life = conn_life;
             match tls {
-                None => serve_conn(stream, info, handler, &builder, shutdown, drain).await,
+                None => serve_conn(stream, info, handler, &builder, &life).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_conn(s, info, handler, &builder, shutdown, drain).await,
+                        Ok(Ok(s)) => serve_conn(s, info, handler, &builder, &life).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -124,8 +121,7 @@ async fn serve_conn<I, F, Fut>(
     info: ConnInfo,
     handler: F,
     builder: &auto::Builder<TokioExecutor>,
-    shutdown: CancellationToken,
-    drain: Duration,
+    life: &Lifecycle,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
@@ -146,9 +142,9 @@ async fn serve_conn<I, F, Fut>(
                 tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
             }
         }
-        _ = shutdown.cancelled() => {
+        _ = life.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(drain, conn.as_mut()).await;
+            let _ = tokio::time::timeout(life.drain(), conn.as_mut()).await;
         }
     }
 }
@@ -178,33 +174,25 @@ pub struct Bound {
 }
 
 impl Listeners {
-    /// Binds `plain`, and `tls` with the certificate and key files and `alpn`.
-    pub async fn bind(
-        plain: Option<SocketAddr>,
-        tls: Option<(SocketAddr, &std::path::Path, &std::path::Path)>,
-        alpn: &[&[u8]],
-    ) -> Result<Self, ListenError> {
-        let plain = match plain {
+    /// Binds the listeners `settings` asks for, loading the TLS files; the TLS listener
+    /// offers `alpn`.
+    pub async fn bind(settings: &EdgeSettings, alpn: &[&[u8]]) -> Result<Self, ListenError> {
+        let plain = match settings.listen {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let tls = match tls {
-            Some((addr, cert, key)) => {
-                let cfg = crate::tls::server_config_from_files(cert, key, alpn)?;
-                Some((bind(addr).await?, TlsAcceptor::from(cfg)))
+        let tls = match &settings.tls {
+            Some(files) => {
+                let cfg = crate::tls::server_config_from_files(&files.cert, &files.key, alpn)?;
+                Some((bind(files.addr).await?, TlsAcceptor::from(cfg)))
             }
             None => None,
         };
         Ok(Self { plain, tls })
     }
 
-    /// Serves `handler` on every listener (tasks on `tracker`) until `shutdown`.
-    pub fn serve<F, Fut>(
-        self,
-        handler: F,
-        shutdown: &CancellationToken,
-        tracker: &TaskTracker,
-    ) -> std::io::Result<Bound>
+    /// Serves `handler` on every listener (tasks tracked by `life`) until `life` ends.
+    pub fn serve<F, Fut>(self, handler: F, life: &Lifecycle) -> std::io::Result<Bound>
     where
         F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -212,40 +200,15 @@ impl Listeners {
         let mut bound = Bound::default();
         if let Some(l) = self.plain {
             bound.plain = Some(l.local_addr()?);
-            tracker.spawn(serve(
-                l,
-                None,
-                handler.clone(),
-                ListenOptions::default(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
+            let opts = ListenOptions::default();
+            life.spawn(serve(l, None, handler.clone(), opts, life.clone()));
         }
         if let Some((l, acceptor)) = self.tls {
             bound.tls = Some(l.local_addr()?);
-            tracker.spawn(serve(
-                l,
-                Some(acceptor),
-                handler,
-                ListenOptions::default(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
+            let opts = ListenOptions::default();
+            life.spawn(serve(l, Some(acceptor), handler, opts, life.clone()));
         }
         Ok(bound)
-    }
-}
-
-/// Waits for `shutdown`, then up to 10 s for the tasks on `tracker` (connections, sessions,
-/// background loops) to finish.
-pub async fn drain(shutdown: &CancellationToken, tracker: &TaskTracker) {
-    shutdown.cancelled().await;
-    tracker.close();
-    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("tasks still running 10 s after shutdown; stopping anyway");
     }
 }
 

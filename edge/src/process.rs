@@ -1,7 +1,17 @@
-//! What every binary of the project does around its server: logging set-up and the shutdown
-//! signal, wired once here so both systems behave alike.
+//! What every binary of the project does around its server: logging set-up, the TLS crypto
+//! provider and the shutdown signal, wired once here so both systems behave alike.
 
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// Process start-up shared by the binaries: logs (text or JSON; levels from `RUST_LOG`,
+/// default `info`) and the TLS crypto provider.
+pub fn init(log_json: bool) {
+    init_tracing(log_json);
+    crate::tls::install_provider();
+}
 
 /// Text or JSON logs; levels from `RUST_LOG` (default `info`).
 pub fn init_tracing(json: bool) {
@@ -14,6 +24,20 @@ pub fn init_tracing(json: bool) {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+}
+
+/// Runs `server` (a server's `wait`, which returns once its shutdown has drained) and cancels
+/// `shutdown` on SIGINT or SIGTERM.
+pub async fn run_until_signal(shutdown: CancellationToken, server: impl Future<Output = ()>) {
+    tokio::pin!(server);
+    tokio::select! {
+        _ = &mut server => return,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        }
+    }
+    server.await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

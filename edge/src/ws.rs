@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Client;
+use crate::lifecycle::Lifecycle;
 
 type Io = TokioIo<Upgraded>;
 /// The read half of an upgraded socket.
@@ -232,18 +233,18 @@ pub async fn run_session<H: MessageHandler>(
     upgraded: Upgraded,
     client: Arc<Client>,
     cfg: WsConfig,
-    shutdown: CancellationToken,
+    life: &Lifecycle,
     mut handler: H,
 ) {
     let (mut reader, writer, last_seen, epoch) = split(upgraded, &cfg);
     let end = CancellationToken::new();
-    let writer_task = tokio::spawn(run_writer(
+    let writer_task = life.spawn(run_writer(
         writer,
         client.clone(),
         cfg,
         last_seen,
         epoch,
-        shutdown,
+        life.token().clone(),
         end.clone(),
     ));
     loop {

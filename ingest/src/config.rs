@@ -1,15 +1,19 @@
-//! Configuration: one set of clap flags (each with an environment variable) shared by the roles,
-//! validated by a pure function into [`Settings`].
+//! Configuration: one set of clap flags (each with an environment variable, `INGEST_*`) shared
+//! by the roles, validated by a pure function into [`Settings`]. The flags both systems share
+//! (listeners, TLS, token, limits, liveness, windows) are [`EdgeArgs`], defined once in
+//! `metrics-edge`; this file holds System 1's own.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use metrics_edge::hub::QueueLimits;
-use metrics_edge::ws::WsConfig;
-use metrics_model::window::{WindowSpec, WindowSpecError};
-use metrics_model::Limits;
+use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service};
+
+/// System 1's defaults and environment prefix.
+pub const SERVICE: Service = Service {
+    env_prefix: "INGEST",
+    listen: "127.0.0.1:8081",
+    tls_listen: "127.0.0.1:8444",
+};
 
 /// System 1: agents POST samples over HTTP/1.1, HTTP/2 or HTTP/2+TLS; samples are stored in a
 /// Redis Stream before the agent hears 202; workers aggregate and publish over Pub/Sub; a
@@ -19,6 +23,8 @@ use metrics_model::Limits;
 pub struct Args {
     #[command(subcommand)]
     pub role: Option<Role>,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     /// Redis to use.
     #[arg(
         long,
@@ -28,131 +34,41 @@ pub struct Args {
     )]
     pub redis_url: String,
     /// Prefix of every Redis key (stream, hashes, channel), so several deployments can share one Redis.
-    #[arg(long, env = "INGEST_PREFIX", default_value = "metrics", global = true)]
+    #[arg(long, default_value = "metrics", global = true)]
     pub prefix: String,
-    /// Plaintext listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c). "off" disables it.
-    #[arg(
-        long,
-        env = "INGEST_LISTEN",
-        default_value = "127.0.0.1:8081",
-        global = true
-    )]
-    pub listen: String,
-    /// TLS listener (ALPN h2 and http/1.1), used when --tls-cert and --tls-key are given.
-    #[arg(
-        long,
-        env = "INGEST_TLS_LISTEN",
-        default_value = "127.0.0.1:8444",
-        global = true
-    )]
-    pub tls_listen: SocketAddr,
-    /// PEM certificate chain for the TLS listener.
-    #[arg(long, env = "INGEST_TLS_CERT", global = true)]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the TLS listener.
-    #[arg(long, env = "INGEST_TLS_KEY", global = true)]
-    pub tls_key: Option<PathBuf>,
-    /// Bearer token required from agents and dashboards. Unset: open.
-    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
     /// Largest request body in bytes, before and after decompression (over it: 413).
-    #[arg(long, env = "INGEST_MAX_BODY", default_value_t = 1 << 20, global = true)]
+    #[arg(long, default_value_t = 1 << 20, global = true)]
     pub max_body: usize,
-    /// Most samples in one request.
-    #[arg(
-        long,
-        env = "INGEST_MAX_BATCH",
-        default_value_t = 10_000,
-        global = true
-    )]
-    pub max_batch: usize,
     /// Milliseconds a request waits for Redis before it gets 503.
-    #[arg(
-        long,
-        env = "INGEST_DEADLINE_MS",
-        default_value_t = 2_000,
-        global = true
-    )]
+    #[arg(long, default_value_t = 2_000, global = true)]
     pub deadline_ms: u64,
     /// Response timeout of Redis connections, in milliseconds (keep it above the deadline).
-    #[arg(
-        long,
-        env = "INGEST_REDIS_TIMEOUT_MS",
-        default_value_t = 5_000,
-        global = true
-    )]
+    #[arg(long, default_value_t = 5_000, global = true)]
     pub redis_timeout_ms: u64,
     /// Pipelines in flight at once (each on its own pooled connection).
-    #[arg(long, env = "INGEST_WRITERS", default_value_t = 4, global = true)]
+    #[arg(long, default_value_t = 4, global = true)]
     pub writers: usize,
     /// Most requests coalesced into one pipeline.
-    #[arg(
-        long,
-        env = "INGEST_MAX_PIPELINE",
-        default_value_t = 512,
-        global = true
-    )]
+    #[arg(long, default_value_t = 512, global = true)]
     pub max_pipeline: usize,
     /// Approximate cap of the stream, in entries (XADD MAXLEN ~). One entry is one request.
-    #[arg(
-        long,
-        env = "INGEST_MAXLEN",
-        default_value_t = 1_000_000,
-        global = true
-    )]
+    #[arg(long, default_value_t = 1_000_000, global = true)]
     pub maxlen: u64,
     /// This process's id in stream entries and as a consumer name. Default: host-pid.
-    #[arg(long, env = "INGEST_NODE_ID", global = true)]
+    #[arg(long, global = true)]
     pub node_id: Option<String>,
     /// Entries a worker reads at once.
-    #[arg(
-        long,
-        env = "INGEST_WORKER_BATCH",
-        default_value_t = 256,
-        global = true
-    )]
+    #[arg(long, default_value_t = 256, global = true)]
     pub worker_batch: usize,
     /// Milliseconds after which a pending entry of a silent worker is claimed by another.
-    #[arg(
-        long,
-        env = "INGEST_CLAIM_IDLE_MS",
-        default_value_t = 5_000,
-        global = true
-    )]
+    #[arg(long, default_value_t = 5_000, global = true)]
     pub claim_idle_ms: u64,
     /// Milliseconds the window leader's lease lasts without renewal.
-    #[arg(long, env = "INGEST_LEASE_MS", default_value_t = 3_000, global = true)]
+    #[arg(long, default_value_t = 3_000, global = true)]
     pub lease_ms: u64,
-    /// Aggregation windows, comma-separated (the same roll-up as System 2).
-    #[arg(
-        long,
-        env = "INGEST_WINDOWS",
-        default_value = "1s,10s,60s",
-        global = true
-    )]
-    pub windows: String,
-    /// Most (server, metric) series aggregated at once.
-    #[arg(
-        long,
-        env = "INGEST_MAX_SERIES",
-        default_value_t = 1_000_000,
-        global = true
-    )]
-    pub max_series: usize,
-    /// Sample events queued per dashboard before its oldest are dropped (and counted).
-    #[arg(
-        long,
-        env = "INGEST_DASHBOARD_QUEUE",
-        default_value_t = 16_384,
-        global = true
-    )]
-    pub dashboard_queue: usize,
-    /// Log as JSON lines.
-    #[arg(long, env = "INGEST_LOG_JSON", global = true)]
-    pub log_json: bool,
     /// Fault injection (tests only): a worker sleeps this many ms between reading a batch and
     /// publishing it.
-    #[arg(long, env = "INGEST_FAULT_PAUSE_MS", hide = true, global = true)]
+    #[arg(long, hide = true, global = true)]
     pub fault_pause_ms: Option<u64>,
 }
 
@@ -173,13 +89,10 @@ pub enum Role {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub role: Role,
+    pub edge: EdgeSettings,
     pub redis_url: String,
     pub prefix: String,
-    pub listen: Option<SocketAddr>,
-    pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
-    pub token: Option<String>,
     pub max_body: usize,
-    pub limits: Limits,
     pub deadline: Duration,
     pub redis_timeout: Duration,
     pub writers: usize,
@@ -189,26 +102,16 @@ pub struct Settings {
     pub worker_batch: usize,
     pub claim_idle: Duration,
     pub lease: Duration,
-    pub windows: Vec<WindowSpec>,
-    pub max_series: usize,
-    pub queue: QueueLimits,
-    pub ws: WsConfig,
     pub fault_pause: Option<Duration>,
 }
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--windows: {0}")]
-    Windows(#[from] WindowSpecError),
-    #[error("--listen: `{0}` is not an address like 127.0.0.1:8081 (or \"off\")")]
-    Listen(String),
-    #[error("--tls-cert and --tls-key go together")]
-    TlsPair,
+    #[error(transparent)]
+    Edge(#[from] EdgeConfigError),
     #[error("the {0} role needs a listener: give --listen or --tls-cert/--tls-key")]
     NoListener(&'static str),
-    #[error("--{0} must be at least {1}")]
-    TooSmall(&'static str, u64),
     #[error("--prefix must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")]
     Prefix,
     #[error("--redis-timeout-ms ({0}) must be above --deadline-ms ({1})")]
@@ -216,19 +119,16 @@ pub enum ConfigError {
 }
 
 impl Args {
+    /// The process's flags and environment.
+    pub fn from_env() -> Self {
+        config::parse(&SERVICE)
+    }
+
     /// Checks the flags and builds the settings.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let role = self.role.unwrap_or(Role::All);
-        let listen = match self.listen.trim() {
-            "off" | "" => None,
-            a => Some(a.parse().map_err(|_| ConfigError::Listen(a.to_string()))?),
-        };
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(c), Some(k)) => Some((self.tls_listen, c.clone(), k.clone())),
-            (None, None) => None,
-            _ => return Err(ConfigError::TlsPair),
-        };
-        if role != Role::Worker && listen.is_none() && tls.is_none() {
+        let edge = self.edge.validate()?;
+        if role != Role::Worker && edge.no_listener() {
             return Err(ConfigError::NoListener(match role {
                 Role::Front => "front",
                 Role::Broadcaster => "broadcaster",
@@ -241,9 +141,8 @@ impl Args {
         {
             return Err(ConfigError::Prefix);
         }
-        for (name, v, min) in [
+        config::at_least(&[
             ("max-body", self.max_body as u64, 1024),
-            ("max-batch", self.max_batch as u64, 1),
             ("deadline-ms", self.deadline_ms, 10),
             ("writers", self.writers as u64, 1),
             ("max-pipeline", self.max_pipeline as u64, 1),
@@ -251,12 +150,7 @@ impl Args {
             ("worker-batch", self.worker_batch as u64, 1),
             ("claim-idle-ms", self.claim_idle_ms, 100),
             ("lease-ms", self.lease_ms, 300),
-            ("dashboard-queue", self.dashboard_queue as u64, 16),
-        ] {
-            if v < min {
-                return Err(ConfigError::TooSmall(name, min));
-            }
-        }
+        ])?;
         if self.redis_timeout_ms <= self.deadline_ms {
             return Err(ConfigError::Timeouts(
                 self.redis_timeout_ms,
@@ -271,16 +165,10 @@ impl Args {
         });
         Ok(Settings {
             role,
+            edge,
             redis_url: self.redis_url.clone(),
             prefix: self.prefix.clone(),
-            listen,
-            tls,
-            token: self.token.clone().filter(|t| !t.is_empty()),
             max_body: self.max_body,
-            limits: Limits {
-                max_batch: self.max_batch,
-                ..Limits::default()
-            },
             deadline: Duration::from_millis(self.deadline_ms),
             redis_timeout: Duration::from_millis(self.redis_timeout_ms),
             writers: self.writers,
@@ -290,13 +178,6 @@ impl Args {
             worker_batch: self.worker_batch,
             claim_idle: Duration::from_millis(self.claim_idle_ms),
             lease: Duration::from_millis(self.lease_ms),
-            windows: WindowSpec::parse_list(&self.windows)?,
-            max_series: self.max_series,
-            queue: QueueLimits {
-                sample_cap: self.dashboard_queue,
-                other_cap: (self.dashboard_queue * 16).max(65_536),
-            },
-            ws: WsConfig::default(),
             fault_pause: self.fault_pause_ms.map(Duration::from_millis),
         })
     }
@@ -305,15 +186,17 @@ impl Args {
 impl Settings {
     /// Settings for tests and embedding: all roles, plaintext on 127.0.0.1:0, Redis at `url`.
     pub fn local(redis_url: &str) -> Self {
-        Args::parse_from([
+        let args = [
             "ingest",
             "--listen",
             "127.0.0.1:0",
             "--redis-url",
             redis_url,
-        ])
-        .validate()
-        .expect("default settings are valid")
+        ];
+        config::parse_from::<Args, _, _>(&SERVICE, args)
+            .expect("default flags parse")
+            .validate()
+            .expect("default settings are valid")
     }
 }
 
@@ -324,7 +207,7 @@ mod tests {
     fn args(extra: &[&str]) -> Args {
         let mut v = vec!["ingest"];
         v.extend_from_slice(extra);
-        Args::parse_from(v)
+        config::parse_from(&SERVICE, v).expect("parses")
     }
 
     #[test]
@@ -352,7 +235,7 @@ mod tests {
         let e = args(&["--prefix", "a b"]).validate().unwrap_err();
         assert!(e.to_string().contains("--prefix"), "{e}");
         let e = args(&["--tls-cert", "x.pem"]).validate().unwrap_err();
-        assert!(matches!(e, ConfigError::TlsPair));
+        assert!(matches!(e, ConfigError::Edge(EdgeConfigError::TlsPair)));
         let e = args(&["--maxlen", "10"]).validate().unwrap_err();
         assert_eq!(e.to_string(), "--maxlen must be at least 1000");
     }

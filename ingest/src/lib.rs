@@ -7,14 +7,19 @@
 //! snapshot hash per server and publish over Pub/Sub; one of them (the window leader) also runs
 //! the same window roll-up as System 2. A broadcaster ([`broadcast`]) relays Pub/Sub to
 //! dashboards over WebSocket, and replays the stream to a dashboard that reconnects with
-//! `?since=ID`.
+//! `?since=ID` ([`replay`]); snapshots come from the workers' hashes ([`snapshot`]). The formats
+//! of what is stored in the stream and published on the channel are in [`wire`], the key
+//! layout in [`keys`].
 
 pub mod broadcast;
 pub mod config;
 pub mod front;
 pub mod keys;
+pub mod replay;
 pub mod server;
+pub mod snapshot;
 pub mod store;
+pub mod wire;
 pub mod worker;
 
 pub use config::{Args, Role, Settings};

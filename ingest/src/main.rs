@@ -2,7 +2,6 @@
 //! `all` (the default) for the three in one process.
 
 use anyhow::Context;
-use clap::Parser;
 use metrics_edge::process;
 use tokio_util::sync::CancellationToken;
 
@@ -15,33 +14,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    process::init_tracing(args.log_json);
+    let args = Args::from_env();
+    process::init(args.edge.log_json);
     let settings = args.validate().context("invalid configuration")?;
-    metrics_edge::tls::install_provider();
+    let (role, redis) = (settings.role, settings.redis_url.clone());
     let listeners = server::bind(&settings)
         .await
         .context("starting listeners")?;
     let shutdown = CancellationToken::new();
-    let role = settings.role;
-    let redis = settings.redis_url.clone();
     let server = Server::start(settings, listeners, shutdown.clone())?;
     tracing::info!(?role, %redis, "started");
     if let Some(a) = server.plain_addr {
         println!("listening on http://{a}/ (HTTP/1.1 and h2c): POST /metrics, dashboard at /, stream at /ws");
     }
     if let Some(a) = server.tls_addr {
-        println!(
-            "listening on https://localhost:{}/ (TLS, ALPN h2 and http/1.1)",
-            a.port()
-        );
+        let port = a.port();
+        println!("listening on https://localhost:{port}/ (TLS, ALPN h2 and http/1.1)");
     }
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        process::shutdown_signal().await;
-        tracing::info!("shutting down");
-        signal.cancel();
-    });
-    server.wait().await;
+    process::run_until_signal(shutdown, server.wait()).await;
     Ok(())
 }

@@ -1,13 +1,16 @@
-//! Wiring of the roles into one process: listeners, routes, background tasks, shutdown.
+//! Wiring of the roles into one process: listeners, the route table, background tasks,
+//! shutdown.
 //!
 //! | route | role | what |
 //! |---|---|---|
 //! | `POST /metrics`, `POST /metrics/stream` | front | ingest (see `front`) |
-//! | `GET /readyz` | front | Redis answers `PING` |
 //! | `GET /` | broadcaster | the dashboard page |
 //! | `GET /ws` | broadcaster | dashboard stream (`?serverId=`, `?since=`) |
+//! | `GET /readyz` | any | Redis answers `PING` (503 with `Retry-After` when not) |
 //! | `GET /healthz` | any | process alive |
 //! | `GET /stats` | any | counters |
+//!
+//! A route of a role this process does not run answers 404 naming the role to start.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,17 +21,20 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_edge::auth::{query_param, Auth};
 use metrics_edge::dashboard::{self, DashboardContext, DashboardHandler};
-use metrics_edge::http::{self as h, Body};
+use metrics_edge::http::{self as h, Answer, Body, Refusal};
 use metrics_edge::hub::{Audience, Hub};
-use metrics_edge::listener::{self, ConnInfo, ListenError};
+use metrics_edge::lifecycle::Lifecycle;
+use metrics_edge::listener::{ConnInfo, ListenError};
 use metrics_edge::tls;
+use metrics_model::event;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::broadcast::{self, BroadcastStats, RedisSnapshots};
+use crate::broadcast::{self, BroadcastStats};
 use crate::config::{Role, Settings};
 use crate::front::{self, Front, FrontOptions};
 use crate::keys::{Keys, Position};
+use crate::replay;
+use crate::snapshot::RedisSnapshots;
 use crate::store::{self, PoolOptions, StoreError, Writer, WriterOptions};
 use crate::worker::{self, WorkerOptions, WorkerStats};
 
@@ -42,11 +48,7 @@ pub async fn bind(settings: &Settings) -> Result<Listeners, ListenError> {
     if settings.role == Role::Worker {
         return Ok(Listeners::default());
     }
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(|(addr, cert, key)| (*addr, cert.as_path(), key.as_path()));
-    Listeners::bind(settings.listen, tls, tls::ALPN_H2_HTTP11).await
+    Listeners::bind(&settings.edge, tls::ALPN_H2_HTTP11).await
 }
 
 /// Why the server could not start.
@@ -73,11 +75,9 @@ pub struct Server {
     pub plain_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
     pub hub: Arc<Hub>,
-    pub writer: Option<Writer>,
     pub worker_stats: Arc<WorkerStats>,
     pub broadcast_stats: Arc<BroadcastStats>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    life: Lifecycle,
 }
 
 impl Server {
@@ -87,23 +87,23 @@ impl Server {
         listeners: Listeners,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
+        let life = Lifecycle::new(shutdown, settings.edge.drain);
         let keys = Keys::new(&settings.prefix);
         let pool = store::pool(&PoolOptions {
             url: settings.redis_url.clone(),
             size: settings.writers + 8,
             response_timeout: settings.redis_timeout,
         })?;
-        let tracker = TaskTracker::new();
-        let hub = Hub::new(settings.queue);
+        let hub = Hub::new(settings.edge.queue);
         let (front_on, worker_on, broadcast_on) = match settings.role {
             Role::All => (true, true, true),
             Role::Front => (true, false, false),
             Role::Worker => (false, true, false),
             Role::Broadcaster => (false, false, true),
         };
-        let auth = Auth::new(settings.token.clone());
-        let writer = front_on.then(|| {
-            Writer::start(
+        let auth = Auth::new(settings.edge.token.clone());
+        let front = front_on.then(|| {
+            let writer = Writer::start(
                 pool.clone(),
                 keys.clone(),
                 WriterOptions {
@@ -112,59 +112,58 @@ impl Server {
                     maxlen: settings.maxlen,
                     node: settings.node_id.clone(),
                 },
-            )
-        });
-        let front = writer.clone().map(|writer| {
+                &life,
+            );
             Arc::new(Front {
                 writer,
-                pool: pool.clone(),
                 auth: auth.clone(),
                 opts: FrontOptions {
                     max_body: settings.max_body,
                     deadline: settings.deadline,
-                    limits: settings.limits,
+                    limits: settings.edge.limits,
                 },
+                life: life.clone(),
             })
         });
         let worker_stats = Arc::new(WorkerStats::default());
         if worker_on {
-            tracker.spawn(worker::run(
+            let opts = WorkerOptions {
+                name: settings.node_id.clone(),
+                batch: settings.worker_batch,
+                claim_idle: settings.claim_idle,
+                windows: settings.edge.windows.clone(),
+                max_series: settings.edge.max_series,
+                lease: settings.lease,
+                pause_after_read: settings.fault_pause,
+            };
+            worker::start(
                 pool.clone(),
                 keys.clone(),
-                WorkerOptions {
-                    name: settings.node_id.clone(),
-                    batch: settings.worker_batch,
-                    claim_idle: settings.claim_idle,
-                    windows: settings.windows.clone(),
-                    max_series: settings.max_series,
-                    lease: settings.lease,
-                    pause_after_read: settings.fault_pause,
-                },
+                opts,
                 worker_stats.clone(),
-                shutdown.clone(),
-            ));
+                &life,
+            );
         }
         let broadcast_stats = Arc::new(BroadcastStats::default());
         let dashboards = broadcast_on.then(|| {
-            tracker.spawn(broadcast::run(
+            life.spawn(broadcast::run(
                 settings.redis_url.clone(),
                 pool.clone(),
                 keys.clone(),
                 hub.clone(),
                 broadcast_stats.clone(),
-                shutdown.clone(),
+                life.token().clone(),
             ));
             DashboardContext {
                 system: SYSTEM,
-                windows: settings.windows.iter().map(|w| w.label.clone()).collect(),
+                windows: settings.edge.window_labels(),
                 hub: hub.clone(),
-                ws: settings.ws,
+                ws: settings.edge.ws,
                 snapshots: Arc::new(RedisSnapshots {
                     pool: pool.clone(),
                     keys: keys.clone(),
                 }),
-                shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
+                life: life.clone(),
             }
         });
         let app = Arc::new(App {
@@ -178,80 +177,89 @@ impl Server {
         });
         let handler = move |req: Request<Incoming>, _info: ConnInfo| {
             let app = app.clone();
-            async move { route(&app, req).await }
+            async move { h::respond(route(&app, req).await) }
         };
-        let bound = listeners.serve(handler, &shutdown, &tracker)?;
+        let bound = listeners.serve(handler, &life)?;
         Ok(Self {
             plain_addr: bound.plain,
             tls_addr: bound.tls,
             hub,
-            writer,
             worker_stats,
             broadcast_stats,
-            shutdown,
-            tracker,
+            life,
         })
     }
 
-    /// Waits for shutdown, then for connections and tasks to finish (bounded).
+    /// Waits for shutdown, then for connections and tasks to finish (bounded): the Redis
+    /// writers flush what the draining requests queued.
     pub async fn wait(self) {
-        listener::drain(&self.shutdown, &self.tracker).await;
+        self.life.wait().await;
     }
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    if let Some(front) = &app.front {
-        if matches!(req.uri().path(), "/metrics" | "/metrics/stream" | "/readyz") {
-            if let Some(r) = front::handle(front, req).await {
-                return r;
-            }
-            return h::not_found("/");
+/// The route table.
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path();
+    match (path, req.method()) {
+        ("/metrics", &Method::POST) => front::post_metrics(front(app, path)?, req).await,
+        ("/metrics/stream", &Method::POST) => front::post_stream(front(app, path)?, req),
+        ("/metrics" | "/metrics/stream", _) => Err(Refusal::MethodNotAllowed("POST")),
+        ("/", &Method::GET) if !fastwebsockets::upgrade::is_upgrade_request(&req) => {
+            dashboards(app, path)?;
+            Ok(metrics_edge::page::index())
         }
-    }
-    let path = req.uri().path().to_string();
-    match (path.as_str(), req.method()) {
-        ("/healthz", &Method::GET) => h::json(StatusCode::OK, "{\"status\":\"ok\"}"),
-        ("/stats", &Method::GET) => stats(app),
-        ("/readyz", &Method::GET) => match store::ping(&app.pool, Duration::from_secs(1)).await {
-            Ok(()) => h::json(StatusCode::OK, "{\"status\":\"ready\",\"redis\":\"ok\"}"),
-            Err(e) => h::error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        },
-        ("/" | "/ws", &Method::GET) if app.dashboards.is_some() => dashboards(app, req, &path),
-        _ => h::not_found(&path),
+        ("/ws", &Method::GET) => dashboard_stream(app, req),
+        ("/readyz", &Method::GET) => ready(app).await,
+        ("/healthz", &Method::GET) => Ok(h::json(StatusCode::OK, "{\"status\":\"ok\"}")),
+        ("/stats", &Method::GET) => Ok(stats(app)),
+        ("/" | "/ws" | "/readyz" | "/healthz" | "/stats", _) => {
+            Err(Refusal::MethodNotAllowed("GET"))
+        }
+        _ => Err(Refusal::NotFound(path.to_string())),
     }
 }
 
-fn dashboards(app: &Arc<App>, req: Request<Incoming>, path: &str) -> Response<Body> {
-    let Some(ctx) = &app.dashboards else {
-        return h::not_found(path);
-    };
-    let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(&req);
-    if path == "/" && !is_upgrade {
-        return metrics_edge::page::index();
-    }
-    if !app.auth.allows(&req) {
-        return h::unauthorized();
-    }
-    let filter = match dashboard::filter_from_query(&req) {
-        Ok(f) => f,
-        Err(msg) => return h::error(StatusCode::BAD_REQUEST, &msg),
-    };
+/// The front door, or a 404 saying this process does not run it.
+fn front<'a>(app: &'a App, path: &str) -> Result<&'a Arc<Front>, Refusal> {
+    app.front.as_ref().ok_or_else(|| {
+        Refusal::NotFound(format!("{path} (this process does not run the front role)"))
+    })
+}
+
+/// The dashboard context, or a 404 saying this process does not run the broadcaster.
+fn dashboards<'a>(app: &'a App, path: &str) -> Result<&'a DashboardContext, Refusal> {
+    app.dashboards.as_ref().ok_or_else(|| {
+        Refusal::NotFound(format!(
+            "{path} (this process does not run the broadcaster role)"
+        ))
+    })
+}
+
+/// `GET /readyz`: does Redis answer?
+async fn ready(app: &App) -> Answer {
+    store::ping(&app.pool, Duration::from_secs(1)).await?;
+    Ok(h::json(
+        StatusCode::OK,
+        "{\"status\":\"ready\",\"redis\":\"ok\"}",
+    ))
+}
+
+/// `GET /ws`: a dashboard, replayed from `?since=` when given.
+fn dashboard_stream(app: &Arc<App>, req: Request<Incoming>) -> Answer {
+    let ctx = dashboards(app, req.uri().path())?;
+    app.auth.check(&req)?;
+    let filter = dashboard::filter_from_query(&req)?;
     let since = match query_param(req.uri().query().unwrap_or(""), "since") {
         None => None,
-        Some(s) => match Position::parse(&s) {
-            Some(p) => Some(p),
-            None => {
-                return h::error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("since `{s}` is not a sample id like 1764349200123-0/4"),
-                )
-            }
-        },
+        Some(s) => Some(Position::parse(&s).ok_or_else(|| {
+            Refusal::BadRequest(format!(
+                "since `{s}` is not a sample id like 1764349200123-0/4"
+            ))
+        })?),
     };
     let handler_ctx = ctx.clone();
-    let pool = app.pool.clone();
-    let keys = app.keys.clone();
-    dashboard::upgrade(
+    let (pool, keys, life) = (app.pool.clone(), app.keys.clone(), ctx.life.clone());
+    Ok(dashboard::upgrade(
         req,
         ctx,
         Audience::Dashboard,
@@ -259,18 +267,18 @@ fn dashboards(app: &Arc<App>, req: Request<Incoming>, path: &str) -> Response<Bo
         since.is_some(),
         move |client| {
             if let Some(since) = since {
-                tokio::spawn(async move {
-                    if let Err(e) = broadcast::replay(&pool, &keys, &client, since).await {
-                        let mut b = Vec::new();
-                        metrics_model::event::error(&mut b, &format!("replay failed: {e}"));
-                        client.send(b);
+                life.spawn(async move {
+                    if let Err(e) = replay::replay(&pool, &keys, &client, since).await {
+                        client.send(event::to_vec(|b| {
+                            event::error(b, &format!("replay failed: {e}"))
+                        }));
                         client.release(None);
                     }
                 });
             }
             DashboardHandler::new(handler_ctx)
         },
-    )
+    ))
 }
 
 fn stats(app: &App) -> Response<Body> {

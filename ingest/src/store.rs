@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Connection, Manager, Pool, Runtime};
+use metrics_edge::lifecycle::Lifecycle;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::keys::Keys;
+use crate::wire;
 
 /// Why a write did not reach Redis.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -97,7 +99,7 @@ async fn ping_now(pool: &Pool) -> Result<(), StoreError> {
 pub struct Entry {
     /// Samples in `value`.
     pub count: usize,
-    /// The entry's value, from [`crate::keys::entry_value`].
+    /// The entry's value, from [`wire::encode_entry`].
     pub value: Vec<u8>,
 }
 
@@ -140,14 +142,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts `opts.writers` writer tasks on `pool`.
-    pub fn start(pool: Pool, keys: Keys, opts: WriterOptions) -> Self {
+    /// Starts `opts.writers` writer tasks on `pool`, tracked by `life`. They run until every
+    /// clone of the writer is gone and the queue is written, so requests still draining at
+    /// shutdown get their answer.
+    pub fn start(pool: Pool, keys: Keys, opts: WriterOptions, life: &Lifecycle) -> Self {
         let (tx, rx) = mpsc::channel(65_536);
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(WriterStats::default());
         let node = Arc::from(opts.node.as_str());
         for _ in 0..opts.writers.max(1) {
-            tokio::spawn(run_writer(
+            life.spawn(run_writer(
                 pool.clone(),
                 keys.clone(),
                 opts.clone(),
@@ -234,7 +238,7 @@ async fn run_writer(
                 .arg("~")
                 .arg(&maxlen)
                 .arg("*")
-                .arg(crate::keys::ENTRY_FIELD)
+                .arg(wire::ENTRY_FIELD)
                 .arg(&j.entry.value);
         }
         // Never cancelled half-way: a dropped pipeline would leave its replies on the connection.

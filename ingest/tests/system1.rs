@@ -138,7 +138,7 @@ async fn error_statuses_name_the_problem() {
     let redis = Redis::start();
     let mut s = settings(&redis);
     s.max_body = 4096;
-    s.token = Some("s3cret".into());
+    s.edge.token = Some("s3cret".into());
     let srv = start(s).await;
     let t = Transport::H2c;
     let auth = |b: http::request::Builder| b.header("authorization", "Bearer s3cret");

@@ -227,6 +227,144 @@ pub fn dropped(out: &mut Vec<u8>, count: u64, total: u64) {
     out.push(b'}');
 }
 
+/// `{"type":"replayed","since":ID,"count":N,"complete":B}`: the end of a `?since=` replay
+/// (System 1); `complete` is false when retention had already dropped samples after `since`.
+pub fn replayed(out: &mut Vec<u8>, since: &str, count: u64, complete: bool) {
+    out.extend_from_slice(b"{\"type\":\"replayed\",\"since\":");
+    write_str(out, since);
+    out.extend_from_slice(b",\"count\":");
+    write_u64(out, count);
+    out.extend_from_slice(b",\"complete\":");
+    out.extend_from_slice(if complete { b"true" } else { b"false" });
+    out.push(b'}');
+}
+
+/// `{"type":"registered","role":"producer"}`: the answer to an agent's `register` (the role
+/// is spelled as the agents that send it spell it).
+pub fn registered_agent(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"type\":\"registered\",\"role\":\"producer\"}");
+}
+
+/// Writes the `snapshot` event, the same shape in both systems:
+///
+/// `{"type":"snapshot","serverId":S|null,"serverTime":MS,"servers":[SERVER,...],"all":[W,...]}`
+/// with SERVER = `{"serverId":S,"timestamp":MS,"id":ID|null,"metrics":{NAME:X,...},"windows":[W,...]}`,
+/// W a `window` event (the last closed one of each length), `all` the across-servers windows.
+/// `id` is the stream position of the latest sample, which only System 1 has (`null` in
+/// System 2).
+pub struct SnapshotEncoder {
+    out: Vec<u8>,
+    servers: usize,
+}
+
+impl SnapshotEncoder {
+    /// Starts a snapshot of `server_id` (`None`: every server) taken at `server_time`.
+    pub fn new(server_id: Option<&str>, server_time: u64) -> Self {
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(b"{\"type\":\"snapshot\",\"serverId\":");
+        match server_id {
+            Some(s) => write_str(&mut out, s),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"serverTime\":");
+        write_u64(&mut out, server_time);
+        out.extend_from_slice(b",\"servers\":[");
+        Self { out, servers: 0 }
+    }
+
+    /// Adds one server: its latest sample's time and stream position, the latest value of each
+    /// metric, and its last closed windows.
+    pub fn server<'a>(
+        &mut self,
+        server_id: &str,
+        timestamp: Option<u64>,
+        id: Option<&str>,
+        metrics: impl IntoIterator<Item = (&'a str, f64)>,
+        windows: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        let out = &mut self.out;
+        if self.servers > 0 {
+            out.push(b',');
+        }
+        self.servers += 1;
+        out.extend_from_slice(b"{\"serverId\":");
+        write_str(out, server_id);
+        out.extend_from_slice(b",\"timestamp\":");
+        match timestamp {
+            Some(t) => write_u64(out, t),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"id\":");
+        match id {
+            Some(id) => write_str(out, id),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"metrics\":{");
+        for (i, (name, v)) in metrics.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, name);
+            out.push(b':');
+            write_f64(out, v);
+        }
+        out.extend_from_slice(b"},\"windows\":");
+        write_events(out, windows);
+        out.push(b'}');
+    }
+
+    /// Servers added so far.
+    pub fn len(&self) -> usize {
+        self.servers
+    }
+
+    /// Whether no server was added.
+    pub fn is_empty(&self) -> bool {
+        self.servers == 0
+    }
+
+    /// Ends the event with the across-servers windows.
+    pub fn finish<'a>(mut self, all: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        self.out.extend_from_slice(b"],\"all\":");
+        write_events(&mut self.out, all);
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+/// `[E,...]` of already encoded events.
+fn write_events<'a>(out: &mut Vec<u8>, events: impl IntoIterator<Item = &'a [u8]>) {
+    out.push(b'[');
+    for (i, e) in events.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.push(b']');
+}
+
+/// `{"acked":N,"total":T}`: one acknowledgement line of System 1's streaming endpoint.
+pub fn stream_acked(out: &mut Vec<u8>, count: u64, total: u64) {
+    out.extend_from_slice(b"{\"acked\":");
+    write_u64(out, count);
+    out.extend_from_slice(b",\"total\":");
+    write_u64(out, total);
+    out.push(b'}');
+}
+
+/// `{"error":M[,"line":L]}`: a refusal line of System 1's streaming endpoint, naming the line
+/// (numbered from 1) when it is about one.
+pub fn stream_error(out: &mut Vec<u8>, message: &str, line: Option<u64>) {
+    out.extend_from_slice(b"{\"error\":");
+    write_str(out, message);
+    if let Some(l) = line {
+        out.extend_from_slice(b",\"line\":");
+        write_u64(out, l);
+    }
+    out.push(b'}');
+}
+
 /// Convenience: one encoded event as a fresh vector.
 pub fn to_vec(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut v = Vec::with_capacity(128);
@@ -236,7 +374,31 @@ pub fn to_vec(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::write_f64;
+    use super::*;
+
+    #[test]
+    fn snapshot_has_one_shape() {
+        let mut s = SnapshotEncoder::new(None, 5);
+        s.server("a", Some(3), Some("1-0/0"), [("cpu", 1.5)], [&b"{}"[..]]);
+        s.server("b", None, None, [], []);
+        assert_eq!(s.len(), 2);
+        let json = String::from_utf8(s.finish([&b"{\"w\":1}"[..]])).expect("utf8");
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"type":"snapshot","serverId":null,"serverTime":5,"servers":["#,
+                r#"{"serverId":"a","timestamp":3,"id":"1-0/0","metrics":{"cpu":1.5},"windows":[{}]},"#,
+                r#"{"serverId":"b","timestamp":null,"id":null,"metrics":{},"windows":[]}],"#,
+                r#""all":[{"w":1}]}"#
+            )
+        );
+        let mut b = Vec::new();
+        replayed(&mut b, "1-0/0", 2, false);
+        assert_eq!(
+            b,
+            br#"{"type":"replayed","since":"1-0/0","count":2,"complete":false}"#
+        );
+    }
 
     fn text(x: f64) -> String {
         let mut v = Vec::new();

@@ -21,8 +21,15 @@ use crate::window::{Summary, WindowSpec, WindowStats};
 #[derive(Clone, Debug)]
 pub struct ClosedWindow {
     pub server: Arc<str>,
+    /// The window's label (`1s`), as in its `"window"` field.
+    pub label: Arc<str>,
     pub json: Vec<u8>,
 }
+
+/// A snapshot asked for a server the roll-up has no data for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no data for server `{0}`")]
+pub struct UnknownServer(pub String);
 
 /// Counters of a roll-up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,6 +119,8 @@ struct ServerState {
 /// Window state for a set of servers.
 pub struct Rollup {
     windows: Vec<WindowSpec>,
+    /// Each window's label, shared by its closed windows.
+    labels: Vec<Arc<str>>,
     current: Vec<u64>,
     servers: HashMap<Arc<str>, ServerState>,
     global: SeriesSet,
@@ -127,6 +136,10 @@ impl Rollup {
         let n = windows.len();
         Self {
             current: windows.iter().map(|w| w.start_of(now_ms)).collect(),
+            labels: windows
+                .iter()
+                .map(|w| Arc::from(w.label.as_str()))
+                .collect(),
             windows,
             servers: HashMap::new(),
             global: SeriesSet::default(),
@@ -224,6 +237,7 @@ impl Rollup {
             server.last_windows[w] = Some(json.clone());
             out.push(ClosedWindow {
                 server: server.id.clone(),
+                label: self.labels[w].clone(),
                 json,
             });
             server.series.reset(w);
@@ -234,6 +248,7 @@ impl Rollup {
             self.global_last[w] = Some(json.clone());
             out.push(ClosedWindow {
                 server: self.star.clone(),
+                label: self.labels[w].clone(),
                 json,
             });
             self.global.reset(w);
@@ -259,65 +274,34 @@ impl Rollup {
         self.counts.series -= freed as u64;
     }
 
-    /// The `snapshot` event: latest value of every metric and the last closed window of each
-    /// length, for `server` or for all. An error names an unknown server.
-    pub fn snapshot(&self, server: Option<&str>, now_ms: u64) -> Result<Vec<u8>, String> {
-        let mut b = Vec::with_capacity(1024);
-        b.extend_from_slice(b"{\"type\":\"snapshot\",\"serverId\":");
-        match server {
-            Some(s) => event::write_str(&mut b, s),
-            None => b.extend_from_slice(b"null"),
-        }
-        b.extend_from_slice(b",\"serverTime\":");
-        event::write_u64(&mut b, now_ms);
-        b.extend_from_slice(b",\"servers\":[");
+    /// The `snapshot` event (see [`event::SnapshotEncoder`]): latest value of every metric
+    /// and the last closed window of each length, for `server` or for all.
+    pub fn snapshot(&self, server: Option<&str>, now_ms: u64) -> Result<Vec<u8>, UnknownServer> {
         let mut servers: Vec<&ServerState> = match server {
             Some(id) => match self.servers.get(id) {
                 Some(s) => vec![s],
-                None => return Err(format!("no data for server `{id}`")),
+                None => return Err(UnknownServer(id.to_string())),
             },
             None => self.servers.values().collect(),
         };
         servers.sort_by(|a, b| a.id.cmp(&b.id));
-        for (i, s) in servers.iter().enumerate() {
-            if i > 0 {
-                b.push(b',');
-            }
-            b.extend_from_slice(b"{\"serverId\":");
-            event::write_str(&mut b, &s.id);
-            b.extend_from_slice(b",\"timestamp\":");
-            event::write_u64(&mut b, s.last_ts);
-            b.extend_from_slice(b",\"metrics\":{");
-            for (j, (name, series)) in s.series.list.iter().enumerate() {
-                if j > 0 {
-                    b.push(b',');
-                }
-                event::write_str(&mut b, name);
-                b.push(b':');
-                event::write_f64(&mut b, series.last);
-            }
-            b.extend_from_slice(b"},\"windows\":");
-            write_windows(&mut b, &s.last_windows);
-            b.push(b'}');
+        let mut snap = event::SnapshotEncoder::new(server, now_ms);
+        for s in servers {
+            snap.server(
+                &s.id,
+                Some(s.last_ts),
+                None,
+                s.series
+                    .list
+                    .iter()
+                    .map(|(name, series)| (&**name, series.last)),
+                s.last_windows.iter().flatten().map(Vec::as_slice),
+            );
         }
-        b.push(b']');
-        if server.is_none() {
-            b.extend_from_slice(b",\"all\":");
-            write_windows(&mut b, &self.global_last);
-        }
-        b.push(b'}');
-        Ok(b)
+        let all = match server {
+            None => &self.global_last[..],
+            Some(_) => &[],
+        };
+        Ok(snap.finish(all.iter().flatten().map(Vec::as_slice)))
     }
-}
-
-/// `[<window event>, ...]`: the last closed window of each length.
-fn write_windows(b: &mut Vec<u8>, windows: &[Option<Vec<u8>>]) {
-    b.push(b'[');
-    for (i, w) in windows.iter().flatten().enumerate() {
-        if i > 0 {
-            b.push(b',');
-        }
-        b.extend_from_slice(w);
-    }
-    b.push(b']');
 }

@@ -21,7 +21,7 @@ pub struct TestServer {
 /// Settings with short windows so tests see `window` events quickly.
 pub fn settings() -> Settings {
     let mut s = Settings::local();
-    s.aggregator.windows = WindowSpec::parse_list("200ms,1s").expect("windows");
+    s.edge.windows = WindowSpec::parse_list("200ms,1s").expect("windows");
     s
 }
 

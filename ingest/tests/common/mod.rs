@@ -126,7 +126,7 @@ impl Drop for TestServer {
 /// Settings for tests: short windows, quick claims, a small deadline.
 pub fn settings(redis: &Redis) -> Settings {
     let mut s = Settings::local(&redis.url());
-    s.windows = metrics_model::window::WindowSpec::parse_list("200ms,1s").expect("windows");
+    s.edge.windows = metrics_model::window::WindowSpec::parse_list("200ms,1s").expect("windows");
     s.claim_idle = Duration::from_millis(500);
     s.lease = Duration::from_millis(600);
     s.deadline = Duration::from_millis(800);

@@ -18,7 +18,7 @@ use metrics_model::{event, now_ms};
 use crate::aggregate::{Aggregator, Batch};
 
 /// Handles an agent's frames.
-pub struct IngestHandler {
+pub struct AgentHandler {
     ctx: DashboardContext,
     hub: Arc<Hub>,
     aggregator: Arc<Aggregator>,
@@ -28,7 +28,7 @@ pub struct IngestHandler {
     last_server: Option<Arc<str>>,
 }
 
-impl IngestHandler {
+impl AgentHandler {
     pub fn new(ctx: DashboardContext, aggregator: Arc<Aggregator>, limits: Limits) -> Self {
         Self {
             hub: ctx.hub.clone(),
@@ -55,7 +55,7 @@ impl IngestHandler {
     }
 }
 
-impl MessageHandler for IngestHandler {
+impl MessageHandler for AgentHandler {
     async fn on_message(&mut self, client: &Arc<Client>, data: &mut BytesMut) {
         let arrival = now_ms();
         let limits = self.limits;

@@ -1,0 +1,310 @@
+//! The flags both services take, defined once.
+//!
+//! Listeners, TLS files, the token, WebSocket limits and liveness, the dashboard queue, sample
+//! limits, windows, logging and the shutdown drain mean the same in System 1 and System 2, so
+//! they are one clap struct ([`EdgeArgs`]) that each service flattens into its own, validated
+//! once into [`EdgeSettings`]. What differs between the services is only the default ports and
+//! the prefix of the environment variables (`AGG_LISTEN`, `INGEST_LISTEN`); a service names both
+//! in a [`Service`] and builds its command line with [`command`], which fills them in, so
+//! `--help` shows each service's own defaults and variables.
+//!
+//! Every duration flag is in milliseconds and says so in its name (`--ping-interval-ms`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgMatches, Command, FromArgMatches};
+use metrics_model::window::{WindowSpec, WindowSpecError};
+use metrics_model::Limits;
+
+use crate::hub::QueueLimits;
+use crate::ws::WsConfig;
+
+/// What tells one service's command line from the other's.
+#[derive(Clone, Copy, Debug)]
+pub struct Service {
+    /// Prefix of every environment variable: `AGG` gives `AGG_LISTEN`.
+    pub env_prefix: &'static str,
+    /// Default plaintext listener.
+    pub listen: &'static str,
+    /// Default TLS listener.
+    pub tls_listen: &'static str,
+}
+
+/// Flags shared by both services (flattened into each service's `Args`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EdgeArgs {
+    /// Plaintext listener (HTTP/1.1, h2c where the service speaks HTTP/2, WebSocket). "off"
+    /// disables it.
+    #[arg(long, global = true)]
+    pub listen: String,
+    /// TLS listener, used when --tls-cert and --tls-key are given.
+    #[arg(long, global = true)]
+    pub tls_listen: SocketAddr,
+    /// PEM certificate chain for the TLS listener (see certs/README.md).
+    #[arg(long, global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener.
+    #[arg(long, global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token required from agents and dashboards (header or ?token=). Unset: open.
+    #[arg(long, hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Most samples in one request, array frame or body.
+    #[arg(long, default_value_t = 10_000, global = true)]
+    pub max_batch: usize,
+    /// Largest WebSocket frame or message from a client, in bytes (over it: close 1009).
+    #[arg(long, default_value_t = 1 << 20, global = true)]
+    pub max_message: usize,
+    /// Sample events queued per dashboard before its oldest are dropped (and counted).
+    #[arg(long, default_value_t = 16_384, global = true)]
+    pub dashboard_queue: usize,
+    /// Milliseconds of silence before the server pings a WebSocket peer.
+    #[arg(long, default_value_t = 15_000, global = true)]
+    pub ping_interval_ms: u64,
+    /// Milliseconds a pinged WebSocket peer has to answer before it is closed (1001).
+    #[arg(long, default_value_t = 10_000, global = true)]
+    pub ping_timeout_ms: u64,
+    /// Aggregation windows, comma-separated (tumbling, aligned to the wall clock).
+    #[arg(long, default_value = "1s,10s,60s", global = true)]
+    pub windows: String,
+    /// Most (server, metric) series aggregated at once.
+    #[arg(long, default_value_t = 1_000_000, global = true)]
+    pub max_series: usize,
+    /// Milliseconds in-flight requests, sessions and background tasks get to finish at
+    /// shutdown (SIGINT, SIGTERM).
+    #[arg(long, default_value_t = 10_000, global = true)]
+    pub drain_ms: u64,
+    /// Log as JSON lines instead of text (levels from RUST_LOG).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+/// The certificate and key files of a TLS listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// [`EdgeArgs`], validated.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    pub listen: Option<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    pub token: Option<String>,
+    pub limits: Limits,
+    pub ws: WsConfig,
+    pub queue: QueueLimits,
+    pub windows: Vec<WindowSpec>,
+    pub max_series: usize,
+    pub drain: Duration,
+}
+
+/// Why the shared flags were refused; every message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeConfigError {
+    #[error("--windows: {0}")]
+    Windows(#[from] WindowSpecError),
+    #[error("--listen: `{0}` is not an address like 127.0.0.1:8080 (or \"off\")")]
+    Listen(String),
+    #[error("--tls-cert and --tls-key go together")]
+    TlsPair,
+    #[error("--{0} must be at least {1}")]
+    TooSmall(&'static str, u64),
+}
+
+/// Checks `v >= min` for each `(flag, v, min)`, naming the first flag that is not.
+pub fn at_least(checks: &[(&'static str, u64, u64)]) -> Result<(), EdgeConfigError> {
+    match checks.iter().find(|(_, v, min)| v < min) {
+        Some(&(name, _, min)) => Err(EdgeConfigError::TooSmall(name, min)),
+        None => Ok(()),
+    }
+}
+
+impl EdgeArgs {
+    /// Checks the shared flags.
+    pub fn validate(&self) -> Result<EdgeSettings, EdgeConfigError> {
+        let listen = match self.listen.trim() {
+            "off" | "" => None,
+            a => Some(
+                a.parse()
+                    .map_err(|_| EdgeConfigError::Listen(a.to_string()))?,
+            ),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                addr: self.tls_listen,
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => return Err(EdgeConfigError::TlsPair),
+        };
+        at_least(&[
+            ("max-batch", self.max_batch as u64, 1),
+            ("max-message", self.max_message as u64, 256),
+            ("dashboard-queue", self.dashboard_queue as u64, 16),
+            ("ping-interval-ms", self.ping_interval_ms, 10),
+            ("ping-timeout-ms", self.ping_timeout_ms, 10),
+            ("max-series", self.max_series as u64, 1),
+        ])?;
+        Ok(EdgeSettings {
+            listen,
+            tls,
+            token: self.token.clone().filter(|t| !t.is_empty()),
+            limits: Limits {
+                max_batch: self.max_batch,
+                ..Limits::default()
+            },
+            ws: WsConfig {
+                max_message: self.max_message,
+                ping_interval: Duration::from_millis(self.ping_interval_ms),
+                ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+                ..WsConfig::default()
+            },
+            queue: QueueLimits {
+                sample_cap: self.dashboard_queue,
+                // Window and control events are never shed; past this a client is cut off.
+                other_cap: (self.dashboard_queue * 16).max(65_536),
+            },
+            windows: WindowSpec::parse_list(&self.windows)?,
+            max_series: self.max_series,
+            drain: Duration::from_millis(self.drain_ms),
+        })
+    }
+}
+
+impl EdgeSettings {
+    /// True when neither listener is configured.
+    pub fn no_listener(&self) -> bool {
+        self.listen.is_none() && self.tls.is_none()
+    }
+
+    /// The labels of the configured windows, as `hello` events list them.
+    pub fn window_labels(&self) -> Vec<String> {
+        self.windows.iter().map(|w| w.label.clone()).collect()
+    }
+}
+
+/// `T`'s command line with `service`'s defaults and an environment variable for every flag
+/// that has none: `{prefix}_{FLAG}` (`--tls-listen` of `AGG`: `AGG_TLS_LISTEN`).
+pub fn command<T: clap::CommandFactory>(service: &Service) -> Command {
+    let mut cmd = T::command()
+        .mut_arg("listen", |a| {
+            a.default_value(service.listen).required(false)
+        })
+        .mut_arg("tls_listen", |a| {
+            a.default_value(service.tls_listen).required(false)
+        });
+    let ids: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.get_env().is_none() && !a.is_positional())
+        .map(|a| a.get_id().to_string())
+        .filter(|id| id != "help" && id != "version")
+        .collect();
+    for id in ids {
+        let env = format!("{}_{}", service.env_prefix, id.to_ascii_uppercase());
+        // Leaked once per process, at start-up: clap keeps argument metadata as `'static`.
+        let env: &'static str = Box::leak(env.into_boxed_str());
+        cmd = cmd.mut_arg(id, |a| a.env(env));
+    }
+    cmd
+}
+
+/// Parses the process's arguments (and environment) into `T`; prints help or the error and
+/// exits on a bad command line, as clap does.
+pub fn parse<T: clap::CommandFactory + FromArgMatches>(service: &Service) -> T {
+    from_matches(command::<T>(service).get_matches())
+}
+
+/// Parses `args` (the first is the program name) into `T`, as [`parse`] does; for tests and
+/// embedding.
+pub fn parse_from<T, I, S>(service: &Service, args: I) -> Result<T, clap::Error>
+where
+    T: clap::CommandFactory + FromArgMatches,
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command::<T>(service).try_get_matches_from(args)?;
+    T::from_arg_matches(&matches)
+}
+
+fn from_matches<T: FromArgMatches>(matches: ArgMatches) -> T {
+    T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Args {
+        #[command(flatten)]
+        edge: EdgeArgs,
+    }
+
+    const SERVICE: Service = Service {
+        env_prefix: "TESTSVC",
+        listen: "127.0.0.1:9",
+        tls_listen: "127.0.0.1:10",
+    };
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["svc"];
+        v.extend_from_slice(extra);
+        parse_from(&SERVICE, v).expect("parses")
+    }
+
+    #[test]
+    fn defaults_come_from_the_service() {
+        let s = args(&[]).edge.validate().expect("valid");
+        assert_eq!(s.listen, Some("127.0.0.1:9".parse().expect("addr")));
+        assert!(s.tls.is_none());
+        assert_eq!(s.ws.ping_interval, Duration::from_secs(15));
+        assert_eq!(s.window_labels(), ["1s", "10s", "60s"]);
+        assert_eq!(s.queue.sample_cap, 16_384);
+    }
+
+    #[test]
+    fn every_flag_has_a_prefixed_variable() {
+        let cmd = command::<Args>(&SERVICE);
+        let env = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("tls_listen").as_deref(), Some("TESTSVC_TLS_LISTEN"));
+        assert_eq!(
+            env("ping_interval_ms").as_deref(),
+            Some("TESTSVC_PING_INTERVAL_MS")
+        );
+        assert_eq!(env("log_json").as_deref(), Some("TESTSVC_LOG_JSON"));
+    }
+
+    #[test]
+    fn refusals_name_the_flag() {
+        let e = args(&["--windows", "1s,fast"]).edge.validate().unwrap_err();
+        assert!(e.to_string().contains("--windows"), "{e}");
+        let e = args(&["--listen", "nowhere"]).edge.validate().unwrap_err();
+        assert!(e.to_string().contains("nowhere"), "{e}");
+        let e = args(&["--tls-cert", "x.pem"]).edge.validate().unwrap_err();
+        assert!(matches!(e, EdgeConfigError::TlsPair));
+        let e = args(&["--max-message", "10"]).edge.validate().unwrap_err();
+        assert_eq!(e.to_string(), "--max-message must be at least 256");
+        let e = args(&["--ping-timeout-ms", "0"])
+            .edge
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "--ping-timeout-ms must be at least 10");
+        assert!(args(&["--listen", "off"])
+            .edge
+            .validate()
+            .expect("valid")
+            .no_listener());
+    }
+}

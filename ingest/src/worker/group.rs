@@ -1,0 +1,148 @@
+//! The Redis commands of a consumer-group reader: create the group, read new entries, claim a
+//! silent consumer's pending entries, acknowledge, and hold the window leader's lease. Each is
+//! one round trip, and none is ever cancelled half-way (a dropped command would leave its
+//! reply on the connection): callers check for shutdown between them.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, Value};
+use deadpool_redis::Connection;
+
+use crate::keys::Keys;
+use crate::wire::{raw_entries, RawEntry};
+
+/// Creates a consumer group if missing (from the start of the stream, so entries written
+/// before any worker ran are processed too).
+pub async fn ensure_group(
+    conn: &mut Connection,
+    keys: &Keys,
+    group: &str,
+) -> redis::RedisResult<()> {
+    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&keys.stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// `XREADGROUP ... STREAMS stream >`; empty on timeout.
+pub async fn read(
+    conn: &mut Connection,
+    keys: &Keys,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block_ms: u64,
+) -> redis::RedisResult<Vec<RawEntry>> {
+    let reply: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg("STREAMS")
+        .arg(&keys.stream)
+        .arg(">")
+        .query_async(conn)
+        .await?;
+    // `[[stream, entries]]`, or nil when BLOCK timed out.
+    let Value::Array(streams) = reply else {
+        return Ok(Vec::new());
+    };
+    Ok(streams
+        .into_iter()
+        .flat_map(|s| match s {
+            Value::Array(mut kv) if kv.len() == 2 => kv.pop().map(raw_entries).unwrap_or_default(),
+            _ => Vec::new(),
+        })
+        .collect())
+}
+
+/// Claims entries of `group` idle longer than `idle` (any consumer) for `consumer`.
+pub async fn claim(
+    conn: &mut Connection,
+    keys: &Keys,
+    group: &str,
+    consumer: &str,
+    idle: Duration,
+    count: usize,
+) -> redis::RedisResult<Vec<RawEntry>> {
+    let reply: Value = redis::cmd("XAUTOCLAIM")
+        .arg(&keys.stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(idle.as_millis() as u64)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    // `[next-cursor, entries, deleted-ids]`
+    Ok(match reply {
+        Value::Array(mut parts) if parts.len() >= 2 => raw_entries(parts.swap_remove(1)),
+        _ => Vec::new(),
+    })
+}
+
+/// The `XACK` of `entries` in `group`, to send alone or add to a pipeline.
+pub fn ack_cmd(keys: &Keys, group: &str, entries: &[RawEntry]) -> redis::Cmd {
+    let mut cmd = redis::cmd("XACK");
+    cmd.arg(&keys.stream).arg(group);
+    for e in entries {
+        cmd.arg(&e.id);
+    }
+    cmd
+}
+
+/// Acknowledges `entries` in `group`.
+pub async fn ack(
+    conn: &mut Connection,
+    keys: &Keys,
+    group: &str,
+    entries: &[RawEntry],
+) -> redis::RedisResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    ack_cmd(keys, group, entries).query_async::<()>(conn).await
+}
+
+/// Takes or renews the lease; true while `me` is the window leader.
+pub async fn hold_lease(
+    conn: &mut Connection,
+    keys: &Keys,
+    me: &str,
+    ttl: Duration,
+) -> redis::RedisResult<bool> {
+    let ms = ttl.as_millis() as u64;
+    let got: Option<String> = redis::cmd("SET")
+        .arg(&keys.leader)
+        .arg(me)
+        .arg("NX")
+        .arg("PX")
+        .arg(ms)
+        .query_async(conn)
+        .await?;
+    if got.is_some() {
+        return Ok(true);
+    }
+    // Renew only if we still hold it (compare-and-expire, atomically).
+    let renewed: i64 = redis::cmd("EVAL")
+        .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end")
+        .arg(1)
+        .arg(&keys.leader)
+        .arg(me)
+        .arg(ms)
+        .query_async(conn)
+        .await?;
+    Ok(renewed == 1)
+}

@@ -1,0 +1,142 @@
+//! Workers: consume the stream in the `workers` group, publish `sample` events, keep per-server
+//! snapshots, acknowledge ([`samples`]); one worker at a time (the lease holder) also runs the
+//! window roll-up from its own `windows` group ([`windows`]). [`group`] holds the Redis commands
+//! both loops use.
+//!
+//! Each sample is enriched with its arrival time at the front door and that front door's node
+//! id (the snapshot hash keeps both as `_arrival` and `_node`).
+//!
+//! A worker killed mid-batch leaves its entries pending; every worker periodically claims
+//! entries idle longer than `--claim-idle-ms` (`XAUTOCLAIM`) and processes them, so nothing
+//! acknowledged to an agent is lost. The price is at-least-once delivery: events of a batch that
+//! was published but not yet acknowledged when its worker died are published again by the
+//! worker that claims it, so a dashboard can see those samples twice (with the same `id`).
+//!
+//! Both loops reconnect by themselves: after a Redis error the connection is discarded (never
+//! returned to the pool in an unknown state) and the loop backs off.
+
+mod group;
+mod samples;
+mod windows;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use deadpool_redis::{Connection, Pool};
+use metrics_edge::backoff::Backoff;
+use metrics_edge::lifecycle::Lifecycle;
+use metrics_model::window::WindowSpec;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::Keys;
+use crate::wire;
+
+pub use samples::MAX_EVENTS_PER_MESSAGE;
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Consumer name, unique per worker process.
+    pub name: String,
+    /// Entries per read.
+    pub batch: usize,
+    /// Pending entries idle this long are claimed from their (presumably dead) consumer.
+    pub claim_idle: Duration,
+    pub windows: Vec<WindowSpec>,
+    pub max_series: usize,
+    /// Window leader lease.
+    pub lease: Duration,
+    /// Fault injection for tests: sleep this long between reading a batch and publishing it,
+    /// so a test can kill the worker with the batch pending.
+    pub pause_after_read: Option<Duration>,
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub entries: AtomicU64,
+    pub samples: AtomicU64,
+    pub claimed: AtomicU64,
+    pub publishes: AtomicU64,
+    pub windows: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Why a worker loop lost its connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("Redis is unavailable: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Starts a worker's two loops on `life`; they stop between batches at shutdown.
+pub fn start(
+    pool: Pool,
+    keys: Keys,
+    opts: WorkerOptions,
+    stats: Arc<WorkerStats>,
+    life: &Lifecycle,
+) {
+    let sample_loop = samples::SampleLoop {
+        pool: pool.clone(),
+        keys: keys.clone(),
+        opts: opts.clone(),
+        stats: stats.clone(),
+        decoder: wire::entry_decoder(),
+    };
+    life.spawn(reconnecting(
+        sample_loop,
+        life.token().clone(),
+        stats.clone(),
+    ));
+    let window_loop = windows::WindowLoop {
+        pool,
+        keys,
+        opts,
+        stats: stats.clone(),
+        decoder: wire::entry_decoder(),
+        rollup: None,
+        closed: Vec::new(),
+    };
+    life.spawn(reconnecting(window_loop, life.token().clone(), stats));
+}
+
+/// A loop that works on one connection until shutdown or a Redis error.
+trait Session {
+    /// Works until shutdown (`Ok`) or an error; resets `backoff` after each step that worked.
+    fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> impl Future<Output = Result<(), WorkerError>> + Send;
+}
+
+/// Runs `s` again after each error, with backoff, until shutdown.
+async fn reconnecting<S: Session>(mut s: S, shutdown: CancellationToken, stats: Arc<WorkerStats>) {
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        match s.session(&shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "worker lost Redis; reconnecting (a batch in hand stays pending and will be claimed)");
+            }
+        }
+        backoff.wait(&shutdown).await;
+    }
+}
+
+/// A fresh connection with the consumer group in place.
+async fn connect(pool: &Pool, keys: &Keys, group_name: &str) -> Result<Connection, WorkerError> {
+    let mut conn = pool.get().await?;
+    if let Err(e) = group::ensure_group(&mut conn, keys, group_name).await {
+        drop(Connection::take(conn));
+        return Err(e.into());
+    }
+    Ok(conn)
+}

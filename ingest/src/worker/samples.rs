@@ -1,0 +1,197 @@
+//! The sample loop of a worker: read (or claim) a batch from the `workers` group, publish its
+//! `sample` events, update the per-server snapshot hashes, acknowledge, all in one pipeline.
+//!
+//! Per batch: one `HSET` per server in the batch, `SADD`, one `PUBLISH` per
+//! [`MAX_EVENTS_PER_MESSAGE`] events, and one `XACK` after them. Every half `--claim-idle-ms`
+//! the loop first claims entries left pending that long by a silent (presumably dead) worker.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use deadpool_redis::redis;
+use deadpool_redis::{Connection, Pool};
+use metrics_edge::hub::EventKind;
+use metrics_model::decode::Decoder;
+use metrics_model::{event, Sample};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::group::{self, ack_cmd};
+use super::{connect, Session, WorkerError, WorkerOptions, WorkerStats};
+use crate::keys::{Keys, Position, WORKERS_GROUP};
+use crate::wire::{self, RawEntry};
+use metrics_edge::backoff::Backoff;
+
+/// Most events in one Pub/Sub message: a message lands in a dashboard's queue at once, so it
+/// must stay well below the queue's size (`--dashboard-queue`, default 16,384).
+pub const MAX_EVENTS_PER_MESSAGE: u64 = 2048;
+
+/// One worker's sample loop.
+pub(super) struct SampleLoop {
+    pub pool: Pool,
+    pub keys: Keys,
+    pub opts: WorkerOptions,
+    pub stats: Arc<WorkerStats>,
+    pub decoder: Decoder,
+}
+
+impl Session for SampleLoop {
+    /// Processes batches on one connection until shutdown (`Ok`) or a Redis error (the
+    /// connection is then discarded; the batch in hand stays pending and will be claimed).
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), WorkerError> {
+        let mut conn = connect(&self.pool, &self.keys, WORKERS_GROUP).await?;
+        let mut last_claim = Instant::now();
+        while !shutdown.is_cancelled() {
+            let step = self.step(&mut conn, &mut last_claim).await;
+            if let Err(e) = step {
+                drop(Connection::take(conn));
+                return Err(e);
+            }
+            backoff.reset();
+        }
+        Ok(())
+    }
+}
+
+impl SampleLoop {
+    /// One batch: claimed ones first when it is time, else new ones.
+    async fn step(
+        &mut self,
+        conn: &mut Connection,
+        last_claim: &mut Instant,
+    ) -> Result<(), WorkerError> {
+        let (keys, opts) = (&self.keys, &self.opts);
+        let mut entries = Vec::new();
+        if last_claim.elapsed() >= opts.claim_idle / 2 {
+            *last_claim = Instant::now();
+            entries = group::claim(
+                conn,
+                keys,
+                WORKERS_GROUP,
+                &opts.name,
+                opts.claim_idle,
+                opts.batch,
+            )
+            .await?;
+            self.stats
+                .claimed
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        }
+        if entries.is_empty() {
+            entries = group::read(conn, keys, WORKERS_GROUP, &opts.name, opts.batch, 1000).await?;
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if let Some(pause) = opts.pause_after_read {
+            tokio::time::sleep(pause).await;
+        }
+        self.publish_batch(conn, &mut entries).await
+    }
+
+    async fn publish_batch(
+        &mut self,
+        conn: &mut Connection,
+        entries: &mut [RawEntry],
+    ) -> Result<(), WorkerError> {
+        let (keys, stats) = (&self.keys, &self.stats);
+        let mut lines = Vec::with_capacity(entries.len() * 256);
+        let mut messages = Vec::new();
+        // Latest sample per server in this batch, for the snapshot hashes.
+        let mut latest: HashMap<String, Latest> = HashMap::new();
+        let mut n = 0u64;
+        let mut json = Vec::with_capacity(256);
+        for e in entries.iter_mut() {
+            let d = match wire::decode_entry(e, &mut self.decoder) {
+                Ok(d) => d,
+                Err(err) => {
+                    // Our own writes always decode; one that does not is reported, not retried forever.
+                    tracing::error!(error = %err, "undecodable stream entry acknowledged without events");
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let node: Arc<str> = Arc::from(d.node.as_str());
+            for (i, s) in d.samples.into_iter().enumerate() {
+                let Some(pos) = Position::from_entry(&d.id, i as u32) else {
+                    continue;
+                };
+                json.clear();
+                wire::sample_event(&mut json, &s, pos);
+                wire::write_line(
+                    &mut lines,
+                    EventKind::Sample,
+                    &s.server_id,
+                    Some(pos),
+                    &json,
+                );
+                n += 1;
+                if n.is_multiple_of(MAX_EVENTS_PER_MESSAGE) {
+                    messages.push(std::mem::take(&mut lines));
+                }
+                let latest_of_server = Latest {
+                    sample: s,
+                    pos,
+                    arrival: d.arrival_ms,
+                    node: node.clone(),
+                };
+                latest.insert(latest_of_server.sample.server_id.clone(), latest_of_server);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (server, l) in &latest {
+            pipe.add_command(l.hset(&keys.server(server))).ignore();
+            pipe.cmd("SADD").arg(&keys.servers).arg(server).ignore();
+        }
+        if !lines.is_empty() {
+            messages.push(lines);
+        }
+        for m in &messages {
+            pipe.cmd("PUBLISH").arg(&keys.channel).arg(m).ignore();
+        }
+        pipe.add_command(ack_cmd(keys, WORKERS_GROUP, entries))
+            .ignore();
+        pipe.query_async::<()>(conn).await?;
+        stats
+            .entries
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        stats.samples.fetch_add(n, Ordering::Relaxed);
+        stats.publishes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A server's latest sample in a batch, for its snapshot hash.
+struct Latest {
+    sample: Sample,
+    pos: Position,
+    arrival: u64,
+    node: Arc<str>,
+}
+
+impl Latest {
+    /// `HSET` of the latest values and where they came from.
+    fn hset(&self, key: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key)
+            .arg("_timestamp")
+            .arg(self.sample.timestamp)
+            .arg("_arrival")
+            .arg(self.arrival)
+            .arg("_node")
+            .arg(&*self.node)
+            .arg("_id")
+            .arg(self.pos.to_string());
+        for (name, v) in self.sample.metrics.iter() {
+            let mut b = Vec::with_capacity(24);
+            event::write_f64(&mut b, v);
+            cmd.arg(name).arg(b);
+        }
+        cmd
+    }
+}

@@ -1,0 +1,192 @@
+//! The window loop of a worker: whoever holds the lease key is the window leader and runs the
+//! roll-up over the `windows` group; the others wait for the lease.
+//!
+//! Windows need every sample of a server in one place, which a consumer group does not give
+//! (it spreads entries over workers), hence one leader at a time. A new leader first claims
+//! what the previous one left pending. The roll-up state of windows still open when a leader
+//! dies is lost; the next leader starts fresh windows (samples are not lost: they still reach
+//! dashboards through the sample loop).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use deadpool_redis::{Connection, Pool};
+use metrics_edge::hub::EventKind;
+use metrics_model::decode::Decoder;
+use metrics_model::now_ms;
+use metrics_model::rollup::{ClosedWindow, Rollup};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::group;
+use super::{connect, Session, WorkerError, WorkerOptions, WorkerStats};
+use crate::keys::{Keys, WINDOWS_GROUP};
+use crate::wire::{self, RawEntry};
+use metrics_edge::backoff::Backoff;
+
+/// Grace after a window's end before it is closed without a later sample.
+const CLOSE_GRACE_MS: u64 = 5;
+
+/// One worker's window loop.
+pub(super) struct WindowLoop {
+    pub pool: Pool,
+    pub keys: Keys,
+    pub opts: WorkerOptions,
+    pub stats: Arc<WorkerStats>,
+    pub decoder: Decoder,
+    /// `Some` while this worker is the leader.
+    pub rollup: Option<Rollup>,
+    pub closed: Vec<ClosedWindow>,
+}
+
+impl Session for WindowLoop {
+    /// Leads (or waits to lead) on one connection until shutdown (`Ok`) or a Redis error.
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), WorkerError> {
+        let mut conn = connect(&self.pool, &self.keys, WINDOWS_GROUP).await?;
+        let mut renewed: Option<Instant> = None;
+        while !shutdown.is_cancelled() {
+            let step = self.step(&mut conn, &mut renewed, shutdown).await;
+            if let Err(e) = step {
+                drop(Connection::take(conn));
+                return Err(e);
+            }
+            backoff.reset();
+        }
+        Ok(())
+    }
+}
+
+impl WindowLoop {
+    async fn step(
+        &mut self,
+        conn: &mut Connection,
+        renewed: &mut Option<Instant>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), WorkerError> {
+        if !self.keep_lease(conn, renewed).await? {
+            tokio::select! {
+                _ = tokio::time::sleep(self.opts.lease / 3) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            return Ok(());
+        }
+        self.roll(conn).await
+    }
+
+    /// Renews the lease when a third of it has passed; true while this worker leads.
+    async fn keep_lease(
+        &mut self,
+        conn: &mut Connection,
+        renewed: &mut Option<Instant>,
+    ) -> Result<bool, WorkerError> {
+        if renewed.is_some_and(|r| r.elapsed() < self.opts.lease / 3) {
+            return Ok(self.rollup.is_some());
+        }
+        if !group::hold_lease(conn, &self.keys, &self.opts.name, self.opts.lease).await? {
+            *renewed = None;
+            if self.rollup.take().is_some() {
+                tracing::info!(worker = %self.opts.name, "lost the window lease");
+            }
+            return Ok(false);
+        }
+        *renewed = Some(Instant::now());
+        if self.rollup.is_none() {
+            self.take_over(conn).await?;
+        }
+        Ok(true)
+    }
+
+    /// Becomes the leader: fresh windows, and whatever a previous leader left pending.
+    async fn take_over(&mut self, conn: &mut Connection) -> Result<(), WorkerError> {
+        tracing::info!(worker = %self.opts.name, "window leader");
+        let opts = &self.opts;
+        let rollup =
+            self.rollup
+                .insert(Rollup::new(opts.windows.clone(), opts.max_series, now_ms()));
+        let mut entries = group::claim(
+            conn,
+            &self.keys,
+            WINDOWS_GROUP,
+            &opts.name,
+            Duration::ZERO,
+            10_000,
+        )
+        .await?;
+        add_entries(rollup, &mut self.decoder, &mut entries, &mut self.closed);
+        group::ack(conn, &self.keys, WINDOWS_GROUP, &entries).await?;
+        Ok(())
+    }
+
+    /// Reads new entries (waiting at most until the next window closes), adds them, publishes
+    /// the windows that closed, acknowledges.
+    async fn roll(&mut self, conn: &mut Connection) -> Result<(), WorkerError> {
+        let Some(rollup) = self.rollup.as_mut() else {
+            return Ok(());
+        };
+        let until_close = rollup.next_close().saturating_sub(now_ms()).clamp(1, 250);
+        let opts = &self.opts;
+        let mut entries = group::read(
+            conn,
+            &self.keys,
+            WINDOWS_GROUP,
+            &opts.name,
+            opts.batch,
+            until_close,
+        )
+        .await?;
+        add_entries(rollup, &mut self.decoder, &mut entries, &mut self.closed);
+        rollup.close_due(now_ms(), CLOSE_GRACE_MS, &mut self.closed);
+        if !self.closed.is_empty() {
+            publish_windows(conn, &self.keys, &self.closed).await?;
+            self.stats
+                .windows
+                .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
+            self.closed.clear();
+        }
+        group::ack(conn, &self.keys, WINDOWS_GROUP, &entries).await?;
+        Ok(())
+    }
+}
+
+/// Adds the samples of `entries` to the roll-up (windows that close meanwhile go to `closed`).
+fn add_entries(
+    rollup: &mut Rollup,
+    decoder: &mut Decoder,
+    entries: &mut [RawEntry],
+    closed: &mut Vec<ClosedWindow>,
+) {
+    for e in entries {
+        match wire::decode_entry(e, decoder) {
+            Ok(d) => rollup.add(d.arrival_ms, &d.samples, closed),
+            Err(err) => tracing::error!(error = %err, "undecodable stream entry"),
+        }
+    }
+}
+
+/// Publishes closed windows in one message, and keeps the last one of each length per server
+/// (and across servers, `*`) in the snapshot hashes.
+async fn publish_windows(
+    conn: &mut Connection,
+    keys: &Keys,
+    closed: &[ClosedWindow],
+) -> Result<(), WorkerError> {
+    let mut lines = Vec::with_capacity(closed.len() * 512);
+    let mut pipe = redis::pipe();
+    for w in closed {
+        wire::write_line(&mut lines, EventKind::Window, &w.server, None, &w.json);
+        pipe.cmd("HSET")
+            .arg(keys.server(&w.server))
+            .arg(format!("_window:{}", w.label))
+            .arg(&w.json)
+            .ignore();
+    }
+    pipe.cmd("PUBLISH").arg(&keys.channel).arg(&lines).ignore();
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
