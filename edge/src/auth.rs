@@ -20,11 +20,6 @@ impl Auth {
         }
     }
 
-    /// True when a token is configured.
-    pub fn enabled(&self) -> bool {
-        self.token.is_some()
-    }
-
     /// Checks the request's `Authorization` header, then its `token` query parameter.
     pub fn allows<B>(&self, req: &::http::Request<B>) -> bool {
         let Some(expected) = &self.token else {

@@ -379,8 +379,3 @@ async fn write_close(ws: &mut WriteHalf, c: u16, reason: &str) -> Result<(), Web
 pub fn upgrade_error(e: &WebSocketError) -> String {
     format!("WebSocket upgrade refused: {e}")
 }
-
-/// Bytes helper for handlers: turn an owned vector into `Bytes`.
-pub fn bytes(v: Vec<u8>) -> Bytes {
-    Bytes::from(v)
-}
