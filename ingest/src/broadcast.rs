@@ -73,8 +73,7 @@ fn parse_line(payload: &Bytes, start: usize, end: usize) -> Option<Event> {
     let server = std::str::from_utf8(&line[t1 + 1..t2]).ok()?;
     let position = std::str::from_utf8(&line[t2 + 1..t3])
         .ok()
-        .and_then(Position::parse)
-        .map(|p| (p.ms, p.seq, p.index));
+        .and_then(Position::parse);
     Some(Event {
         kind,
         server: Arc::from(server),
@@ -159,7 +158,7 @@ impl Link<'_> {
         tracing::info!(channel = %self.keys.channel, "subscribed");
         // Subscribed first, then caught up: messages published meanwhile wait in the
         // subscription and are filtered against what the catch-up sent.
-        let mut caught_up: Option<(u64, u64, u32)> = None;
+        let mut caught_up: Option<Position> = None;
         if let Some(since) = *last {
             match read_since(self.pool, self.keys, since).await {
                 Ok(r) => {
@@ -173,7 +172,7 @@ impl Link<'_> {
                     for chunk in r.events.chunks(2048) {
                         self.hub.publish(chunk);
                     }
-                    caught_up = Some((r.last.ms, r.last.seq, r.last.index));
+                    caught_up = Some(r.last);
                     *last = Some(r.last);
                 }
                 Err(e) => tracing::warn!(error = %e, "could not catch up from the stream"),
@@ -189,7 +188,6 @@ impl Link<'_> {
                             events.retain(|e| e.position.is_none_or(|p| p > c));
                         }
                         if let Some(p) = events.iter().filter_map(|e| e.position).max() {
-                            let p = Position { ms: p.0, seq: p.1, index: p.2 };
                             *last = Some(last.map_or(p, |l| l.max(p)));
                         }
                         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -272,7 +270,7 @@ pub async fn read_since(pool: &Pool, keys: &Keys, since: Position) -> Result<Rer
                     kind: EventKind::Sample,
                     server: Arc::from(s.server_id.as_str()),
                     json: Bytes::copy_from_slice(&json),
-                    position: Some((pos.ms, pos.seq, pos.index)),
+                    position: Some(pos),
                 });
             }
             start = format!("({}", e.id);
@@ -316,8 +314,7 @@ pub async fn replay(
     done.extend_from_slice(if truncated { b"false" } else { b"true" });
     done.push(b'}');
     client.send(done);
-    let seen = (last.ms, last.seq, last.index);
-    client.release(Some(seen));
+    client.release(Some(last));
     Ok(count)
 }
 
@@ -455,7 +452,14 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].kind, EventKind::Sample);
         assert_eq!(&*events[0].server, "web-1");
-        assert_eq!(events[0].position, Some((17, 0, 2)));
+        assert_eq!(
+            events[0].position,
+            Some(Position {
+                ms: 17,
+                seq: 0,
+                index: 2
+            })
+        );
         assert_eq!(&events[0].json[..], b"{\"type\":\"sample\"}");
         assert_eq!(events[1].kind, EventKind::Window);
         assert_eq!(events[1].position, None);

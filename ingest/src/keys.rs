@@ -115,45 +115,10 @@ impl Keys {
     }
 }
 
-/// A position in the stream: entry id (`ms-seq`) and the sample's index in the entry.
-/// Printed as `ms-seq/index`, the `id` of System 1's `sample` events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Position {
-    pub ms: u64,
-    pub seq: u64,
-    pub index: u32,
-}
-
-impl Position {
-    /// Parses `ms-seq` (a stream entry id) with `index`.
-    pub fn from_entry(entry: &str, index: u32) -> Option<Self> {
-        let (ms, seq) = entry.split_once('-')?;
-        Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-            index,
-        })
-    }
-
-    /// Parses `ms-seq/index` (or a bare entry id, meaning its last sample).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.split_once('/') {
-            Some((entry, idx)) => Self::from_entry(entry, idx.parse().ok()?),
-            None => Self::from_entry(s, u32::MAX),
-        }
-    }
-
-    /// The stream entry id.
-    pub fn entry(&self) -> String {
-        format!("{}-{}", self.ms, self.seq)
-    }
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}/{}", self.ms, self.seq, self.index)
-    }
-}
+/// A position in the stream: entry id (`ms-seq`) and the sample's index in the entry, printed as
+/// `ms-seq/index` (the `id` of System 1's `sample` events, and the position field of a channel
+/// line). The type lives in the dashboard hub, which stitches replays to the live feed with it.
+pub use metrics_edge::hub::LogPosition as Position;
 
 #[cfg(test)]
 mod tests {
@@ -195,18 +160,5 @@ mod tests {
         );
         assert_eq!((got[1].id.as_str(), got[1].value.as_deref()), ("2-0", None));
         assert!(raw_entries(Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn positions_parse_and_order() {
-        let p = Position::parse("1764349200123-4/7").expect("valid");
-        assert_eq!((p.ms, p.seq, p.index), (1_764_349_200_123, 4, 7));
-        assert_eq!(p.to_string(), "1764349200123-4/7");
-        assert_eq!(p.entry(), "1764349200123-4");
-        assert!(Position::parse("1764349200123-4/8").expect("valid") > p);
-        assert!(Position::parse("1764349200124-0/0").expect("valid") > p);
-        assert_eq!(Position::parse("1-2").expect("bare").index, u32::MAX);
-        assert!(Position::parse("nope").is_none());
-        assert!(Position::parse("1-2/x").is_none());
     }
 }

@@ -25,6 +25,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+mod position;
+
+pub use position::LogPosition;
+
 /// What an event is, which decides whether it may be shed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -39,9 +43,9 @@ pub struct Event {
     /// The server the event is about; `*` for across-all-servers windows.
     pub server: Arc<str>,
     pub json: Bytes,
-    /// Position in a durable log (System 1's stream: entry ms, entry seq, index), used to
-    /// stitch a replay to the live feed without gaps or repeats. `None` for live-only events.
-    pub position: Option<(u64, u64, u32)>,
+    /// Position in a durable log (System 1's stream), used to stitch a replay to the live feed
+    /// without gaps or repeats. `None` for live-only events.
+    pub position: Option<LogPosition>,
 }
 
 /// Who is on the other end of a socket.
@@ -84,7 +88,7 @@ struct Outbox {
     held: Option<Vec<Event>>,
     /// After a replay: events at or before this log position were sent by the replay, and
     /// are skipped when they also arrive live (the live feed can trail the log).
-    replayed_through: Option<(u64, u64, u32)>,
+    replayed_through: Option<LogPosition>,
 }
 
 /// What a writer takes from its queue in one go.
@@ -274,7 +278,7 @@ impl Client {
     /// Ends a hold: queues the held events except those at or before `replayed_through` (the
     /// last log position the replay sent), and from now on skips such events when they arrive
     /// late from the live feed.
-    pub fn release(&self, replayed_through: Option<(u64, u64, u32)>) {
+    pub fn release(&self, replayed_through: Option<LogPosition>) {
         let mut out = lock(&self.outbox);
         let Some(held) = out.held.take() else { return };
         out.replayed_through = replayed_through;
@@ -601,7 +605,11 @@ mod tests {
             kind,
             server: Arc::from(server),
             json: Bytes::from(format!("{n}")),
-            position: Some((u64::from(n), 0, 0)),
+            position: Some(LogPosition {
+                ms: u64::from(n),
+                seq: 0,
+                index: 0,
+            }),
         }
     }
 
@@ -686,7 +694,11 @@ mod tests {
         hub.publish(&[ev(EventKind::Sample, "a", 1), ev(EventKind::Sample, "a", 2)]);
         reg.client().send(Bytes::from("replayed"));
         assert_eq!(reg.client().drain().events, vec![Bytes::from("replayed")]);
-        reg.client().release(Some((1, 0, 0)));
+        reg.client().release(Some(LogPosition {
+            ms: 1,
+            seq: 0,
+            index: 0,
+        }));
         // Replayed already, arriving late from the live feed: skipped.
         hub.publish(&[ev(EventKind::Sample, "a", 1)]);
         hub.publish(&[ev(EventKind::Sample, "a", 3)]);
