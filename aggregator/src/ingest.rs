@@ -45,7 +45,7 @@ impl IngestHandler {
             Some(s) if &**s == id => s.clone(),
             _ => {
                 let s: Arc<str> = Arc::from(id);
-                if client.audience() == Audience::Producer {
+                if client.audience() == Audience::Agent {
                     client.note_server(id);
                 }
                 self.last_server = Some(s.clone());

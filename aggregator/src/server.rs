@@ -160,7 +160,7 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
                     app.aggregator.clone(),
                     app.settings.limits,
                 );
-                dashboard::upgrade(req, &app.ctx, Audience::Producer, None, false, move |_| {
+                dashboard::upgrade(req, &app.ctx, Audience::Agent, None, false, move |_| {
                     handler
                 })
             }
@@ -184,7 +184,7 @@ fn stats(app: &App) -> Response<Body> {
         s.series_refused.load(Relaxed),
         s.ring_full_waits.load(Relaxed),
         hub.count(Audience::Dashboard),
-        hub.count(Audience::Producer),
+        hub.count(Audience::Agent),
         hub.published(),
     );
     h::json(StatusCode::OK, body)

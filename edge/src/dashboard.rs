@@ -148,7 +148,7 @@ pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Con
                 client.send(ctx.hello(filter.as_deref()));
             }
             metrics_model::decode::Role::Producer => {
-                client.set_audience(Audience::Producer, None);
+                client.set_audience(Audience::Agent, None);
                 if let Some(ids) = filter {
                     ids.iter().for_each(|s| client.note_server(s));
                 }

@@ -8,10 +8,10 @@
 //! that lets more than `other_cap` of them pile up is too slow to be served at all and is
 //! disconnected (close 1008) rather than being allowed to grow without bound.
 //!
-//! Routing: dashboards (few) sit in a list every publish visits, while producers (agents, which
-//! only want the windows of the servers they send, and may number tens of thousands) are indexed
-//! by server id, so a publish costs O(dashboards + producers of its windows' servers) and never
-//! scales with the number of connected agents; a batch without windows touches no producer.
+//! Routing: dashboards (few) sit in a list every publish visits, while agents (which only want
+//! the windows of the servers they send, and may number tens of thousands) are indexed by server
+//! id, so a publish costs O(dashboards + agents of its windows' servers) and never scales with
+//! the number of connected agents; a batch without windows touches no agent.
 //!
 //! That registry sits behind an `RwLock` that publishers only read (once per publish):
 //! registering, leaving and changing a client's audience or filter (rare) take the write side,
@@ -55,7 +55,7 @@ pub enum Audience {
     /// Gets `sample` and `window` events matching its filter.
     Dashboard = 0,
     /// An agent: gets only the `window` events of the servers it sends.
-    Producer = 1,
+    Agent = 1,
 }
 
 /// Limits of one client's queue.
@@ -114,7 +114,7 @@ pub struct Client {
     hub: Weak<Hub>,
     /// Written only under the hub's registry lock (see [`Client::reroute`]).
     audience: AtomicU8,
-    /// `None`: every server. Producers start with an empty list and grow it. Written only under
+    /// `None`: every server. Agents start with an empty list and grow it. Written only under
     /// the hub's registry lock (taken first), so the registry's index always agrees with it.
     filter: RwLock<Option<Vec<Arc<str>>>>,
     outbox: Mutex<Outbox>,
@@ -136,11 +136,11 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The filter a client of `audience` starts with: a dashboard's own, a producer's empty list.
+/// The filter a client of `audience` starts with: a dashboard's own, an agent's empty list.
 fn initial_filter(audience: Audience, filter: Option<Vec<String>>) -> Filter {
     match audience {
         Audience::Dashboard => to_filter(filter),
-        Audience::Producer => Some(Vec::new()),
+        Audience::Agent => Some(Vec::new()),
     }
 }
 
@@ -156,14 +156,14 @@ impl Client {
 
     /// Who the client is.
     pub fn audience(&self) -> Audience {
-        if self.audience.load(Ordering::Relaxed) == Audience::Producer as u8 {
-            Audience::Producer
+        if self.audience.load(Ordering::Relaxed) == Audience::Agent as u8 {
+            Audience::Agent
         } else {
             Audience::Dashboard
         }
     }
 
-    /// Turns the client into a dashboard with `filter` (or back into a producer).
+    /// Turns the client into a dashboard with `filter` (or back into an agent).
     pub fn set_audience(&self, audience: Audience, filter: Option<Vec<String>>) {
         self.reroute(Some(audience), initial_filter(audience, filter));
     }
@@ -196,7 +196,7 @@ impl Client {
             .map(|ids| ids.iter().map(|s| s.to_string()).collect())
     }
 
-    /// Adds `server` to a producer's filter, so its windows come back on this socket.
+    /// Adds `server` to an agent's filter, so its windows come back on this socket.
     pub fn note_server(&self, server: &str) {
         let noted = |f: &Filter| {
             f.as_ref()
@@ -220,7 +220,7 @@ impl Client {
     }
 
     fn wants(&self, audience: Audience, filter: &Filter, e: &Event) -> bool {
-        if audience == Audience::Producer && e.kind != EventKind::Window {
+        if audience == Audience::Agent && e.kind != EventKind::Window {
             return false;
         }
         match filter {
@@ -394,11 +394,11 @@ fn merge(mut d: Drained, mut a: VecDeque<(u64, Bytes)>, mut b: VecDeque<(u64, By
 struct Registry {
     /// Every dashboard, whatever its filter: offered every publish (they are few).
     dashboards: Vec<Arc<Client>>,
-    /// Every producer, by client id.
-    producers: HashMap<u64, Arc<Client>>,
-    /// Producers whose filter is `None` (a `subscribe` to every server): offered every window.
+    /// Every agent, by client id.
+    agents: HashMap<u64, Arc<Client>>,
+    /// Agents whose filter is `None` (a `subscribe` to every server): offered every window.
     all_windows: Vec<Arc<Client>>,
-    /// Server id -> the producers whose filter lists it, each once: the only producers a window
+    /// Server id -> the agents whose filter lists it, each once: the only agents a window
     /// of that server is offered to.
     by_server: HashMap<Arc<str>, Vec<Arc<Client>>>,
 }
@@ -430,7 +430,7 @@ impl Registry {
                 }
             }
         }
-        self.producers.insert(c.id, c);
+        self.agents.insert(c.id, c);
     }
 
     /// Undoes [`Registry::insert`] for `c` with its current audience and `filter`; `None` when
@@ -439,7 +439,7 @@ impl Registry {
         if c.audience() == Audience::Dashboard {
             return take(&mut self.dashboards, c.id);
         }
-        let me = self.producers.remove(&c.id)?;
+        let me = self.agents.remove(&c.id)?;
         match filter {
             None => {
                 take(&mut self.all_windows, c.id);
@@ -458,12 +458,12 @@ impl Registry {
         Some(me)
     }
 
-    /// Files registered producer `c` under `server`, just added to its filter list.
+    /// Files registered agent `c` under `server`, just added to its filter list.
     fn index(&mut self, c: &Client, server: Arc<str>) {
-        if c.audience() != Audience::Producer {
+        if c.audience() != Audience::Agent {
             return;
         }
-        if let Some(me) = self.producers.get(&c.id) {
+        if let Some(me) = self.agents.get(&c.id) {
             self.by_server.entry(server).or_default().push(me.clone());
         }
     }
@@ -547,7 +547,7 @@ impl Hub {
         }
     }
 
-    /// Offers `events` to every dashboard, and their windows to the producers that want them.
+    /// Offers `events` to every dashboard, and their windows to the agents that want them.
     pub fn publish(&self, events: &[Event]) {
         if events.is_empty() {
             return;
@@ -558,14 +558,14 @@ impl Hub {
         for c in &registry.dashboards {
             c.offer(events);
         }
-        if registry.producers.is_empty() || !events.iter().any(|e| e.kind == EventKind::Window) {
+        if registry.agents.is_empty() || !events.iter().any(|e| e.kind == EventKind::Window) {
             return;
         }
         for c in &registry.all_windows {
             c.offer(events);
         }
-        // (client id, event index) for each window and each producer filed under its server;
-        // sorted, a producer's windows are queued together and in publication order.
+        // (client id, event index) for each window and each agent filed under its server;
+        // sorted, an agent's windows are queued together and in publication order.
         let mut routed: Vec<(u64, usize, &Arc<Client>)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
             if e.kind != EventKind::Window {
@@ -586,7 +586,7 @@ impl Hub {
         let registry = read(&self.registry);
         match audience {
             Audience::Dashboard => registry.dashboards.len(),
-            Audience::Producer => registry.producers.len(),
+            Audience::Agent => registry.agents.len(),
         }
     }
 
@@ -649,10 +649,10 @@ mod tests {
     }
 
     #[test]
-    fn filters_and_producers() {
+    fn filters_and_agents() {
         let hub = Hub::new(QueueLimits::default());
         let only_b = hub.register(Audience::Dashboard, Some(vec!["b".into()]));
-        let agent = hub.register(Audience::Producer, None);
+        let agent = hub.register(Audience::Agent, None);
         agent.client().note_server("a");
         hub.publish(&[
             ev(EventKind::Sample, "a", 1),
@@ -668,7 +668,7 @@ mod tests {
         drop(only_b);
         assert_eq!(hub.count(Audience::Dashboard), 0);
 
-        // A producer never gets samples; noting more servers brings their windows too.
+        // An agent never gets samples; noting more servers brings their windows too.
         hub.publish(&[ev(EventKind::Sample, "a", 6)]);
         assert!(drained(agent.client()).is_empty());
         agent.client().note_server("b");
@@ -716,8 +716,8 @@ mod tests {
             .iter()
             .all(|c| c.audience() == Audience::Dashboard));
         let mut filed = 0;
-        for (id, c) in &r.producers {
-            assert_eq!((*id, c.audience()), (c.id, Audience::Producer));
+        for (id, c) in &r.agents {
+            assert_eq!((*id, c.audience()), (c.id, Audience::Agent));
             match &*read(&c.filter) {
                 None => assert!(r.all_windows.iter().any(|a| a.id == c.id)),
                 Some(ids) => {
@@ -731,16 +731,13 @@ mod tests {
         }
         assert_eq!(r.by_server.values().map(Vec::len).sum::<usize>(), filed);
         assert!(r.by_server.values().all(|l| !l.is_empty()));
-        assert!(r
-            .all_windows
-            .iter()
-            .all(|c| r.producers.contains_key(&c.id)));
+        assert!(r.all_windows.iter().all(|c| r.agents.contains_key(&c.id)));
     }
 
     #[test]
-    fn subscribe_on_a_producer_socket_keeps_routing_windows_only() {
+    fn subscribe_on_an_agent_socket_keeps_routing_windows_only() {
         let hub = Hub::new(QueueLimits::default());
-        let agent = hub.register(Audience::Producer, None);
+        let agent = hub.register(Audience::Agent, None);
         agent.client().note_server("a");
         agent.client().set_filter(None);
         assert_consistent(&hub);
@@ -757,7 +754,7 @@ mod tests {
         assert_consistent(&hub);
         hub.publish(&[ev(EventKind::Window, "a", 4), ev(EventKind::Window, "c", 5)]);
         assert_eq!(drained(agent.client()), ["5"]);
-        assert_eq!(hub.count(Audience::Producer), 1);
+        assert_eq!(hub.count(Audience::Agent), 1);
         drop(agent);
         assert_consistent(&hub);
         assert!(read(&hub.registry).by_server.is_empty());
@@ -767,7 +764,7 @@ mod tests {
     #[test]
     fn switching_audience_moves_the_client() {
         let hub = Hub::new(QueueLimits::default());
-        let reg = hub.register(Audience::Producer, None);
+        let reg = hub.register(Audience::Agent, None);
         let c = reg.client();
         c.note_server("a");
         let batch = |n: u32| {
@@ -781,15 +778,15 @@ mod tests {
 
         c.set_audience(Audience::Dashboard, Some(vec!["b".into()]));
         assert_eq!(hub.count(Audience::Dashboard), 1);
-        assert_eq!(hub.count(Audience::Producer), 0);
+        assert_eq!(hub.count(Audience::Agent), 0);
         assert_consistent(&hub);
         hub.publish(&batch(10));
         assert_eq!(drained(c), ["11", "13"]);
 
-        // Back to a producer: the noted servers start over, then only their windows come.
-        c.set_audience(Audience::Producer, None);
+        // Back to an agent: the noted servers start over, then only their windows come.
+        c.set_audience(Audience::Agent, None);
         assert_eq!(hub.count(Audience::Dashboard), 0);
-        assert_eq!(hub.count(Audience::Producer), 1);
+        assert_eq!(hub.count(Audience::Agent), 1);
         hub.publish(&batch(20));
         assert!(drained(c).is_empty());
         c.note_server("a");
@@ -807,9 +804,9 @@ mod tests {
     fn a_dropped_registration_gets_nothing_and_stays_out() {
         let hub = Hub::new(QueueLimits::default());
         let dash = hub.register(Audience::Dashboard, None);
-        let agent = hub.register(Audience::Producer, None);
+        let agent = hub.register(Audience::Agent, None);
         agent.client().note_server("a");
-        let all = hub.register(Audience::Producer, None);
+        let all = hub.register(Audience::Agent, None);
         all.client().set_filter(None);
         let (d, a, w) = (
             dash.client().clone(),
@@ -817,19 +814,19 @@ mod tests {
             all.client().clone(),
         );
         assert_eq!(hub.count(Audience::Dashboard), 1);
-        assert_eq!(hub.count(Audience::Producer), 2);
+        assert_eq!(hub.count(Audience::Agent), 2);
         drop((dash, agent, all));
         assert_eq!(hub.count(Audience::Dashboard), 0);
-        assert_eq!(hub.count(Audience::Producer), 0);
+        assert_eq!(hub.count(Audience::Agent), 0);
         assert!(read(&hub.registry).by_server.is_empty());
 
         // Changes on a client that left update it but do not put it back.
         a.note_server("b");
-        d.set_audience(Audience::Producer, None);
+        d.set_audience(Audience::Agent, None);
         d.note_server("a");
         w.set_audience(Audience::Dashboard, None);
         assert_eq!(hub.count(Audience::Dashboard), 0);
-        assert_eq!(hub.count(Audience::Producer), 0);
+        assert_eq!(hub.count(Audience::Agent), 0);
         assert_consistent(&hub);
         hub.publish(&[ev(EventKind::Sample, "a", 1), ev(EventKind::Window, "a", 2)]);
         for c in [&d, &a, &w] {
@@ -839,9 +836,9 @@ mod tests {
     }
 
     #[test]
-    fn a_held_producer_gets_its_windows_on_release() {
+    fn a_held_agent_gets_its_windows_on_release() {
         let hub = Hub::new(QueueLimits::default());
-        let agent = hub.register_with(Audience::Producer, None, true);
+        let agent = hub.register_with(Audience::Agent, None, true);
         agent.client().note_server("a");
         hub.publish(&[ev(EventKind::Window, "a", 1), ev(EventKind::Window, "b", 2)]);
         assert!(drained(agent.client()).is_empty());
@@ -850,12 +847,12 @@ mod tests {
     }
 
     #[test]
-    fn a_producer_gets_its_share_of_a_publish_in_one_go() {
+    fn an_agent_gets_its_share_of_a_publish_in_one_go() {
         // Held events may not exceed 1: a batch over that is lost as a whole, as for dashboards.
         let hub = hub_with(0, 1);
-        // Another producer of the same servers, so the routing interleaves the two.
-        let other = hub.register(Audience::Producer, None);
-        let agent = hub.register_with(Audience::Producer, None, true);
+        // Another agent of the same servers, so the routing interleaves the two.
+        let other = hub.register(Audience::Agent, None);
+        let agent = hub.register_with(Audience::Agent, None, true);
         for s in ["a", "b"] {
             other.client().note_server(s);
             agent.client().note_server(s);
@@ -877,7 +874,7 @@ mod tests {
         let hub = Hub::new(QueueLimits::default());
         let agents: Vec<_> = (0..AGENTS)
             .map(|i| {
-                let r = hub.register(Audience::Producer, None);
+                let r = hub.register(Audience::Agent, None);
                 r.client().note_server(&format!("s{i}"));
                 r
             })
@@ -885,7 +882,7 @@ mod tests {
         let every = hub.register(Audience::Dashboard, None);
         let one = hub.register(Audience::Dashboard, Some(vec!["s5".into()]));
         let none = hub.register(Audience::Dashboard, Some(vec!["x".into()]));
-        assert_eq!(hub.count(Audience::Producer), AGENTS);
+        assert_eq!(hub.count(Audience::Agent), AGENTS);
         assert_eq!(hub.count(Audience::Dashboard), 3);
 
         hub.publish(&[
@@ -909,7 +906,7 @@ mod tests {
         }
         assert_consistent(&hub);
         drop(agents);
-        assert_eq!(hub.count(Audience::Producer), 0);
+        assert_eq!(hub.count(Audience::Agent), 0);
         assert!(read(&hub.registry).by_server.is_empty());
     }
 
@@ -917,7 +914,7 @@ mod tests {
     fn concurrent_changes_keep_the_index_consistent() {
         let hub = Hub::new(QueueLimits::default());
         let regs: Vec<_> = (0..8)
-            .map(|_| hub.register(Audience::Producer, None))
+            .map(|_| hub.register(Audience::Agent, None))
             .collect();
         std::thread::scope(|s| {
             for (t, r) in regs.iter().enumerate() {
@@ -927,7 +924,7 @@ mod tests {
                         match (i + t) % 4 {
                             0 => c.note_server(&format!("s{}", i % 7)),
                             1 => c.set_audience(Audience::Dashboard, Some(vec!["s1".into()])),
-                            2 => c.set_audience(Audience::Producer, None),
+                            2 => c.set_audience(Audience::Agent, None),
                             _ => c.note_server("s1"),
                         }
                     }
@@ -944,12 +941,12 @@ mod tests {
         });
         assert_consistent(&hub);
         assert_eq!(
-            hub.count(Audience::Dashboard) + hub.count(Audience::Producer),
+            hub.count(Audience::Dashboard) + hub.count(Audience::Agent),
             8
         );
         drop(regs);
         assert_consistent(&hub);
-        assert_eq!(hub.count(Audience::Producer), 0);
+        assert_eq!(hub.count(Audience::Agent), 0);
     }
 
     #[test]
