@@ -25,7 +25,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Client;
+use crate::hub::{Client, CloseReason};
 
 type Io = TokioIo<Upgraded>;
 /// The read half of an upgraded socket.
@@ -254,8 +254,8 @@ pub async fn run_session<H: MessageHandler>(
         match msg {
             Ok(mut data) => handler.on_message(&client, &mut data).await,
             Err(e) => {
-                if let Some((c, reason)) = e.close {
-                    client.close(c, &reason);
+                if let Some((code, reason)) = e.close {
+                    client.close(CloseReason { code, reason });
                 } else {
                     end.cancel();
                 }
@@ -322,8 +322,8 @@ async fn run_writer(
                 write_close(&mut ws, code::POLICY, "client too slow: window events backed up").await?;
                 return Ok(());
             }
-            if let Some((c, reason)) = d.close {
-                write_close(&mut ws, c, &reason).await?;
+            if let Some(close) = d.close {
+                write_close(&mut ws, close.code, &close.reason).await?;
                 return Ok(());
             }
             ws.flush().await?;

@@ -83,12 +83,19 @@ struct Outbox {
     dropped_pending: u64,
     dropped_total: u64,
     overflowed: bool,
-    close: Option<(u16, String)>,
+    close: Option<CloseReason>,
     /// While a replay runs, published events wait here instead of the queues.
     held: Option<Vec<Event>>,
     /// After a replay: events at or before this log position were sent by the replay, and
     /// are skipped when they also arrive live (the live feed can trail the log).
     replayed_through: Option<LogPosition>,
+}
+
+/// A close the server asks for: the close frame's code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
 }
 
 /// What a writer takes from its queue in one go.
@@ -104,7 +111,7 @@ pub struct Drained {
     /// The client fell too far behind on events that may not be shed.
     pub overflowed: bool,
     /// Close the socket with this code and reason after writing the rest.
-    pub close: Option<(u16, String)>,
+    pub close: Option<CloseReason>,
 }
 
 /// One connected socket, as the hub sees it.
@@ -310,11 +317,11 @@ impl Client {
         self.notify.notify_one();
     }
 
-    /// Asks the writer to close with `code` once the queue is written.
-    pub fn close(&self, code: u16, reason: &str) {
+    /// Asks the writer to close with `close` once the queue is written (the first ask wins).
+    pub fn close(&self, close: CloseReason) {
         let mut out = lock(&self.outbox);
         if out.close.is_none() {
-            out.close = Some((code, reason.to_string()));
+            out.close = Some(close);
         }
         drop(out);
         self.notify.notify_one();
