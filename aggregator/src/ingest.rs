@@ -46,7 +46,7 @@ impl IngestHandler {
             _ => {
                 let s: Arc<str> = Arc::from(id);
                 if client.audience() == Audience::Agent {
-                    client.note_server(id);
+                    self.hub.note_server(client, id);
                 }
                 self.last_server = Some(s.clone());
                 s

@@ -17,10 +17,16 @@
 //! registering, leaving and changing a client's audience or filter (rare) take the write side,
 //! which keeps the index in step with what every client wants. Each client's queue has its own
 //! short mutex, contended only by publishers and that client's writer.
+//!
+//! Lock order: the registry lock, then a client's filter lock, then that client's queue mutex
+//! (its outbox). Every path that holds more than one of them starts in a method of [`Hub`]: a
+//! publish reads the registry, then each client's filter, then locks its queue; registering,
+//! leaving and changing an audience or filter write the registry, then the client's filter.
+//! That is why those changes are the hub's methods, not the client's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -117,9 +123,9 @@ pub struct Drained {
 /// One connected socket, as the hub sees it.
 pub struct Client {
     id: u64,
-    /// The hub that routes to this client: changing the audience or filter re-files it there.
-    hub: Weak<Hub>,
-    /// Written only under the hub's registry lock (see [`Client::reroute`]).
+    /// The id of the hub that registered it: only that hub re-files it.
+    hub: u64,
+    /// Written only under the hub's registry lock (see [`Hub::reroute`]).
     audience: AtomicU8,
     /// `None`: every server. Agents start with an empty list and grow it. Written only under
     /// the hub's registry lock (taken first), so the registry's index always agrees with it.
@@ -170,60 +176,11 @@ impl Client {
         }
     }
 
-    /// Turns the client into a dashboard with `filter` (or back into an agent).
-    pub fn set_audience(&self, audience: Audience, filter: Option<Vec<String>>) {
-        self.reroute(Some(audience), initial_filter(audience, filter));
-    }
-
-    /// Replaces the server filter (`None`: every server).
-    pub fn set_filter(&self, filter: Option<Vec<String>>) {
-        self.reroute(None, to_filter(filter));
-    }
-
-    /// Sets the audience (`None`: keeps it) and the filter, and re-files the client in its hub's
-    /// registry under the same write lock, unless it has left the hub.
-    fn reroute(&self, audience: Option<Audience>, filter: Filter) {
-        let hub = self.hub.upgrade();
-        let mut registry = hub.as_deref().map(|h| write(&h.registry));
-        let mut f = write(&self.filter);
-        let me = registry.as_mut().and_then(|r| r.remove(self, &f));
-        if let Some(a) = audience {
-            self.audience.store(a as u8, Ordering::Relaxed);
-        }
-        *f = filter;
-        if let (Some(r), Some(me)) = (registry.as_mut(), me) {
-            r.insert(me, &f);
-        }
-    }
-
     /// The current filter.
     pub fn filter(&self) -> Option<Vec<String>> {
         read(&self.filter)
             .as_ref()
             .map(|ids| ids.iter().map(|s| s.to_string()).collect())
-    }
-
-    /// Adds `server` to an agent's filter, so its windows come back on this socket.
-    pub fn note_server(&self, server: &str) {
-        let noted = |f: &Filter| {
-            f.as_ref()
-                .is_none_or(|ids| ids.iter().any(|s| &**s == server))
-        };
-        if noted(&read(&self.filter)) {
-            return;
-        }
-        let hub = self.hub.upgrade();
-        let mut registry = hub.as_deref().map(|h| write(&h.registry));
-        let mut f = write(&self.filter);
-        if noted(&f) {
-            return;
-        }
-        let Some(ids) = f.as_mut() else { return };
-        let server: Arc<str> = Arc::from(server);
-        ids.push(server.clone());
-        if let Some(r) = registry.as_mut() {
-            r.index(self, server);
-        }
     }
 
     fn wants(&self, audience: Audience, filter: &Filter, e: &Event) -> bool {
@@ -476,8 +433,12 @@ impl Registry {
     }
 }
 
+/// Tells hubs apart, so a hub never re-files another hub's client.
+static NEXT_HUB_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The set of connected clients.
 pub struct Hub {
+    id: u64,
     registry: RwLock<Registry>,
     next_id: AtomicU64,
     limits: QueueLimits,
@@ -499,8 +460,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut registry = write(&self.hub.registry);
-        registry.remove(&self.client, &read(&self.client.filter));
+        self.hub.leave(&self.client);
     }
 }
 
@@ -508,6 +468,7 @@ impl Hub {
     /// An empty hub whose clients get `limits`.
     pub fn new(limits: QueueLimits) -> Arc<Self> {
         Arc::new(Self {
+            id: NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed),
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
             limits,
@@ -535,7 +496,7 @@ impl Hub {
     ) -> Registration {
         let client = Arc::new(Client {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            hub: Arc::downgrade(self),
+            hub: self.id,
             audience: AtomicU8::new(audience as u8),
             filter: RwLock::new(initial_filter(audience, filter)),
             outbox: Mutex::new(Outbox::default()),
@@ -552,6 +513,62 @@ impl Hub {
             hub: self.clone(),
             client,
         }
+    }
+
+    /// Takes `client` out of the registry (its registration was dropped).
+    fn leave(&self, client: &Client) {
+        let mut registry = write(&self.registry);
+        registry.remove(client, &read(&client.filter));
+    }
+
+    /// Turns `client` into a dashboard with `filter`, or back into an agent (whose list of
+    /// noted servers starts over).
+    pub fn set_audience(&self, client: &Client, audience: Audience, filter: Option<Vec<String>>) {
+        self.reroute(client, Some(audience), initial_filter(audience, filter));
+    }
+
+    /// Replaces `client`'s server filter (`None`: every server).
+    pub fn set_filter(&self, client: &Client, filter: Option<Vec<String>>) {
+        self.reroute(client, None, to_filter(filter));
+    }
+
+    /// Sets `client`'s audience (`None`: keeps it) and filter, and re-files it in the registry
+    /// under the same write lock, unless it has left. Another hub's client is left as it is:
+    /// changing it here would put it out of step with its own hub's index.
+    fn reroute(&self, client: &Client, audience: Option<Audience>, filter: Filter) {
+        if client.hub != self.id {
+            return;
+        }
+        let mut registry = write(&self.registry);
+        let mut f = write(&client.filter);
+        let me = registry.remove(client, &f);
+        if let Some(a) = audience {
+            client.audience.store(a as u8, Ordering::Relaxed);
+        }
+        *f = filter;
+        if let Some(me) = me {
+            registry.insert(me, &f);
+        }
+    }
+
+    /// Adds `server` to an agent's filter, so its windows come back on its socket.
+    pub fn note_server(&self, client: &Client, server: &str) {
+        let noted = |f: &Filter| {
+            f.as_ref()
+                .is_none_or(|ids| ids.iter().any(|s| &**s == server))
+        };
+        if client.hub != self.id || noted(&read(&client.filter)) {
+            return;
+        }
+        let mut registry = write(&self.registry);
+        let mut f = write(&client.filter);
+        if noted(&f) {
+            return;
+        }
+        let Some(ids) = f.as_mut() else { return };
+        let server: Arc<str> = Arc::from(server);
+        ids.push(server.clone());
+        registry.index(client, server);
     }
 
     /// Offers `events` to every dashboard, and their windows to the agents that want them.
@@ -660,7 +677,7 @@ mod tests {
         let hub = Hub::new(QueueLimits::default());
         let only_b = hub.register(Audience::Dashboard, Some(vec!["b".into()]));
         let agent = hub.register(Audience::Agent, None);
-        agent.client().note_server("a");
+        hub.note_server(agent.client(), "a");
         hub.publish(&[
             ev(EventKind::Sample, "a", 1),
             ev(EventKind::Window, "a", 2),
@@ -678,8 +695,8 @@ mod tests {
         // An agent never gets samples; noting more servers brings their windows too.
         hub.publish(&[ev(EventKind::Sample, "a", 6)]);
         assert!(drained(agent.client()).is_empty());
-        agent.client().note_server("b");
-        agent.client().note_server("a");
+        hub.note_server(agent.client(), "b");
+        hub.note_server(agent.client(), "a");
         hub.publish(&[
             ev(EventKind::Window, "b", 7),
             ev(EventKind::Sample, "b", 8),
@@ -745,8 +762,8 @@ mod tests {
     fn subscribe_on_an_agent_socket_keeps_routing_windows_only() {
         let hub = Hub::new(QueueLimits::default());
         let agent = hub.register(Audience::Agent, None);
-        agent.client().note_server("a");
-        agent.client().set_filter(None);
+        hub.note_server(agent.client(), "a");
+        hub.set_filter(agent.client(), None);
         assert_consistent(&hub);
         hub.publish(&[
             ev(EventKind::Sample, "a", 1),
@@ -755,9 +772,7 @@ mod tests {
         ]);
         assert_eq!(drained(agent.client()), ["2", "3"]);
         // A filter listing a server twice still gets its windows once.
-        agent
-            .client()
-            .set_filter(Some(vec!["c".into(), "c".into()]));
+        hub.set_filter(agent.client(), Some(vec!["c".into(), "c".into()]));
         assert_consistent(&hub);
         hub.publish(&[ev(EventKind::Window, "a", 4), ev(EventKind::Window, "c", 5)]);
         assert_eq!(drained(agent.client()), ["5"]);
@@ -773,7 +788,7 @@ mod tests {
         let hub = Hub::new(QueueLimits::default());
         let reg = hub.register(Audience::Agent, None);
         let c = reg.client();
-        c.note_server("a");
+        hub.note_server(c, "a");
         let batch = |n: u32| {
             [
                 ev(EventKind::Sample, "a", n),
@@ -783,7 +798,7 @@ mod tests {
             ]
         };
 
-        c.set_audience(Audience::Dashboard, Some(vec!["b".into()]));
+        hub.set_audience(c, Audience::Dashboard, Some(vec!["b".into()]));
         assert_eq!(hub.count(Audience::Dashboard), 1);
         assert_eq!(hub.count(Audience::Agent), 0);
         assert_consistent(&hub);
@@ -791,17 +806,17 @@ mod tests {
         assert_eq!(drained(c), ["11", "13"]);
 
         // Back to an agent: the noted servers start over, then only their windows come.
-        c.set_audience(Audience::Agent, None);
+        hub.set_audience(c, Audience::Agent, None);
         assert_eq!(hub.count(Audience::Dashboard), 0);
         assert_eq!(hub.count(Audience::Agent), 1);
         hub.publish(&batch(20));
         assert!(drained(c).is_empty());
-        c.note_server("a");
+        hub.note_server(c, "a");
         assert_consistent(&hub);
         hub.publish(&batch(30));
         assert_eq!(drained(c), ["32"]);
 
-        c.set_audience(Audience::Dashboard, None);
+        hub.set_audience(c, Audience::Dashboard, None);
         assert_consistent(&hub);
         hub.publish(&batch(40));
         assert_eq!(drained(c), ["40", "41", "42", "43"]);
@@ -812,9 +827,9 @@ mod tests {
         let hub = Hub::new(QueueLimits::default());
         let dash = hub.register(Audience::Dashboard, None);
         let agent = hub.register(Audience::Agent, None);
-        agent.client().note_server("a");
+        hub.note_server(agent.client(), "a");
         let all = hub.register(Audience::Agent, None);
-        all.client().set_filter(None);
+        hub.set_filter(all.client(), None);
         let (d, a, w) = (
             dash.client().clone(),
             agent.client().clone(),
@@ -828,10 +843,10 @@ mod tests {
         assert!(read(&hub.registry).by_server.is_empty());
 
         // Changes on a client that left update it but do not put it back.
-        a.note_server("b");
-        d.set_audience(Audience::Agent, None);
-        d.note_server("a");
-        w.set_audience(Audience::Dashboard, None);
+        hub.note_server(&a, "b");
+        hub.set_audience(&d, Audience::Agent, None);
+        hub.note_server(&d, "a");
+        hub.set_audience(&w, Audience::Dashboard, None);
         assert_eq!(hub.count(Audience::Dashboard), 0);
         assert_eq!(hub.count(Audience::Agent), 0);
         assert_consistent(&hub);
@@ -846,11 +861,30 @@ mod tests {
     fn a_held_agent_gets_its_windows_on_release() {
         let hub = Hub::new(QueueLimits::default());
         let agent = hub.register_with(Audience::Agent, None, true);
-        agent.client().note_server("a");
+        hub.note_server(agent.client(), "a");
         hub.publish(&[ev(EventKind::Window, "a", 1), ev(EventKind::Window, "b", 2)]);
         assert!(drained(agent.client()).is_empty());
         agent.client().release(None);
         assert_eq!(drained(agent.client()), ["1"]);
+    }
+
+    #[test]
+    fn a_hub_leaves_another_hubs_client_alone() {
+        let (one, two) = (
+            Hub::new(QueueLimits::default()),
+            Hub::new(QueueLimits::default()),
+        );
+        let agent = one.register(Audience::Agent, None);
+        two.note_server(agent.client(), "a");
+        two.set_audience(agent.client(), Audience::Dashboard, None);
+        two.set_filter(agent.client(), None);
+        assert_eq!(agent.client().audience(), Audience::Agent);
+        assert_eq!(agent.client().filter(), Some(Vec::new()));
+        assert_eq!(one.count(Audience::Agent), 1);
+        assert_eq!(two.count(Audience::Dashboard), 0);
+        assert_eq!(two.count(Audience::Agent), 0);
+        assert_consistent(&one);
+        assert_consistent(&two);
     }
 
     #[test]
@@ -861,8 +895,8 @@ mod tests {
         let other = hub.register(Audience::Agent, None);
         let agent = hub.register_with(Audience::Agent, None, true);
         for s in ["a", "b"] {
-            other.client().note_server(s);
-            agent.client().note_server(s);
+            hub.note_server(other.client(), s);
+            hub.note_server(agent.client(), s);
         }
         hub.publish(&[
             ev(EventKind::Window, "a", 1),
@@ -882,7 +916,7 @@ mod tests {
         let agents: Vec<_> = (0..AGENTS)
             .map(|i| {
                 let r = hub.register(Audience::Agent, None);
-                r.client().note_server(&format!("s{i}"));
+                hub.note_server(r.client(), &format!("s{i}"));
                 r
             })
             .collect();
@@ -926,13 +960,14 @@ mod tests {
         std::thread::scope(|s| {
             for (t, r) in regs.iter().enumerate() {
                 let c = r.client().clone();
+                let hub = hub.clone();
                 s.spawn(move || {
                     for i in 0..300 {
                         match (i + t) % 4 {
-                            0 => c.note_server(&format!("s{}", i % 7)),
-                            1 => c.set_audience(Audience::Dashboard, Some(vec!["s1".into()])),
-                            2 => c.set_audience(Audience::Agent, None),
-                            _ => c.note_server("s1"),
+                            0 => hub.note_server(&c, &format!("s{}", i % 7)),
+                            1 => hub.set_audience(&c, Audience::Dashboard, Some(vec!["s1".into()])),
+                            2 => hub.set_audience(&c, Audience::Agent, None),
+                            _ => hub.note_server(&c, "s1"),
                         }
                     }
                 });
