@@ -45,8 +45,8 @@ impl AgentHandler {
             Some(s) if &**s == id => s.clone(),
             _ => {
                 let s: Arc<str> = Arc::from(id);
-                if client.audience() == Audience::Producer {
-                    client.note_server(id);
+                if client.audience() == Audience::Agent {
+                    self.hub.note_server(client, id);
                 }
                 self.last_server = Some(s.clone());
                 s

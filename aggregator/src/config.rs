@@ -4,7 +4,7 @@
 //! [`EdgeArgs`], defined once in `metrics-edge`; this file holds System 2's own.
 
 use clap::Parser;
-use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service};
+use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service, ServiceArgs};
 
 use crate::aggregate::AggregatorOptions;
 
@@ -55,14 +55,17 @@ pub enum ConfigError {
     Rate,
 }
 
-impl Args {
-    /// The process's flags and environment.
-    pub fn from_env() -> Self {
-        config::parse(&SERVICE)
+impl ServiceArgs for Args {
+    const SERVICE: Service = SERVICE;
+    type Settings = Settings;
+    type Error = ConfigError;
+
+    fn edge(&self) -> &EdgeArgs {
+        &self.edge
     }
 
     /// Checks the flags and builds the settings.
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
+    fn validate(&self) -> Result<Settings, ConfigError> {
         let edge = self.edge.validate()?;
         if edge.no_listener() {
             return Err(ConfigError::NoListener);
@@ -86,7 +89,7 @@ impl Args {
 impl Settings {
     /// Settings for tests and embedding: plaintext on 127.0.0.1:0, default limits.
     pub fn local() -> Self {
-        config::parse_from::<Args, _, _>(&SERVICE, ["aggregator", "--listen", "127.0.0.1:0"])
+        config::parse_flags::<Args>(&SERVICE, &["--listen", "127.0.0.1:0"])
             .expect("default flags parse")
             .validate()
             .expect("default settings are valid")
@@ -106,10 +109,8 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["aggregator"];
-        v.extend_from_slice(extra);
-        config::parse_from(&SERVICE, v).expect("parses")
+    fn args(flags: &[&str]) -> Args {
+        config::parse_flags(&SERVICE, flags).expect("parses")
     }
 
     #[test]

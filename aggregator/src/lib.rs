@@ -14,4 +14,5 @@ pub mod server;
 pub mod simulate;
 
 pub use config::{Args, Settings};
+pub use metrics_edge::service::Service;
 pub use server::{Listeners, Server};

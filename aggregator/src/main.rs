@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use metrics_edge::process;
+use metrics_edge::service::Service;
 use tokio_util::sync::CancellationToken;
 
 use aggregator::{server, Args, Server};
@@ -14,20 +15,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::from_env();
-    process::init(args.edge.log_json);
-    let settings = args.validate().context("invalid configuration")?;
+    let settings = process::configure::<Args>().context("invalid configuration")?;
     let (simulate, rate) = (settings.simulate, settings.simulate_rate);
     let listeners = server::bind(&settings)
         .await
         .context("starting listeners")?;
     let shutdown = CancellationToken::new();
     let server = Server::start(settings, listeners, shutdown.clone())?;
-    if let Some(a) = server.plain_addr {
+    if let Some(a) = server.running.plain_addr {
         tracing::info!(addr = %a, "listening (HTTP/1.1, WebSocket)");
         println!("dashboard: http://{a}/   agents: ws://{a}/ingest   dashboards: ws://{a}/ws");
     }
-    if let Some(a) = server.tls_addr {
+    if let Some(a) = server.running.tls_addr {
         tracing::info!(addr = %a, "listening (TLS, HTTP/1.1, WebSocket)");
         let port = a.port();
         println!("dashboard: https://localhost:{port}/   agents: wss://localhost:{port}/ingest");

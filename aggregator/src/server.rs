@@ -8,7 +8,6 @@
 //! | `GET /healthz` | liveness |
 //! | `GET /stats` | counters (JSON) |
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +21,7 @@ use metrics_edge::http::{self as h, Answer, Body, Refusal};
 use metrics_edge::hub::{Audience, Hub};
 use metrics_edge::lifecycle::Lifecycle;
 use metrics_edge::listener::{ConnInfo, ListenError};
+use metrics_edge::service::{Running, Service};
 use metrics_edge::tls;
 use tokio_util::sync::CancellationToken;
 
@@ -62,19 +62,19 @@ impl SnapshotSource for AggregatorSnapshots {
     }
 }
 
-/// A running server.
+/// A running System 2 server.
 pub struct Server {
-    pub plain_addr: Option<SocketAddr>,
-    pub tls_addr: Option<SocketAddr>,
-    pub hub: Arc<Hub>,
+    pub running: Running,
     pub aggregator: Arc<Aggregator>,
-    life: Lifecycle,
 }
 
-impl Server {
+impl Service for Server {
+    type Settings = Settings;
+    type Error = ServerError;
+
     /// Starts serving on `listeners` until `shutdown` is cancelled; with `--simulate`, starts
     /// the simulated agents too.
-    pub fn start(
+    fn start(
         settings: Settings,
         listeners: Listeners,
         shutdown: CancellationToken,
@@ -103,9 +103,9 @@ impl Server {
                 async move { h::respond(route(&app, req)) }
             }
         };
-        let bound = listeners.serve(handler, &life)?;
+        let running = Running::serve(listeners, handler, hub, life.clone())?;
         let s = &app.settings;
-        if let (Some(addr), true) = (bound.plain, s.simulate > 0) {
+        if let (Some(addr), true) = (running.plain_addr, s.simulate > 0) {
             life.spawn(crate::simulate::run(
                 addr,
                 s.simulate,
@@ -115,19 +115,20 @@ impl Server {
             ));
         }
         Ok(Self {
-            plain_addr: bound.plain,
-            tls_addr: bound.tls,
-            hub,
+            running,
             aggregator,
-            life,
         })
+    }
+
+    fn running(&self) -> &Running {
+        &self.running
     }
 
     /// Waits for shutdown, then for connections and tasks to drain (bounded), then stops the
     /// aggregator.
-    pub async fn wait(self) {
-        self.life.wait().await;
-        let agg = self.aggregator.clone();
+    async fn wait(self) {
+        self.running.wait().await;
+        let agg = self.aggregator;
         let _ = tokio::task::spawn_blocking(move || agg.stop()).await;
     }
 }
@@ -163,7 +164,7 @@ fn route(app: &App, req: Request<Incoming>) -> Answer {
             Ok(dashboard::upgrade(
                 req,
                 &app.ctx,
-                Audience::Producer,
+                Audience::Agent,
                 None,
                 false,
                 move |_| handler,
@@ -190,7 +191,7 @@ fn stats(app: &App) -> Response<Body> {
         s.series_refused.load(Relaxed),
         s.ring_full_waits.load(Relaxed),
         hub.count(Audience::Dashboard),
-        hub.count(Audience::Producer),
+        hub.count(Audience::Agent),
         hub.published(),
     );
     h::json(StatusCode::OK, body)

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aggregator::{Listeners, Server, Settings};
+use aggregator::{Listeners, Server, Service, Settings};
 use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -50,7 +50,7 @@ async fn dashboard_renders_live_data_in_headless_chromium() {
         tls: None,
     };
     let server = Server::start(settings, listeners, shutdown.clone()).expect("server starts");
-    let addr = server.plain_addr.expect("plain listener");
+    let addr = server.running.plain_addr.expect("plain listener");
     tokio::spawn(aggregator::simulate::run(
         addr,
         3,

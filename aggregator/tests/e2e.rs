@@ -62,22 +62,12 @@ async fn arrays_of_samples_and_type_metric_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_alpn_end_to_end() {
-    let certs = devcerts::generate(&[]).expect("certs");
-    let server_cfg = tls::server_config_from_pem(
-        certs.server_cert_pem.as_bytes(),
-        certs.server_key_pem.as_bytes(),
-        tls::ALPN_HTTP11,
-        "cert",
-        "key",
-    )
-    .expect("server config");
+    let (server_cfg, client_cfg) = dev_tls(tls::ALPN_HTTP11);
     let srv = start_with_tls(settings(), Some(server_cfg)).await;
     let tls_addr = srv.tls_addr.expect("tls listener");
 
-    // ALPN: the server picks http/1.1 (WebSocket upgrades need HTTP/1.1).
-    let client_cfg =
-        metrics_edge::client::tls_config(certs.ca_cert_pem.as_bytes(), &[b"h2", b"http/1.1"])
-            .expect("client config");
+    // ALPN: the client offers h2 and http/1.1; the server picks http/1.1 (WebSocket upgrades
+    // need HTTP/1.1).
     let tcp = tokio::net::TcpStream::connect(tls_addr).await.expect("tcp");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     let stream = tokio_rustls::TlsConnector::from(client_cfg.clone())
@@ -87,8 +77,7 @@ async fn tls_with_alpn_end_to_end() {
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     drop(stream);
 
-    let cfg = metrics_edge::client::tls_config(certs.ca_cert_pem.as_bytes(), tls::ALPN_HTTP11)
-        .expect("cfg");
+    let cfg = client_cfg;
     let mut dash = connect_with(tls_addr, "/ws", Some(cfg.clone()), &[])
         .await
         .expect("wss dashboard");
@@ -366,12 +355,12 @@ async fn silent_peers_are_pinged_then_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sockets_with_1001() {
-    let srv = start(settings()).await;
+    let mut srv = start(settings()).await;
     let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
     dash.next_of("hello").await;
     srv.shutdown.cancel();
     assert_eq!(dash.close_code().await, Some(1001));
-    tokio::time::timeout(WAIT, srv.done)
+    tokio::time::timeout(WAIT, &mut srv.done)
         .await
         .expect("server stops")
         .expect("join");

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use metrics_edge::service::Service;
 use tokio_util::sync::CancellationToken;
 
 /// Why an embedded system could not start.
@@ -187,7 +188,7 @@ impl Embedded {
                         let l = ingest::server::bind(&s).await.map_err(|e| e.to_string())?;
                         let server =
                             ingest::Server::start(s, l, stop).map_err(|e| e.to_string())?;
-                        let addrs = (server.plain_addr, server.tls_addr);
+                        let addrs = (server.running.plain_addr, server.running.tls_addr);
                         Ok((addrs.0, addrs.1, Box::pin(server.wait()) as Waiting))
                     })
                 }
@@ -200,7 +201,7 @@ impl Embedded {
                             .map_err(|e| e.to_string())?;
                         let server =
                             aggregator::Server::start(s, l, stop).map_err(|e| e.to_string())?;
-                        let addrs = (server.plain_addr, server.tls_addr);
+                        let addrs = (server.running.plain_addr, server.running.tls_addr);
                         Ok((addrs.0, addrs.1, Box::pin(server.wait()) as Waiting))
                     })
                 }

@@ -302,8 +302,9 @@ fn a_url_target_is_measured_the_same_way() {
     let addr = rt.block_on(async {
         let s = aggregator::Settings::local();
         let l = aggregator::server::bind(&s).await.expect("bind");
-        let server = aggregator::Server::start(s, l, shutdown.clone()).expect("start");
-        server.plain_addr.expect("plain listener")
+        let server = <aggregator::Server as aggregator::Service>::start(s, l, shutdown.clone())
+            .expect("start");
+        server.running.plain_addr.expect("plain listener")
     });
     let dir = out_dir("url");
     let out = run_ok(

@@ -32,6 +32,21 @@ pub struct Service {
     pub tls_listen: &'static str,
 }
 
+/// A service's command line: its own flags around the shared [`EdgeArgs`], and how it checks
+/// them (see `process::configure`).
+pub trait ServiceArgs: clap::CommandFactory + FromArgMatches {
+    /// The service's defaults and environment prefix.
+    const SERVICE: Service;
+    /// The validated settings.
+    type Settings;
+    /// Why the flags were refused.
+    type Error;
+    /// The shared flags.
+    fn edge(&self) -> &EdgeArgs;
+    /// Checks the flags.
+    fn validate(&self) -> Result<Self::Settings, Self::Error>;
+}
+
 /// Flags shared by both services (flattened into each service's `Args`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct EdgeArgs {
@@ -220,14 +235,13 @@ pub fn parse<T: clap::CommandFactory + FromArgMatches>(service: &Service) -> T {
     from_matches(command::<T>(service).get_matches())
 }
 
-/// Parses `args` (the first is the program name) into `T`, as [`parse`] does; for tests and
-/// embedding.
-pub fn parse_from<T, I, S>(service: &Service, args: I) -> Result<T, clap::Error>
+/// Parses `flags` (no program name) into `T`, as [`parse`] does, but returning clap's error;
+/// for tests and embedding.
+pub fn parse_flags<T>(service: &Service, flags: &[&str]) -> Result<T, clap::Error>
 where
     T: clap::CommandFactory + FromArgMatches,
-    I: IntoIterator<Item = S>,
-    S: Into<std::ffi::OsString> + Clone,
 {
+    let args = std::iter::once(service.env_prefix).chain(flags.iter().copied());
     let matches = command::<T>(service).try_get_matches_from(args)?;
     T::from_arg_matches(&matches)
 }
@@ -253,10 +267,8 @@ mod tests {
         tls_listen: "127.0.0.1:10",
     };
 
-    fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["svc"];
-        v.extend_from_slice(extra);
-        parse_from(&SERVICE, v).expect("parses")
+    fn args(flags: &[&str]) -> Args {
+        parse_flags(&SERVICE, flags).expect("parses")
     }
 
     #[test]

@@ -152,20 +152,21 @@ impl MessageHandler for DashboardHandler {
 pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Control) {
     match c {
         Control::Subscribe { filter } => {
-            client.set_filter(filter.clone());
+            ctx.hub.set_filter(client, filter.clone());
             client.send(event::to_vec(|b| event::subscribed(b, filter.as_deref())));
         }
         Control::Register { role, filter } => match role {
             metrics_model::decode::Role::Dashboard => {
-                client.set_audience(Audience::Dashboard, filter.clone());
+                ctx.hub
+                    .set_audience(client, Audience::Dashboard, filter.clone());
                 client.send(ctx.hello(filter.as_deref()));
             }
             metrics_model::decode::Role::Producer => {
-                client.set_audience(Audience::Producer, None);
+                ctx.hub.set_audience(client, Audience::Agent, None);
                 if let Some(ids) = filter {
-                    ids.iter().for_each(|s| client.note_server(s));
+                    ids.iter().for_each(|s| ctx.hub.note_server(client, s));
                 }
-                client.send(&b"{\"type\":\"registered\",\"role\":\"producer\"}"[..]);
+                client.send(event::to_vec(event::registered_agent));
             }
         },
         Control::SnapshotRequest { server_id } => match ctx.snapshots.snapshot(server_id).await {

@@ -14,7 +14,8 @@
 //! - [`dashboard`]: the `/ws` dashboard session, and [`page`]: the embedded dashboard page.
 //! - [`http`]: response helpers (JSON errors, the page).
 //! - [`config`]: the flags both services take; [`lifecycle`]: shutdown and task tracking;
-//!   [`process`]: logging and the signal; [`backoff`]: reconnect pacing.
+//!   [`process`]: logging and the signal; [`backoff`]: reconnect pacing; [`service`]: what a
+//!   started server of either system is.
 
 pub mod auth;
 pub mod backoff;
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod page;
 pub mod process;
+pub mod service;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tls;

@@ -4,7 +4,18 @@
 use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::config::ServiceArgs;
 use tracing_subscriber::EnvFilter;
+
+/// A binary's start: parses `A` from the arguments and environment (printing help or the
+/// error and exiting on a bad command line), starts logging as asked and installs the TLS
+/// crypto provider, then validates the flags.
+pub fn configure<A: ServiceArgs>() -> Result<A::Settings, A::Error> {
+    let args: A = crate::config::parse(&A::SERVICE);
+    init(args.edge().log_json);
+    args.validate()
+}
 
 /// Process start-up shared by the binaries: logs (text or JSON; levels from `RUST_LOG`,
 /// default `info`) and the TLS crypto provider.

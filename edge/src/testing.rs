@@ -37,6 +37,58 @@ pub async fn local_listeners(tls: Option<Arc<rustls::ServerConfig>>) -> crate::l
     }
 }
 
+/// A server of either system started for a test; dropping it shuts the server down.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub hub: Arc<crate::hub::Hub>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Resolves once the server has drained.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts a server of either system on [`local_listeners`] (TLS too with `tls`), and waits for
+/// its end on a task of its own.
+pub async fn start<S: crate::service::Service>(
+    settings: S::Settings,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Started {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server =
+        S::start(settings, local_listeners(tls).await, shutdown.clone()).expect("server starts");
+    let running = server.running();
+    Started {
+        addr: running.plain_addr.expect("plain addr"),
+        tls_addr: running.tls_addr,
+        hub: running.hub.clone(),
+        shutdown,
+        done: tokio::spawn(server.wait()),
+    }
+}
+
+/// A development CA's server configuration offering `alpn`, and a client configuration that
+/// trusts the CA and offers h2 and http/1.1.
+pub fn dev_tls(alpn: &[&[u8]]) -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
+    let certs = devcerts::generate(&[]).expect("certs");
+    let server = crate::tls::server_config_from_pem(
+        certs.server_cert_pem.as_bytes(),
+        certs.server_key_pem.as_bytes(),
+        alpn,
+        "cert",
+        "key",
+    )
+    .expect("server config");
+    let client = client::tls_config(certs.ca_cert_pem.as_bytes(), &[b"h2", b"http/1.1"])
+        .expect("client config");
+    (server, client)
+}
+
 /// How long a test waits for anything before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 

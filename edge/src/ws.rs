@@ -25,7 +25,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Client;
+use crate::hub::{Client, CloseReason};
 use crate::lifecycle::Lifecycle;
 
 type Io = TokioIo<Upgraded>;
@@ -255,8 +255,8 @@ pub async fn run_session<H: MessageHandler>(
         match msg {
             Ok(mut data) => handler.on_message(&client, &mut data).await,
             Err(e) => {
-                if let Some((c, reason)) = e.close {
-                    client.close(c, &reason);
+                if let Some((code, reason)) = e.close {
+                    client.close(CloseReason { code, reason });
                 } else {
                     end.cancel();
                 }
@@ -323,8 +323,8 @@ async fn run_writer(
                 write_close(&mut ws, code::POLICY, "client too slow: window events backed up").await?;
                 return Ok(());
             }
-            if let Some((c, reason)) = d.close {
-                write_close(&mut ws, c, &reason).await?;
+            if let Some(close) = d.close {
+                write_close(&mut ws, close.code, &close.reason).await?;
                 return Ok(());
             }
             ws.flush().await?;
@@ -379,9 +379,4 @@ async fn write_close(ws: &mut WriteHalf, c: u16, reason: &str) -> Result<(), Web
 /// The socket-level errors of an upgrade, for the handler's 400.
 pub fn upgrade_error(e: &WebSocketError) -> String {
     format!("WebSocket upgrade refused: {e}")
-}
-
-/// Bytes helper for handlers: turn an owned vector into `Bytes`.
-pub fn bytes(v: Vec<u8>) -> Bytes {
-    Bytes::from(v)
 }

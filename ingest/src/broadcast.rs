@@ -132,11 +132,9 @@ impl Link<'_> {
                     Some(msg) => {
                         let mut events = parse_batch(Bytes::copy_from_slice(msg.get_payload_bytes()));
                         if let Some(c) = caught_up {
-                            let c = c.into();
                             events.retain(|e| e.position.is_none_or(|p| p > c));
                         }
                         if let Some(p) = events.iter().filter_map(|e| e.position).max() {
-                            let p = Position::from(p);
                             *last = Some(last.map_or(p, |l| l.max(p)));
                         }
                         self.stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service};
+use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service, ServiceArgs};
 
 /// System 1's defaults and environment prefix.
 pub const SERVICE: Service = Service {
@@ -118,14 +118,17 @@ pub enum ConfigError {
     Timeouts(u64, u64),
 }
 
-impl Args {
-    /// The process's flags and environment.
-    pub fn from_env() -> Self {
-        config::parse(&SERVICE)
+impl ServiceArgs for Args {
+    const SERVICE: Service = SERVICE;
+    type Settings = Settings;
+    type Error = ConfigError;
+
+    fn edge(&self) -> &EdgeArgs {
+        &self.edge
     }
 
     /// Checks the flags and builds the settings.
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
+    fn validate(&self) -> Result<Settings, ConfigError> {
         let role = self.role.unwrap_or(Role::All);
         let edge = self.edge.validate()?;
         if role != Role::Worker && edge.no_listener() {
@@ -186,14 +189,8 @@ impl Args {
 impl Settings {
     /// Settings for tests and embedding: all roles, plaintext on 127.0.0.1:0, Redis at `url`.
     pub fn local(redis_url: &str) -> Self {
-        let args = [
-            "ingest",
-            "--listen",
-            "127.0.0.1:0",
-            "--redis-url",
-            redis_url,
-        ];
-        config::parse_from::<Args, _, _>(&SERVICE, args)
+        let flags = ["--listen", "127.0.0.1:0", "--redis-url", redis_url];
+        config::parse_flags::<Args>(&SERVICE, &flags)
             .expect("default flags parse")
             .validate()
             .expect("default settings are valid")
@@ -204,10 +201,8 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["ingest"];
-        v.extend_from_slice(extra);
-        config::parse_from(&SERVICE, v).expect("parses")
+    fn args(flags: &[&str]) -> Args {
+        config::parse_flags(&SERVICE, flags).expect("parses")
     }
 
     #[test]

@@ -45,72 +45,7 @@ impl Keys {
     }
 }
 
-/// A position in the stream: entry id (`ms-seq`) and the sample's index in the entry.
-/// Printed as `ms-seq/index`, the `id` of System 1's `sample` events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Position {
-    pub ms: u64,
-    pub seq: u64,
-    pub index: u32,
-}
-
-impl Position {
-    /// Parses `ms-seq` (a stream entry id) with `index`.
-    pub fn from_entry(entry: &str, index: u32) -> Option<Self> {
-        let (ms, seq) = entry.split_once('-')?;
-        Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-            index,
-        })
-    }
-
-    /// Parses `ms-seq/index` (or a bare entry id, meaning its last sample).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.split_once('/') {
-            Some((entry, idx)) => Self::from_entry(entry, idx.parse().ok()?),
-            None => Self::from_entry(s, u32::MAX),
-        }
-    }
-
-    /// The stream entry id.
-    pub fn entry(&self) -> String {
-        format!("{}-{}", self.ms, self.seq)
-    }
-}
-
-impl From<Position> for (u64, u64, u32) {
-    fn from(p: Position) -> Self {
-        (p.ms, p.seq, p.index)
-    }
-}
-
-impl From<(u64, u64, u32)> for Position {
-    fn from((ms, seq, index): (u64, u64, u32)) -> Self {
-        Self { ms, seq, index }
-    }
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}/{}", self.ms, self.seq, self.index)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_parse_and_order() {
-        let p = Position::parse("1764349200123-4/7").expect("valid");
-        assert_eq!((p.ms, p.seq, p.index), (1_764_349_200_123, 4, 7));
-        assert_eq!(p.to_string(), "1764349200123-4/7");
-        assert_eq!(p.entry(), "1764349200123-4");
-        assert!(Position::parse("1764349200123-4/8").expect("valid") > p);
-        assert!(Position::parse("1764349200124-0/0").expect("valid") > p);
-        assert_eq!(Position::parse("1-2").expect("bare").index, u32::MAX);
-        assert!(Position::parse("nope").is_none());
-        assert!(Position::parse("1-2/x").is_none());
-    }
-}
+/// A position in the stream: entry id (`ms-seq`) and the sample's index in the entry, printed as
+/// `ms-seq/index` (the `id` of System 1's `sample` events, and the position field of a channel
+/// line). The type lives in the dashboard hub, which stitches replays to the live feed with it.
+pub use metrics_edge::hub::LogPosition as Position;

@@ -23,4 +23,5 @@ pub mod wire;
 pub mod worker;
 
 pub use config::{Args, Role, Settings};
+pub use metrics_edge::service::Service;
 pub use server::{Listeners, Server};

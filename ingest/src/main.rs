@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use metrics_edge::process;
+use metrics_edge::service::Service;
 use tokio_util::sync::CancellationToken;
 
 use ingest::{server, Args, Server};
@@ -14,9 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::from_env();
-    process::init(args.edge.log_json);
-    let settings = args.validate().context("invalid configuration")?;
+    let settings = process::configure::<Args>().context("invalid configuration")?;
     let (role, redis) = (settings.role, settings.redis_url.clone());
     let listeners = server::bind(&settings)
         .await
@@ -24,10 +23,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server = Server::start(settings, listeners, shutdown.clone())?;
     tracing::info!(?role, %redis, "started");
-    if let Some(a) = server.plain_addr {
+    if let Some(a) = server.running.plain_addr {
         println!("listening on http://{a}/ (HTTP/1.1 and h2c): POST /metrics, dashboard at /, stream at /ws");
     }
-    if let Some(a) = server.tls_addr {
+    if let Some(a) = server.running.tls_addr {
         let port = a.port();
         println!("listening on https://localhost:{port}/ (TLS, ALPN h2 and http/1.1)");
     }

@@ -102,7 +102,7 @@ pub async fn read_since(pool: &Pool, keys: &Keys, since: Position) -> Result<Rer
                     kind: EventKind::Sample,
                     server: Arc::from(s.server_id.as_str()),
                     json: Bytes::copy_from_slice(&json),
-                    position: Some(pos.into()),
+                    position: Some(pos),
                 });
             }
         }
@@ -139,6 +139,6 @@ pub async fn replay(
     client.send(event::to_vec(|b| {
         event::replayed(b, &since.to_string(), count, !truncated)
     }));
-    client.release(Some(last.into()));
+    client.release(Some(last));
     Ok(count)
 }

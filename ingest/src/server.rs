@@ -12,7 +12,6 @@
 //!
 //! A route of a role this process does not run answers 404 naming the role to start.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +24,7 @@ use metrics_edge::http::{self as h, Answer, Body, Refusal};
 use metrics_edge::hub::{Audience, Hub};
 use metrics_edge::lifecycle::Lifecycle;
 use metrics_edge::listener::{ConnInfo, ListenError};
+use metrics_edge::service::{Running, Service};
 use metrics_edge::tls;
 use metrics_model::event;
 use tokio_util::sync::CancellationToken;
@@ -72,17 +72,17 @@ struct App {
 
 /// A running System 1 process.
 pub struct Server {
-    pub plain_addr: Option<SocketAddr>,
-    pub tls_addr: Option<SocketAddr>,
-    pub hub: Arc<Hub>,
+    pub running: Running,
     pub worker_stats: Arc<WorkerStats>,
     pub broadcast_stats: Arc<BroadcastStats>,
-    life: Lifecycle,
 }
 
-impl Server {
+impl Service for Server {
+    type Settings = Settings;
+    type Error = ServerError;
+
     /// Starts the roles of `settings` until `shutdown` is cancelled.
-    pub fn start(
+    fn start(
         settings: Settings,
         listeners: Listeners,
         shutdown: CancellationToken,
@@ -179,21 +179,21 @@ impl Server {
             let app = app.clone();
             async move { h::respond(route(&app, req).await) }
         };
-        let bound = listeners.serve(handler, &life)?;
         Ok(Self {
-            plain_addr: bound.plain,
-            tls_addr: bound.tls,
-            hub,
+            running: Running::serve(listeners, handler, hub, life)?,
             worker_stats,
             broadcast_stats,
-            life,
         })
+    }
+
+    fn running(&self) -> &Running {
+        &self.running
     }
 
     /// Waits for shutdown, then for connections and tasks to finish (bounded): the Redis
     /// writers flush what the draining requests queued.
-    pub async fn wait(self) {
-        self.life.wait().await;
+    async fn wait(self) {
+        self.running.wait().await
     }
 }
 

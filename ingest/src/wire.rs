@@ -221,7 +221,7 @@ fn parse_line(payload: &Bytes, start: usize, end: usize) -> Option<Event> {
         kind,
         server: Arc::from(server),
         json: payload.slice(start + t3 + 1..end),
-        position: position.map(Into::into),
+        position,
     })
 }
 

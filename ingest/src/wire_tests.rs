@@ -138,7 +138,7 @@ fn lines_round_trip_without_parsing_json() {
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].kind, EventKind::Sample);
     assert_eq!(&*events[0].server, "web-1");
-    assert_eq!(events[0].position, Some(pos.into()));
+    assert_eq!(events[0].position, Some(pos));
     assert_eq!(&events[0].json[..], b"{\"type\":\"sample\"}");
     assert_eq!(events[1].kind, EventKind::Window);
     assert_eq!(&*events[1].server, "*");

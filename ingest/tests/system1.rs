@@ -11,29 +11,10 @@ use http_body_util::Full;
 use hyper::Request;
 use metrics_edge::tls;
 
-fn dev_tls() -> (
-    std::sync::Arc<rustls::ServerConfig>,
-    std::sync::Arc<rustls::ClientConfig>,
-) {
-    let certs = devcerts::generate(&[]).expect("certs");
-    let server = tls::server_config_from_pem(
-        certs.server_cert_pem.as_bytes(),
-        certs.server_key_pem.as_bytes(),
-        tls::ALPN_H2_HTTP11,
-        "cert",
-        "key",
-    )
-    .expect("server config");
-    let client =
-        metrics_edge::client::tls_config(certs.ca_cert_pem.as_bytes(), &[b"h2", b"http/1.1"])
-            .expect("client");
-    (server, client)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_reaches_the_dashboard_and_the_snapshot() {
     let redis = Redis::start();
-    let (server_tls, client_tls) = dev_tls();
+    let (server_tls, client_tls) = dev_tls(tls::ALPN_H2_HTTP11);
     let srv = start_with_tls(settings(&redis), Some(server_tls)).await;
     let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
     assert_eq!(dash.next_of("hello").await["system"], "system1-redis");

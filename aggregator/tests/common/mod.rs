@@ -1,22 +1,14 @@
 //! Test harness: a real server on 127.0.0.1:0 and real WebSocket clients.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aggregator::{Server, Settings};
 pub use metrics_edge::testing::*;
 use metrics_model::window::WindowSpec;
-use tokio_util::sync::CancellationToken;
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub tls_addr: Option<SocketAddr>,
-    pub shutdown: CancellationToken,
-    pub hub: Arc<metrics_edge::hub::Hub>,
-    pub aggregator: Arc<aggregator::aggregate::Aggregator>,
-    pub done: tokio::task::JoinHandle<()>,
-}
+/// System 2 started for a test: addresses, hub, shutdown.
+pub type TestServer = Started;
 
 /// Settings with short windows so tests see `window` events quickly.
 pub fn settings() -> Settings {
@@ -33,22 +25,7 @@ pub async fn start_with_tls(
     settings: Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> TestServer {
-    let shutdown = CancellationToken::new();
-    let server = Server::start(settings, local_listeners(tls).await, shutdown.clone())
-        .expect("server starts");
-    let addr = server.plain_addr.expect("plain addr");
-    let tls_addr = server.tls_addr;
-    let hub = server.hub.clone();
-    let aggregator = server.aggregator.clone();
-    let done = tokio::spawn(server.wait());
-    TestServer {
-        addr,
-        tls_addr,
-        shutdown,
-        hub,
-        aggregator,
-        done,
-    }
+    metrics_edge::testing::start::<Server>(settings, tls).await
 }
 
 /// A sample frame as the Node.js agents send it.

@@ -88,6 +88,7 @@ pub fn start(
         opts: opts.clone(),
         stats: stats.clone(),
         decoder: wire::entry_decoder(),
+        last_claim: tokio::time::Instant::now(),
     };
     life.spawn(reconnecting(
         sample_loop,
@@ -102,33 +103,63 @@ pub fn start(
         decoder: wire::entry_decoder(),
         rollup: None,
         closed: Vec::new(),
+        renewed: None,
     };
     life.spawn(reconnecting(window_loop, life.token().clone(), stats));
 }
 
-/// A loop that works on one connection until shutdown or a Redis error.
+/// A loop that works batch by batch on one connection of its consumer group.
 trait Session {
-    /// Works until shutdown (`Ok`) or an error; resets `backoff` after each step that worked.
-    fn session(
+    /// The consumer group it reads.
+    const GROUP: &'static str;
+
+    /// Where its connections come from and which keys they use.
+    fn redis(&self) -> (&Pool, &Keys);
+
+    /// A new connection begins (per-connection state starts over).
+    fn begin(&mut self);
+
+    /// One step (a batch, or waiting for the lease); an error ends the connection.
+    fn step(
         &mut self,
+        conn: &mut Connection,
         shutdown: &CancellationToken,
-        backoff: &mut Backoff,
     ) -> impl Future<Output = Result<(), WorkerError>> + Send;
 }
 
-/// Runs `s` again after each error, with backoff, until shutdown.
+/// Runs `s` on fresh connections, backing off after each error, until shutdown.
 async fn reconnecting<S: Session>(mut s: S, shutdown: CancellationToken, stats: Arc<WorkerStats>) {
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
-        match s.session(&shutdown, &mut backoff).await {
+        match session(&mut s, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "worker lost Redis; reconnecting (a batch in hand stays pending and will be claimed)");
+                tracing::warn!(group = S::GROUP, error = %e, "worker lost Redis; reconnecting (a batch in hand stays pending and will be claimed)");
             }
         }
         backoff.wait(&shutdown).await;
     }
+}
+
+/// Steps `s` on one connection until shutdown (`Ok`) or an error; the connection is then
+/// discarded, never returned to the pool in an unknown state.
+async fn session<S: Session>(
+    s: &mut S,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), WorkerError> {
+    let (pool, keys) = s.redis();
+    let mut conn = connect(pool, keys, S::GROUP).await?;
+    s.begin();
+    while !shutdown.is_cancelled() {
+        if let Err(e) = s.step(&mut conn, shutdown).await {
+            drop(Connection::take(conn));
+            return Err(e);
+        }
+        backoff.reset();
+    }
+    Ok(())
 }
 
 /// A fresh connection with the consumer group in place.

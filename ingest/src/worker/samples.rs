@@ -18,10 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::group::{self, ack_cmd};
-use super::{connect, Session, WorkerError, WorkerOptions, WorkerStats};
+use super::{Session, WorkerError, WorkerOptions, WorkerStats};
 use crate::keys::{Keys, Position, WORKERS_GROUP};
 use crate::wire::{self, RawEntry};
-use metrics_edge::backoff::Backoff;
 
 /// Most events in one Pub/Sub message: a message lands in a dashboard's queue at once, so it
 /// must stay well below the queue's size (`--dashboard-queue`, default 16,384).
@@ -34,41 +33,32 @@ pub(super) struct SampleLoop {
     pub opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
     pub decoder: Decoder,
+    /// When this connection last claimed idle entries.
+    pub last_claim: Instant,
 }
 
 impl Session for SampleLoop {
-    /// Processes batches on one connection until shutdown (`Ok`) or a Redis error (the
-    /// connection is then discarded; the batch in hand stays pending and will be claimed).
-    async fn session(
-        &mut self,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), WorkerError> {
-        let mut conn = connect(&self.pool, &self.keys, WORKERS_GROUP).await?;
-        let mut last_claim = Instant::now();
-        while !shutdown.is_cancelled() {
-            let step = self.step(&mut conn, &mut last_claim).await;
-            if let Err(e) = step {
-                drop(Connection::take(conn));
-                return Err(e);
-            }
-            backoff.reset();
-        }
-        Ok(())
-    }
-}
+    const GROUP: &'static str = WORKERS_GROUP;
 
-impl SampleLoop {
-    /// One batch: claimed ones first when it is time, else new ones.
+    fn redis(&self) -> (&Pool, &Keys) {
+        (&self.pool, &self.keys)
+    }
+
+    fn begin(&mut self) {
+        self.last_claim = Instant::now();
+    }
+
+    /// One batch: claimed entries first when it is time, else new ones. An error leaves the
+    /// batch in hand pending, to be claimed.
     async fn step(
         &mut self,
         conn: &mut Connection,
-        last_claim: &mut Instant,
+        _shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
         let (keys, opts) = (&self.keys, &self.opts);
         let mut entries = Vec::new();
-        if last_claim.elapsed() >= opts.claim_idle / 2 {
-            *last_claim = Instant::now();
+        if self.last_claim.elapsed() >= opts.claim_idle / 2 {
+            self.last_claim = Instant::now();
             entries = group::claim(
                 conn,
                 keys,
@@ -93,7 +83,9 @@ impl SampleLoop {
         }
         self.publish_batch(conn, &mut entries).await
     }
+}
 
+impl SampleLoop {
     async fn publish_batch(
         &mut self,
         conn: &mut Connection,

@@ -21,10 +21,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::group;
-use super::{connect, Session, WorkerError, WorkerOptions, WorkerStats};
+use super::{Session, WorkerError, WorkerOptions, WorkerStats};
 use crate::keys::{Keys, WINDOWS_GROUP};
 use crate::wire::{self, RawEntry};
-use metrics_edge::backoff::Backoff;
 
 /// Grace after a window's end before it is closed without a later sample.
 const CLOSE_GRACE_MS: u64 = 5;
@@ -39,37 +38,28 @@ pub(super) struct WindowLoop {
     /// `Some` while this worker is the leader.
     pub rollup: Option<Rollup>,
     pub closed: Vec<ClosedWindow>,
+    /// When this connection last took or renewed the lease.
+    pub renewed: Option<Instant>,
 }
 
 impl Session for WindowLoop {
-    /// Leads (or waits to lead) on one connection until shutdown (`Ok`) or a Redis error.
-    async fn session(
-        &mut self,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-    ) -> Result<(), WorkerError> {
-        let mut conn = connect(&self.pool, &self.keys, WINDOWS_GROUP).await?;
-        let mut renewed: Option<Instant> = None;
-        while !shutdown.is_cancelled() {
-            let step = self.step(&mut conn, &mut renewed, shutdown).await;
-            if let Err(e) = step {
-                drop(Connection::take(conn));
-                return Err(e);
-            }
-            backoff.reset();
-        }
-        Ok(())
-    }
-}
+    const GROUP: &'static str = WINDOWS_GROUP;
 
-impl WindowLoop {
+    fn redis(&self) -> (&Pool, &Keys) {
+        (&self.pool, &self.keys)
+    }
+
+    fn begin(&mut self) {
+        self.renewed = None;
+    }
+
+    /// Leads (one batch into the roll-up) or waits a third of the lease to try again.
     async fn step(
         &mut self,
         conn: &mut Connection,
-        renewed: &mut Option<Instant>,
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
-        if !self.keep_lease(conn, renewed).await? {
+        if !self.keep_lease(conn).await? {
             tokio::select! {
                 _ = tokio::time::sleep(self.opts.lease / 3) => {}
                 _ = shutdown.cancelled() => {}
@@ -78,24 +68,25 @@ impl WindowLoop {
         }
         self.roll(conn).await
     }
+}
 
+impl WindowLoop {
     /// Renews the lease when a third of it has passed; true while this worker leads.
-    async fn keep_lease(
-        &mut self,
-        conn: &mut Connection,
-        renewed: &mut Option<Instant>,
-    ) -> Result<bool, WorkerError> {
-        if renewed.is_some_and(|r| r.elapsed() < self.opts.lease / 3) {
+    async fn keep_lease(&mut self, conn: &mut Connection) -> Result<bool, WorkerError> {
+        if self
+            .renewed
+            .is_some_and(|r| r.elapsed() < self.opts.lease / 3)
+        {
             return Ok(self.rollup.is_some());
         }
         if !group::hold_lease(conn, &self.keys, &self.opts.name, self.opts.lease).await? {
-            *renewed = None;
+            self.renewed = None;
             if self.rollup.take().is_some() {
                 tracing::info!(worker = %self.opts.name, "lost the window lease");
             }
             return Ok(false);
         }
-        *renewed = Some(Instant::now());
+        self.renewed = Some(Instant::now());
         if self.rollup.is_none() {
             self.take_over(conn).await?;
         }

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 pub use metrics_edge::testing::*;
-use tokio_util::sync::CancellationToken;
 
 use ingest::{Role, Server, Settings};
 
@@ -110,18 +109,8 @@ impl Drop for Redis {
     }
 }
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub tls_addr: Option<SocketAddr>,
-    pub shutdown: CancellationToken,
-    pub server_done: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+/// System 1 started for a test: addresses, hub, shutdown.
+pub type TestServer = Started;
 
 /// Settings for tests: short windows, quick claims, a small deadline.
 pub fn settings(redis: &Redis) -> Settings {
@@ -147,18 +136,7 @@ pub async fn start_with_tls(
     settings: Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> TestServer {
-    let shutdown = CancellationToken::new();
-    let server = Server::start(settings, local_listeners(tls).await, shutdown.clone())
-        .expect("server starts");
-    let addr = server.plain_addr.expect("plain addr");
-    let tls_addr = server.tls_addr;
-    let server_done = tokio::spawn(server.wait());
-    TestServer {
-        addr,
-        tls_addr,
-        shutdown,
-        server_done,
-    }
+    metrics_edge::testing::start::<Server>(settings, tls).await
 }
 
 /// An HTTP response as a test sees it.

@@ -1,0 +1,367 @@
+//! Dashboard fan-out: every event goes to every client that wants it, through a bounded queue
+//! per client, so a slow dashboard never slows ingest or the other dashboards.
+//!
+//! Events are encoded once and shared (`Bytes`), so fan-out costs a reference count per client.
+//! The hub ties three parts together, one module each:
+//!
+//! - `outbox`: a client's queue and its policy: shed the oldest `sample` events past a cap
+//!   (counted and reported), never shed `window` and control events but disconnect a client
+//!   that lets too many pile up (close 1008), pongs and a requested close, and the hold and
+//!   release that stitch a replay to the live feed;
+//! - `registry`: who wants what: dashboards in a list every publish visits, agents indexed by
+//!   server id, so a publish costs O(dashboards + agents of its windows' servers) and never
+//!   scales with the number of connected agents; a batch without windows touches no agent;
+//! - `position`: [`LogPosition`], where an event sits in a durable log.
+//!
+//! The registry sits behind an `RwLock` that publishers only read (once per publish):
+//! registering, leaving and changing a client's audience or filter (rare) take the write side,
+//! which keeps the index in step with what every client wants. Each client's queue has its own
+//! short mutex, contended only by publishers and that client's writer.
+//!
+//! Lock order: the registry lock, then a client's filter lock, then that client's queue mutex
+//! (its outbox). Every path that holds more than one of them starts in a method of [`Hub`]: a
+//! publish reads the registry, then each client's filter, then locks its queue; registering,
+//! leaving and changing an audience or filter write the registry, then the client's filter.
+//! That is why those changes are the hub's methods, not the client's.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+
+mod outbox;
+mod position;
+mod registry;
+#[cfg(test)]
+mod tests;
+
+pub use outbox::{CloseReason, Drained};
+pub use position::LogPosition;
+
+use outbox::Outbox;
+use registry::{initial_filter, to_filter, wants, Filter, Registry};
+
+/// What an event is, which decides whether it may be shed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Sample,
+    Window,
+}
+
+/// One encoded dashboard event.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    /// The server the event is about; `*` for across-all-servers windows.
+    pub server: Arc<str>,
+    pub json: Bytes,
+    /// Position in a durable log (System 1's stream), used to stitch a replay to the live feed
+    /// without gaps or repeats. `None` for live-only events.
+    pub position: Option<LogPosition>,
+}
+
+/// Who is on the other end of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Audience {
+    /// Gets `sample` and `window` events matching its filter.
+    Dashboard = 0,
+    /// An agent: gets only the `window` events of the servers it sends.
+    Agent = 1,
+}
+
+/// Limits of one client's queue.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub sample_cap: usize,
+    pub other_cap: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            sample_cap: 16_384,
+            other_cap: 65_536,
+        }
+    }
+}
+
+/// One connected socket, as the hub sees it: who it is, what it wants, and its queue.
+pub struct Client {
+    id: u64,
+    /// The id of the hub that registered it: only that hub re-files it.
+    hub: u64,
+    /// Written only under the hub's registry lock (see [`Hub::reroute`]).
+    audience: AtomicU8,
+    /// `None`: every server. Agents start with an empty list and grow it. Written only under
+    /// the hub's registry lock (taken first), so the registry's index always agrees with it.
+    filter: RwLock<Filter>,
+    outbox: Outbox,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Client {
+    /// This client's id, unique in its hub.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Who the client is.
+    pub fn audience(&self) -> Audience {
+        if self.audience.load(Ordering::Relaxed) == Audience::Agent as u8 {
+            Audience::Agent
+        } else {
+            Audience::Dashboard
+        }
+    }
+
+    /// The current filter.
+    pub fn filter(&self) -> Option<Vec<String>> {
+        read(&self.filter)
+            .as_ref()
+            .map(|ids| ids.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Queues the events this client wants; returns how many.
+    fn offer(&self, events: &[Event]) -> usize {
+        let audience = self.audience();
+        let filter = read(&self.filter);
+        self.outbox
+            .offer(events.iter().filter(|e| wants(audience, &filter, e)))
+    }
+
+    /// Holds published events aside (a replay is about to be sent with [`Client::send`]).
+    pub fn hold(&self) {
+        self.outbox.hold();
+    }
+
+    /// Ends a hold: queues the held events except those at or before `replayed_through` (the
+    /// last log position the replay sent), and from now on skips such events when they arrive
+    /// late from the live feed.
+    pub fn release(&self, replayed_through: Option<LogPosition>) {
+        self.outbox.release(replayed_through);
+    }
+
+    /// Queues an event for this client only (hello, error, snapshot); never shed.
+    pub fn send(&self, json: impl Into<Bytes>) {
+        self.outbox.send(json.into());
+    }
+
+    /// Owes the peer a pong.
+    pub fn pong(&self, payload: Bytes) {
+        self.outbox.pong(payload);
+    }
+
+    /// Asks the writer to close with `close` once the queue is written (the first ask wins).
+    pub fn close(&self, close: CloseReason) {
+        self.outbox.close(close);
+    }
+
+    /// Waits until something was queued.
+    pub async fn notified(&self) {
+        self.outbox.notified().await
+    }
+
+    /// Takes everything queued, events in publication order.
+    pub fn drain(&self) -> Drained {
+        self.outbox.drain()
+    }
+
+    /// Sample events shed so far.
+    pub fn dropped_total(&self) -> u64 {
+        self.outbox.dropped_total()
+    }
+}
+
+/// Tells hubs apart, so a hub never re-files another hub's client.
+static NEXT_HUB_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The set of connected clients.
+pub struct Hub {
+    id: u64,
+    registry: RwLock<Registry>,
+    next_id: AtomicU64,
+    limits: QueueLimits,
+    published: AtomicU64,
+}
+
+/// Removes its client from the hub when dropped.
+pub struct Registration {
+    hub: Arc<Hub>,
+    client: Arc<Client>,
+}
+
+impl Registration {
+    /// The registered client.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.leave(&self.client);
+    }
+}
+
+impl Hub {
+    /// An empty hub whose clients get `limits`.
+    pub fn new(limits: QueueLimits) -> Arc<Self> {
+        Arc::new(Self {
+            id: NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed),
+            registry: RwLock::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            limits,
+            published: AtomicU64::new(0),
+        })
+    }
+
+    /// Adds a client; it leaves when the registration is dropped.
+    pub fn register(
+        self: &Arc<Self>,
+        audience: Audience,
+        filter: Option<Vec<String>>,
+    ) -> Registration {
+        self.register_with(audience, filter, false)
+    }
+
+    /// Like [`Hub::register`]; with `held`, published events wait aside from the first one on
+    /// (see [`Client::hold`]), so a replay sent before [`Client::release`] has no gap and no
+    /// repeat at its seam.
+    pub fn register_with(
+        self: &Arc<Self>,
+        audience: Audience,
+        filter: Option<Vec<String>>,
+        held: bool,
+    ) -> Registration {
+        let client = Arc::new(Client {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            hub: self.id,
+            audience: AtomicU8::new(audience as u8),
+            filter: RwLock::new(initial_filter(audience, filter)),
+            outbox: Outbox::new(self.limits),
+        });
+        if held {
+            client.hold();
+        }
+        let mut registry = write(&self.registry);
+        registry.insert(client.clone(), &read(&client.filter));
+        drop(registry);
+        Registration {
+            hub: self.clone(),
+            client,
+        }
+    }
+
+    /// Takes `client` out of the registry (its registration was dropped).
+    fn leave(&self, client: &Client) {
+        let mut registry = write(&self.registry);
+        registry.remove(client, &read(&client.filter));
+    }
+
+    /// Turns `client` into a dashboard with `filter`, or back into an agent (whose list of
+    /// noted servers starts over).
+    pub fn set_audience(&self, client: &Client, audience: Audience, filter: Option<Vec<String>>) {
+        self.reroute(client, Some(audience), initial_filter(audience, filter));
+    }
+
+    /// Replaces `client`'s server filter (`None`: every server).
+    pub fn set_filter(&self, client: &Client, filter: Option<Vec<String>>) {
+        self.reroute(client, None, to_filter(filter));
+    }
+
+    /// Sets `client`'s audience (`None`: keeps it) and filter, and re-files it in the registry
+    /// under the same write lock, unless it has left. Another hub's client is left as it is:
+    /// changing it here would put it out of step with its own hub's index.
+    fn reroute(&self, client: &Client, audience: Option<Audience>, filter: Filter) {
+        if client.hub != self.id {
+            return;
+        }
+        let mut registry = write(&self.registry);
+        let mut f = write(&client.filter);
+        let me = registry.remove(client, &f);
+        if let Some(a) = audience {
+            client.audience.store(a as u8, Ordering::Relaxed);
+        }
+        *f = filter;
+        if let Some(me) = me {
+            registry.insert(me, &f);
+        }
+    }
+
+    /// Adds `server` to an agent's filter, so its windows come back on its socket.
+    pub fn note_server(&self, client: &Client, server: &str) {
+        let noted = |f: &Filter| {
+            f.as_ref()
+                .is_none_or(|ids| ids.iter().any(|s| &**s == server))
+        };
+        if client.hub != self.id || noted(&read(&client.filter)) {
+            return;
+        }
+        let mut registry = write(&self.registry);
+        let mut f = write(&client.filter);
+        if noted(&f) {
+            return;
+        }
+        let Some(ids) = f.as_mut() else { return };
+        let server: Arc<str> = Arc::from(server);
+        ids.push(server.clone());
+        registry.index(client, server);
+    }
+
+    /// Offers `events` to every dashboard, and their windows to the agents that want them.
+    pub fn publish(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        self.published
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let registry = read(&self.registry);
+        for c in &registry.dashboards {
+            c.offer(events);
+        }
+        if registry.agents.is_empty() || !events.iter().any(|e| e.kind == EventKind::Window) {
+            return;
+        }
+        for c in &registry.all_windows {
+            c.offer(events);
+        }
+        // (client id, event index) for each window and each agent filed under its server;
+        // sorted, an agent's windows are queued together and in publication order.
+        let mut routed: Vec<(u64, usize, &Arc<Client>)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if e.kind != EventKind::Window {
+                continue;
+            }
+            if let Some(list) = registry.by_server.get(&e.server) {
+                routed.extend(list.iter().map(|c| (c.id, i, c)));
+            }
+        }
+        routed.sort_unstable_by_key(|&(id, i, _)| (id, i));
+        for run in routed.chunk_by(|a, b| a.0 == b.0) {
+            let agent = run[0].2;
+            agent.outbox.offer(run.iter().map(|&(_, i, _)| &events[i]));
+        }
+    }
+
+    /// Connected clients of `audience`.
+    pub fn count(&self, audience: Audience) -> usize {
+        let registry = read(&self.registry);
+        match audience {
+            Audience::Dashboard => registry.dashboards.len(),
+            Audience::Agent => registry.agents.len(),
+        }
+    }
+
+    /// Events published so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,78 @@
+//! What both services' servers are once started: listeners serving a handler, a dashboard hub,
+//! and the lifecycle everything runs on ([`Running`]); and the one thing a caller does with a
+//! server, whichever system it is: learn where it listens and wait for its end ([`Service`]).
+//! The binaries, the bench and the test harnesses start either system through these.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::http::Body;
+use crate::hub::Hub;
+use crate::lifecycle::Lifecycle;
+use crate::listener::{ConnInfo, Listeners};
+
+/// A server's listening part.
+pub struct Running {
+    pub plain_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
+    /// The dashboard hub its sessions are registered on.
+    pub hub: Arc<Hub>,
+    life: Lifecycle,
+}
+
+impl Running {
+    /// Serves `handler` on `listeners`, every task on `life`.
+    pub fn serve<F, Fut>(
+        listeners: Listeners,
+        handler: F,
+        hub: Arc<Hub>,
+        life: Lifecycle,
+    ) -> std::io::Result<Self>
+    where
+        F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let bound = listeners.serve(handler, &life)?;
+        Ok(Self {
+            plain_addr: bound.plain,
+            tls_addr: bound.tls,
+            hub,
+            life,
+        })
+    }
+
+    /// The lifecycle the server runs on.
+    pub fn life(&self) -> &Lifecycle {
+        &self.life
+    }
+
+    /// Waits for shutdown, then for every task to finish (bounded by the drain).
+    pub async fn wait(&self) {
+        self.life.wait().await
+    }
+}
+
+/// A server of either system.
+pub trait Service: Sized + Send + 'static {
+    /// Its validated configuration.
+    type Settings;
+    /// Why it could not start.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Starts serving on `listeners`, every task on a lifecycle ending with `shutdown`.
+    fn start(
+        settings: Self::Settings,
+        listeners: Listeners,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, Self::Error>;
+
+    /// Its listening part.
+    fn running(&self) -> &Running;
+
+    /// Resolves once the server has shut down and drained.
+    fn wait(self) -> impl Future<Output = ()> + Send + 'static;
+}
