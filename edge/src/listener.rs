@@ -28,23 +28,10 @@ use crate::config::EdgeSettings;
 use crate::http::Body;
 use crate::lifecycle::Lifecycle;
 
-/// Connection-level settings.
-#[derive(Clone, Debug)]
-pub struct ListenOptions {
-    /// Time a client has to send request headers (and to finish a TLS handshake).
-    pub header_read_timeout: Duration,
-    /// Concurrent HTTP/2 streams per connection.
-    pub h2_max_streams: u32,
-}
-
-impl Default for ListenOptions {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            h2_max_streams: 1024,
-        }
-    }
-}
+/// Time a client has to send request headers (and to finish a TLS handshake).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 1024;
 
 /// What a handler learns about the connection.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +46,6 @@ pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: F,
-    opts: ListenOptions,
     life: Lifecycle,
 ) where
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
@@ -69,12 +55,12 @@ pub async fn serve<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(opts.h2_max_streams)
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let builder = Arc::new(builder);
     loop {
@@ -99,7 +85,7 @@ pub async fn serve<F, Fut>(
         let builder = builder.clone();
         let conn_life = life.clone();
         let tls = tls.clone();
-        let handshake_timeout = opts.header_read_timeout;
+        let handshake_timeout = HEADER_READ_TIMEOUT;
         life.spawn(async move {
             let life = conn_life;
             match tls {
@@ -200,13 +186,11 @@ impl Listeners {
         let mut bound = Bound::default();
         if let Some(l) = self.plain {
             bound.plain = Some(l.local_addr()?);
-            let opts = ListenOptions::default();
-            life.spawn(serve(l, None, handler.clone(), opts, life.clone()));
+            life.spawn(serve(l, None, handler.clone(), life.clone()));
         }
         if let Some((l, acceptor)) = self.tls {
             bound.tls = Some(l.local_addr()?);
-            let opts = ListenOptions::default();
-            life.spawn(serve(l, Some(acceptor), handler, opts, life.clone()));
+            life.spawn(serve(l, Some(acceptor), handler, life.clone()));
         }
         Ok(bound)
     }
