@@ -147,7 +147,7 @@ pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Con
                 client.set_audience(Audience::Dashboard, filter.clone());
                 client.send(ctx.hello(filter.as_deref()));
             }
-            metrics_model::decode::Role::Producer => {
+            metrics_model::decode::Role::Agent => {
                 client.set_audience(Audience::Producer, None);
                 if let Some(ids) = filter {
                     ids.iter().for_each(|s| client.note_server(s));

@@ -99,7 +99,8 @@ pub enum DecodeError {
 /// Role a WebSocket peer registers as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    Producer,
+    /// An agent sending samples (the wire value is `"producer"`, as existing agents send it).
+    Agent,
     Dashboard,
 }
 
@@ -556,7 +557,7 @@ fn control_from_value(v: Value<'_, '_>, kind: &str) -> Result<Control, DecodeErr
     match kind {
         "register" => {
             let role = match obj.get("role").map(|r| r.into_string()) {
-                Some(Some("producer")) => Role::Producer,
+                Some(Some("producer")) => Role::Agent,
                 Some(Some("dashboard")) => Role::Dashboard,
                 _ => {
                     return Err(DecodeError::Control(
