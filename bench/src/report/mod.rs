@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Hist;
+use crate::record::{Hist, LatencyPair};
 
 /// Percentiles of one latency histogram, in microseconds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -58,6 +58,15 @@ impl LatencySummary {
 pub struct LatencyBlock {
     pub corrected: LatencySummary,
     pub uncorrected: LatencySummary,
+}
+
+impl LatencyBlock {
+    pub fn of(pair: &LatencyPair) -> Self {
+        Self {
+            corrected: LatencySummary::of(&pair.corrected),
+            uncorrected: LatencySummary::of(&pair.uncorrected),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
