@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command, LoadArgs, OutputArgs, Side, Which};
 use crate::record::Hist;
 use crate::report::{self, Machine, Report};
-use crate::run::{self, Burst, Measured, Runtimes, Target, Workload};
+use crate::run::{self, Measured, Runtimes, Target};
 use crate::systems::{self, Embedded, RedisChild};
 use crate::transport::Endpoint;
+use crate::workload::Workload;
 
 /// Runs `cli`.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -62,52 +63,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     load_rt.shutdown_timeout(std::time::Duration::from_secs(1));
     dash_rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
-}
-
-/// The workload the flags describe.
-pub fn workload(l: &LoadArgs) -> anyhow::Result<Workload> {
-    if l.batch == 0 || l.batch > 10_000 {
-        bail!(
-            "--batch must be 1 to 10000 samples per message, got {}",
-            l.batch
-        );
-    }
-    if l.agents == 0 {
-        bail!("--agents must be at least 1");
-    }
-    if l.rate.is_nan() || l.rate <= 0.0 || l.rate.is_infinite() {
-        bail!(
-            "--rate must be a positive number of samples per second, got {}",
-            l.rate
-        );
-    }
-    if l.duration.is_nan() || l.duration <= 0.0 || l.warmup < 0.0 || l.grace < 0.0 {
-        bail!("--duration must be positive, --warmup and --grace zero or more");
-    }
-    let w = Workload {
-        rate_per_s: l.rate,
-        batch: l.batch,
-        agents: l.agents,
-        dashboards: l.dashboards,
-        duration_s: l.duration,
-        warmup_s: l.warmup,
-        grace_s: l.grace,
-        burst: l.burst_rate.map(|peak| Burst {
-            peak_per_s: peak,
-            period_s: l.burst_period,
-            burst_s: l.burst_length,
-        }),
-        metrics: l.metrics,
-        metrics_per_sample: l.metrics.leaves(),
-    };
-    let s = w.schedule()?;
-    if s.total() < 1 {
-        bail!("the schedule sends nothing: raise --rate or --duration");
-    }
-    if l.agents > s.total() {
-        tracing::warn!("more agents than messages: some agents will send nothing");
-    }
-    Ok(w)
 }
 
 /// The systems `which` names, in the order they run.
@@ -404,7 +359,7 @@ async fn compare(
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let w = workload(load)?;
+    let w = Workload::from_flags(load)?;
     let systems = chosen(which);
     ensure_files(&w, side, &systems)?;
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -435,7 +390,7 @@ async fn max(
     if a.factor.is_nan() || a.factor <= 1.0 {
         bail!("--factor must be above 1, got {}", a.factor);
     }
-    let base = workload(&a.load)?;
+    let base = Workload::from_flags(&a.load)?;
     let systems = chosen(a.system);
     ensure_files(&base, &a.side, &systems)?;
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -540,35 +495,4 @@ async fn max(
         eprintln!("no step passed: lower --rate, or raise --p99-ms");
     }
     write_report(&a.output, "max", &report, &best)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_loads_are_refused_by_flag() {
-        let mut l = LoadArgs {
-            rate: 1000.0,
-            batch: 0,
-            agents: 1,
-            dashboards: 1,
-            duration: 1.0,
-            warmup: 0.0,
-            grace: 1.0,
-            burst_rate: None,
-            burst_period: 5.0,
-            burst_length: 1.0,
-            metrics: crate::agent::MetricSet::Full,
-        };
-        assert!(workload(&l).unwrap_err().to_string().contains("--batch"));
-        l.batch = 1;
-        l.rate = -1.0;
-        assert!(workload(&l).unwrap_err().to_string().contains("--rate"));
-        l.rate = 1000.0;
-        assert_eq!(
-            workload(&l).expect("valid").schedule().expect("s").total(),
-            1000
-        );
-    }
 }

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -14,54 +13,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::dashboard::{self, Live, Outcome};
 use crate::load::{self, Plan};
-use crate::record::{differences, DashRecorder, LatencyPair, LoadRecorder};
-use crate::report::{Counts, LatencyBlock, SystemResult, Throughput, TimelinePoint};
+use crate::progress::Progress;
+use crate::record::{DashRecorder, LatencyPair, LoadRecorder};
+use crate::report::SystemResult;
 use crate::schedule::Schedule;
+use crate::tally::Recorded;
 use crate::transport::Endpoint;
-
-/// The shape of the load.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Workload {
-    /// Samples per second offered (during bursts: the base rate).
-    pub rate_per_s: f64,
-    /// Samples per message (request or frame).
-    pub batch: u64,
-    pub agents: u64,
-    pub dashboards: u64,
-    pub duration_s: f64,
-    pub warmup_s: f64,
-    pub grace_s: f64,
-    /// Bursts: peak rate, and how long a burst lasts in each period.
-    pub burst: Option<Burst>,
-    pub metrics: crate::agent::MetricSet,
-    pub metrics_per_sample: usize,
-}
-
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct Burst {
-    pub peak_per_s: f64,
-    pub period_s: f64,
-    pub burst_s: f64,
-}
-
-impl Workload {
-    /// The schedule of messages for the whole run, warm-up included.
-    pub fn schedule(&self) -> anyhow::Result<Schedule> {
-        let per_msg = self.batch as f64;
-        let secs = self.warmup_s + self.duration_s;
-        let s = match self.burst {
-            None => Schedule::steady(self.rate_per_s / per_msg, secs),
-            Some(b) => Schedule::burst(
-                self.rate_per_s / per_msg,
-                b.peak_per_s / per_msg,
-                b.period_s,
-                b.burst_s,
-                secs,
-            ),
-        };
-        s.context("the load schedule")
-    }
-}
+use crate::workload::Workload;
 
 /// The bench's own runtimes: agents and dashboards on separate, named threads.
 pub struct Runtimes {
@@ -88,6 +46,8 @@ pub struct Measured {
     pub ack: Option<LatencyPair>,
 }
 
+/// Runs `f(0)` to `f(n - 1)` on `handle`, at most `concurrency` at a time, and returns their
+/// values; any failure fails the whole, naming how many failed and the first reason.
 async fn gather<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     handle: &Handle,
     n: u64,
@@ -355,70 +315,6 @@ impl Sending {
     }
 }
 
-/// The progress bar: elapsed time, and the rates sent and seen since the last update.
-struct Progress {
-    bar: ProgressBar,
-    warmup_s: f64,
-    total_s: f64,
-    dashboards: u64,
-    /// The previous update: when, samples sent, samples seen.
-    last: (Instant, u64, u64),
-}
-
-impl Progress {
-    /// A bar labelled `label` for `w`; hidden unless `show`.
-    fn new(show: bool, label: &str, w: &Workload) -> Self {
-        let total_s = w.warmup_s + w.duration_s;
-        let bar = if show {
-            let b = ProgressBar::new((total_s * 1000.0) as u64);
-            b.set_style(
-                ProgressStyle::with_template("{prefix:>8} [{bar:20}] {msg}")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(label.to_string());
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        Self {
-            bar,
-            warmup_s: w.warmup_s,
-            total_s,
-            dashboards: w.dashboards,
-            last: (Instant::now(), 0, 0),
-        }
-    }
-
-    /// Shows `el` seconds since the start, with `sent` and `seen` so far.
-    fn show(&mut self, el: f64, sent: u64, seen: u64) {
-        self.bar.set_position((el * 1000.0) as u64);
-        let dt = self.last.0.elapsed().as_secs_f64().max(1e-3);
-        let phase = if el < self.warmup_s { " warm-up" } else { "" };
-        let rate = |n: u64| {
-            let r = n as f64 / dt;
-            if r >= 1e6 {
-                format!("{:.2}M", r / 1e6)
-            } else if r >= 1e3 {
-                format!("{:.1}k", r / 1e3)
-            } else {
-                format!("{r:.0}")
-            }
-        };
-        self.bar.set_message(format!(
-            "{el:.0}/{:.0} s{phase}  sent {}/s  seen {}/s",
-            self.total_s,
-            rate(sent - self.last.1),
-            rate((seen - self.last.2) / self.dashboards.max(1)),
-        ));
-        self.last = (Instant::now(), sent, seen);
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
 /// Grace: waits until every dashboard saw every acknowledged sample, or the grace period is
 /// over (at most 2 s after a Ctrl-C).
 async fn wait_for_stragglers(
@@ -434,154 +330,12 @@ async fn wait_for_stragglers(
         w.grace_s
     };
     let grace_end = Instant::now() + Duration::from_secs_f64(grace);
-    progress.bar.set_message("waiting for stragglers");
+    progress.say("waiting for stragglers");
     while Instant::now() < grace_end {
         let want = rec.acked.load(Relaxed) * w.dashboards;
         if live.seen.load(Relaxed) >= want {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Everything a run recorded, once the dashboards have stopped: what its result is made of.
-struct Recorded<'a> {
-    w: &'a Workload,
-    plan: &'a Plan,
-    load: &'a LoadRecorder,
-    dash: &'a DashRecorder,
-    outcomes: &'a [Outcome],
-    /// Seconds of the timeline recorded.
-    seconds: usize,
-    /// When the agents were done sending.
-    sent_end: Instant,
-    /// Ctrl-C ended the sending.
-    stopped_early: bool,
-}
-
-/// The dashboards' counts, summed.
-#[derive(Default)]
-struct Tally {
-    /// Acknowledged, not seen.
-    lost: u64,
-    /// Seen, not acknowledged.
-    unacked_seen: u64,
-    duplicated: u64,
-    /// Seen, each sample once per dashboard.
-    seen: u64,
-    dropped: u64,
-    errors: Vec<String>,
-}
-
-impl Recorded<'_> {
-    /// Seconds measured: the duration, or up to a Ctrl-C.
-    fn measured_s(&self) -> f64 {
-        if self.stopped_early {
-            let sending_s = self.sent_end.duration_since(self.plan.start).as_secs_f64();
-            (sending_s - self.w.warmup_s).max(0.001)
-        } else {
-            self.w.duration_s
-        }
-    }
-
-    /// The result of `t`'s run, with its histograms.
-    fn measured(&self, t: &Target, cpu: crate::cpu::Usage) -> Measured {
-        let (w, rec, measured_s) = (self.w, self.load, self.measured_s());
-        let tally = self.tally();
-        let d = w.dashboards.max(1) as f64;
-        let sent = rec.sent.load(Relaxed);
-        let acked = rec.acked.load(Relaxed);
-        let offered = (self.plan.schedule.total() - self.plan.first_measured) * w.batch;
-        let ack = t
-            .endpoint
-            .transport
-            .acks()
-            .then(|| rec.ack_latency.lock().expect("lock").clone());
-        let latency = self.dash.latency.clone();
-        let result = SystemResult {
-            name: t.name.clone(),
-            label: t.label.clone(),
-            description: t.description.clone(),
-            target: t.target.clone(),
-            transport: t.endpoint.transport.label().to_string(),
-            stopped_early: self.stopped_early,
-            duration_s: measured_s,
-            throughput: Throughput {
-                offered_per_s: offered as f64 / w.duration_s,
-                sent_per_s: sent as f64 / measured_s,
-                acked_per_s: acked as f64 / measured_s,
-                seen_per_s: tally.seen as f64 / d / measured_s,
-            },
-            counts: Counts {
-                offered,
-                sent,
-                acked,
-                rejected: rec.rejected.lock().expect("lock").clone(),
-                errors: rec.errors.load(Relaxed),
-                seen: tally.seen,
-                expected_seen: acked * w.dashboards,
-                lost: tally.lost,
-                duplicated: tally.duplicated,
-                unacked_seen: tally.unacked_seen,
-                dropped_by_system: tally.dropped,
-                dashboards: w.dashboards,
-            },
-            reasons: rec.reasons.lock().expect("lock").clone(),
-            dashboard_errors: tally.errors,
-            latency_us: LatencyBlock::of(&latency),
-            ack_latency_us: ack.as_ref().map(LatencyBlock::of),
-            timeline: self.timeline(),
-            cpu,
-        };
-        Measured {
-            result,
-            latency,
-            ack,
-        }
-    }
-
-    /// Each dashboard's samples against the acknowledged ones, summed over the dashboards.
-    fn tally(&self) -> Tally {
-        let acked_words = self.load.acked_set.snapshot();
-        let mut t = Tally::default();
-        for o in self.outcomes {
-            let (l, u) = differences(&acked_words, &o.seen.0);
-            t.lost += l;
-            t.unacked_seen += u;
-            t.duplicated += o.duplicates;
-            t.seen += o.unique;
-            t.dropped += o.dropped;
-            if let Some(e) = &o.error {
-                t.errors.push(e.clone());
-            }
-        }
-        t
-    }
-
-    /// Per second: samples sent, samples one dashboard saw, and their p99.
-    fn timeline(&self) -> Vec<TimelinePoint> {
-        let d = self.w.dashboards.max(1) as f64;
-        let sent_ps = self.load.sent_per_sec.values();
-        // Per dashboard: differences of the rounded running total, so the seconds add up to
-        // the total exactly.
-        let mut running = (0u64, 0u64);
-        (0..self.seconds)
-            .map(|s| {
-                let (seen, p99) = self.dash.per_sec.get(s).map_or((0, None), |(n, h)| {
-                    (*n, (!h.is_empty()).then(|| h.value_at_quantile(0.99)))
-                });
-                let all = running.0 + seen;
-                let per_dashboard = (all as f64 / d).round() as u64;
-                let this = per_dashboard - running.1;
-                running = (all, per_dashboard);
-                TimelinePoint {
-                    t: s as u64 + 1,
-                    sent: sent_ps.get(s).copied().unwrap_or(0),
-                    seen: this,
-                    p99_us: p99,
-                }
-            })
-            .filter(|p| p.sent > 0 || p.seen > 0)
-            .collect()
     }
 }
