@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, LoadArgs, OutputArgs, Side, Which};
 use crate::record::Hist;
-use crate::report::{self, Machine, Report};
+use crate::report::{self, Machine, Report, Step};
 use crate::run::{self, Measured, Runtimes, Target};
 use crate::systems::{self, Embedded, RedisChild};
 use crate::transport::Endpoint;
@@ -57,7 +57,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
                 compare(&a.side, &a.load, &a.output, Which::Both, "compare", &rts, &cancel).await
             }
             Command::Run(a) => compare(&a.side, &a.load, &a.output, a.system, "run", &rts, &cancel).await,
-            Command::Max(a) => crate::commands::max(a, &rts, &cancel).await,
+            Command::Max(a) => crate::max::max(a, &rts, &cancel).await,
         }
     });
     load_rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -66,7 +66,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The systems `which` names, in the order they run.
-fn chosen(which: Which) -> Vec<systems::Which> {
+pub(crate) fn chosen(which: Which) -> Vec<systems::Which> {
     match which {
         Which::System1 => vec![systems::Which::System1],
         Which::System2 => vec![systems::Which::System2],
@@ -77,7 +77,11 @@ fn chosen(which: Which) -> Vec<systems::Which> {
 /// Makes sure this process may open the files `w` needs against `systems`, raising the limit
 /// when allowed: a socket per agent and dashboard, twice when a system runs in-process (it
 /// holds the other ends).
-fn ensure_files(w: &Workload, side: &Side, systems: &[systems::Which]) -> anyhow::Result<()> {
+pub(crate) fn ensure_files(
+    w: &Workload,
+    side: &Side,
+    systems: &[systems::Which],
+) -> anyhow::Result<()> {
     use rlimit::Resource;
     let embedded = systems.iter().any(|s| match s {
         systems::Which::System1 => side.system1.is_none(),
@@ -236,7 +240,7 @@ fn prepare(
     })
 }
 
-fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Value {
+pub(crate) fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::to_value(w).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert(
@@ -257,12 +261,12 @@ fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Va
 }
 
 /// The report of `measured`, with this command line and this machine.
-fn report(
+pub(crate) fn report(
     title: String,
     started: String,
     params: serde_json::Value,
     measured: &[Measured],
-    steps: Vec<serde_json::Value>,
+    steps: Vec<Step>,
 ) -> Report {
     Report {
         tool: format!("bench {}", env!("CARGO_PKG_VERSION")),
@@ -290,7 +294,7 @@ fn out_dir(out: &OutputArgs, what: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| report::folder(&out.results, what))
 }
 
-async fn measure(
+pub(crate) async fn measure(
     which: systems::Which,
     side: &Side,
     out: &OutputArgs,
@@ -318,7 +322,7 @@ async fn measure(
     r
 }
 
-fn write_report(
+pub(crate) fn write_report(
     out: &OutputArgs,
     what: &str,
     report: &Report,
@@ -380,119 +384,4 @@ async fn compare(
         Vec::new(),
     );
     write_report(out, what, &report, &measured)
-}
-
-async fn max(
-    a: &crate::cli::MaxArgs,
-    rts: &Runtimes,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    if a.factor.is_nan() || a.factor <= 1.0 {
-        bail!("--factor must be above 1, got {}", a.factor);
-    }
-    let base = Workload::from_flags(&a.load)?;
-    let systems = chosen(a.system);
-    ensure_files(&base, &a.side, &systems)?;
-    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let mut redis = None;
-    let mut best: Vec<Measured> = Vec::new();
-    let mut steps = Vec::new();
-    let bound_us = (a.p99_ms * 1000.0) as u64;
-    for s in systems {
-        let mut rate = base.rate_per_s;
-        let mut best_here: Option<Measured> = None;
-        let mut going_down = false;
-        for step in 1..=a.max_steps {
-            if cancel.is_cancelled() {
-                break;
-            }
-            let w = Workload {
-                rate_per_s: rate,
-                ..base.clone()
-            };
-            let m = measure(s, &a.side, &a.output, &w, &mut redis, rts, cancel).await?;
-            let c = &m.result.counts;
-            let seen_pct = if c.expected_seen == 0 {
-                0.0
-            } else {
-                100.0 * (c.expected_seen - c.lost.min(c.expected_seen)) as f64
-                    / c.expected_seen as f64
-            };
-            let sent_pct = 100.0 * c.sent as f64 / c.offered.max(1) as f64;
-            let p99 = m.result.latency_us.corrected.p99;
-            let pass = seen_pct >= a.min_seen
-                && sent_pct >= a.min_seen
-                && c.acked > 0
-                && p99 <= bound_us
-                && !m.result.stopped_early;
-            eprintln!(
-                "{} step {step}: {:.0} samples/s offered, {:.0}/s seen, {seen_pct:.3}% seen, p99 {}: {}",
-                m.result.name,
-                rate,
-                m.result.throughput.seen_per_s,
-                report::table::duration_us(p99),
-                if pass { "pass" } else { "fail" }
-            );
-            steps.push(serde_json::json!({
-                "system": m.result.name, "step": step, "rate_per_s": rate,
-                "seen_per_s": m.result.throughput.seen_per_s, "seen_pct": seen_pct,
-                "sent_pct": sent_pct, "p99_us": p99, "pass": pass,
-            }));
-            // Up while steps pass; if the very first fails, down until one passes.
-            if pass {
-                best_here = Some(m);
-                if going_down {
-                    break;
-                }
-                rate *= a.factor;
-            } else if step == 1 || going_down {
-                going_down = true;
-                rate /= a.factor;
-            } else {
-                break;
-            }
-        }
-        let all_passed = steps
-            .last()
-            .is_some_and(|s| s["pass"].as_bool() == Some(true) && s["step"] == a.max_steps)
-            && !going_down;
-        if all_passed && !cancel.is_cancelled() {
-            eprintln!(
-                "every step passed up to --max-steps {}: the limit is higher; raise --rate or --max-steps",
-                a.max_steps
-            );
-        }
-        if let Some(m) = best_here {
-            best.push(m);
-        }
-    }
-    drop(redis);
-    let report = report(
-        "bench max: the highest passing step of each system".into(),
-        started,
-        params(
-            &base,
-            &a.side,
-            serde_json::json!({"p99_bound_ms": a.p99_ms, "min_seen_pct": a.min_seen, "step_factor": a.factor}),
-        ),
-        &best,
-        steps.clone(),
-    );
-    println!("steps:");
-    for s in &steps {
-        println!(
-            "  {:<9} step {:>2}  {:>10.0} samples/s offered  {:>10.0}/s seen  {:>8.3}% seen  p99 {:>9}  {}",
-            s["system"].as_str().unwrap_or(""),
-            s["step"],
-            s["rate_per_s"].as_f64().unwrap_or(0.0),
-            s["seen_per_s"].as_f64().unwrap_or(0.0),
-            s["seen_pct"].as_f64().unwrap_or(0.0),
-            report::table::duration_us(s["p99_us"].as_u64().unwrap_or(0)),
-            if s["pass"].as_bool().unwrap_or(false) { "pass" } else { "fail" },
-        );
-    }
-    if best.is_empty() {
-        eprintln!("no step passed: lower --rate, or raise --p99-ms");
-    }
-    write_report(&a.output, "max", &report, &best)
 }

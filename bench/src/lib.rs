@@ -8,7 +8,7 @@
 //! samples arrive; [`record`] holds what both record; [`run`] is one measured run (with
 //! [`progress`] on the terminal), and [`tally`] turns its records into a result; [`systems`]
 //! starts the systems in-process; [`report`] writes the results; [`commands`] is what the
-//! `bench` binary's subcommands do.
+//! `bench` binary's subcommands do, [`max`] the rate search of `bench max`.
 
 pub mod agent;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod commands;
 pub mod cpu;
 pub mod dashboard;
 pub mod load;
+pub mod max;
 pub mod progress;
 pub mod record;
 pub mod report;
