@@ -2,17 +2,16 @@
 //! reports. Ctrl-C ends the current run early; the report still covers what was measured.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, LoadArgs, OutputArgs, Side, Which};
 use crate::record::Hist;
 use crate::report::{self, Machine, Report, Step};
-use crate::run::{self, Measured, Runtimes, Target};
-use crate::systems::{self, Embedded, RedisChild};
-use crate::transport::Endpoint;
+use crate::run::{self, Measured, Runtimes};
+use crate::setup::{chosen, ensure_files, prepare};
+use crate::systems::{self, RedisChild};
 use crate::workload::Workload;
 
 /// Runs `cli`.
@@ -65,181 +64,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
-/// The systems `which` names, in the order they run.
-pub(crate) fn chosen(which: Which) -> Vec<systems::Which> {
-    match which {
-        Which::System1 => vec![systems::Which::System1],
-        Which::System2 => vec![systems::Which::System2],
-        Which::Both => vec![systems::Which::System1, systems::Which::System2],
-    }
-}
-
-/// Makes sure this process may open the files `w` needs against `systems`, raising the limit
-/// when allowed: a socket per agent and dashboard, twice when a system runs in-process (it
-/// holds the other ends).
-pub(crate) fn ensure_files(
-    w: &Workload,
-    side: &Side,
-    systems: &[systems::Which],
-) -> anyhow::Result<()> {
-    use rlimit::Resource;
-    let embedded = systems.iter().any(|s| match s {
-        systems::Which::System1 => side.system1.is_none(),
-        systems::Which::System2 => side.system2.is_none(),
-    });
-    let need = (w.agents + w.dashboards) * (1 + u64::from(embedded)) + 512;
-    let (soft, hard) = Resource::NOFILE.get().unwrap_or((1024, 1024));
-    if soft >= need {
-        return Ok(());
-    }
-    if hard >= need {
-        let _ = Resource::NOFILE.set(need.max(soft), hard);
-    } else {
-        // Root may raise the hard limit too.
-        let _ = Resource::NOFILE.set(need, need);
-    }
-    let (soft, _) = Resource::NOFILE.get().unwrap_or((soft, hard));
-    if soft < need {
-        bail!(
-            "this run needs about {need} open files and the limit is {soft}: raise it with \
-             `ulimit -n {need}` (or run as root), or use fewer --agents/--dashboards"
-        );
-    }
-    Ok(())
-}
-
-/// A system set up for a run: the target, and what to stop afterwards.
-struct Prepared {
-    target: Target,
-    embedded: Option<Embedded>,
-}
-
-fn ca_pem(out: &OutputArgs) -> anyhow::Result<Option<Vec<u8>>> {
-    let path = match &out.ca {
-        Some(p) => p.clone(),
-        None => {
-            let dev = std::path::PathBuf::from("certs/ca.pem");
-            if !dev.exists() {
-                return Ok(None);
-            }
-            dev
-        }
-    };
-    Ok(Some(std::fs::read(&path).with_context(|| {
-        format!("reading the CA file {}", path.display())
-    })?))
-}
-
-fn prepare(
-    which: systems::Which,
-    side: &Side,
-    out: &OutputArgs,
-    redis: &mut Option<RedisChild>,
-) -> anyhow::Result<Prepared> {
-    let (url, dash, transport, name, label, what) = match which {
-        systems::Which::System1 => (
-            &side.system1,
-            &side.system1_dashboard,
-            side.system1_transport,
-            "System 1",
-            "system1",
-            "Redis Streams, consumer-group workers, Pub/Sub, WebSocket broadcaster",
-        ),
-        systems::Which::System2 => (
-            &side.system2,
-            &side.system2_dashboard,
-            side.system2_transport,
-            "System 2",
-            "system2",
-            "in-memory lock-free aggregator, WebSocket in and out",
-        ),
-    };
-    let description = format!("{} -> {what}", transport.describe());
-    if let Some(url) = url {
-        let ep = Endpoint::from_url(
-            url,
-            dash.as_deref(),
-            transport,
-            ca_pem(out)?.as_deref(),
-            out.token.clone(),
-        )?;
-        return Ok(Prepared {
-            target: Target {
-                name: name.to_string(),
-                label: label.to_string(),
-                description,
-                target: url.clone(),
-                endpoint: Arc::new(ep),
-                redis_pid: None,
-                embedded: false,
-            },
-            embedded: None,
-        });
-    }
-    match (which, transport.websocket()) {
-        (systems::Which::System1, true) => bail!(
-            "System 1 takes HTTP: --system1-transport must be h1, h2c, h2tls or stream, not {}",
-            transport.label()
-        ),
-        (systems::Which::System2, false) => bail!(
-            "System 2 takes WebSocket: --system2-transport must be ws or wss, not {}",
-            transport.label()
-        ),
-        _ => {}
-    }
-    let mut redis_pid = None;
-    let redis_url = if which == systems::Which::System1 {
-        match std::env::var("REDIS_URL") {
-            Ok(u) if !u.is_empty() => u,
-            _ => {
-                if redis.is_none() {
-                    *redis = Some(RedisChild::start()?);
-                }
-                let r = redis.as_ref().expect("just started");
-                redis_pid = Some(r.pid);
-                r.url.clone()
-            }
-        }
-    } else {
-        String::new()
-    };
-    let prefix = format!("bench{}", std::process::id());
-    let sys = Embedded::start(
-        which,
-        transport.tls(),
-        &redis_url,
-        &prefix,
-        out.system_threads,
-    )?;
-    let url = sys
-        .url(transport.websocket(), transport.tls())
-        .context("the embedded system has no listener for this transport")?;
-    let mut ep = Endpoint::from_url(
-        &url,
-        None,
-        transport,
-        sys.ca_pem.as_deref(),
-        out.token.clone(),
-    )?;
-    // Connect to the address bound, whatever the certificate's name resolves to.
-    if let Some(addr) = if transport.tls() { sys.tls } else { sys.plain } {
-        ep.ingest.addr = addr;
-        ep.dashboard.addr = addr;
-    }
-    Ok(Prepared {
-        target: Target {
-            name: name.to_string(),
-            label: label.to_string(),
-            description,
-            target: "embedded".into(),
-            endpoint: Arc::new(ep),
-            redis_pid,
-            embedded: true,
-        },
-        embedded: Some(sys),
-    })
-}
-
+/// The report's parameters: the workload, both transports, and `extra` (a command's own).
 pub(crate) fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::to_value(w).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
@@ -280,6 +105,11 @@ pub(crate) fn report(
     }
 }
 
+/// When a command started, for the report.
+pub(crate) fn started_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
@@ -294,6 +124,7 @@ fn out_dir(out: &OutputArgs, what: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| report::folder(&out.results, what))
 }
 
+/// Sets up `which`, runs `w` against it and stops it again.
 pub(crate) async fn measure(
     which: systems::Which,
     side: &Side,
@@ -322,6 +153,8 @@ pub(crate) async fn measure(
     r
 }
 
+/// Writes `report` and the histograms of `measured` into the results folder, and shows the
+/// table and the files written.
 pub(crate) fn write_report(
     out: &OutputArgs,
     what: &str,
@@ -354,6 +187,7 @@ pub(crate) fn write_report(
     Ok(())
 }
 
+/// `bench compare` and `bench run`: the load against each system `which` names, one report.
 async fn compare(
     side: &Side,
     load: &LoadArgs,
@@ -366,7 +200,7 @@ async fn compare(
     let w = Workload::from_flags(load)?;
     let systems = chosen(which);
     ensure_files(&w, side, &systems)?;
-    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let started = started_now();
     let mut redis = None;
     let mut measured = Vec::new();
     for s in systems {

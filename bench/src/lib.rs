@@ -7,8 +7,9 @@
 //! connections; [`load`] runs the agents; [`dashboard`] runs the dashboards that see the
 //! samples arrive; [`record`] holds what both record; [`run`] is one measured run (with
 //! [`progress`] on the terminal), and [`tally`] turns its records into a result; [`systems`]
-//! starts the systems in-process; [`report`] writes the results; [`commands`] is what the
-//! `bench` binary's subcommands do, [`max`] the rate search of `bench max`.
+//! starts the systems in-process and [`setup`] sets them up from the flags; [`report`] writes
+//! the results; [`commands`] is what the `bench` binary's subcommands do, [`max`] the rate
+//! search of `bench max`.
 
 pub mod agent;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod record;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod setup;
 pub mod systems;
 pub mod tally;
 pub mod transport;

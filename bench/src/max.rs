@@ -7,9 +7,10 @@ use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::MaxArgs;
-use crate::commands::{chosen, ensure_files, measure, params, report, write_report};
+use crate::commands::{measure, params, report, started_now, write_report};
 use crate::report::{table::duration_us, Step};
 use crate::run::{Measured, Runtimes};
+use crate::setup::{chosen, ensure_files};
 use crate::systems::{self, RedisChild};
 use crate::workload::Workload;
 
@@ -21,7 +22,7 @@ pub async fn max(a: &MaxArgs, rts: &Runtimes, cancel: &CancellationToken) -> any
     let base = Workload::from_flags(&a.load)?;
     let systems = chosen(a.system);
     ensure_files(&base, &a.side, &systems)?;
-    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let started = started_now();
     let mut redis = None;
     let mut best: Vec<Measured> = Vec::new();
     let mut steps = Vec::new();
