@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, LoadArgs, OutputArgs, Side, Which};
+use crate::cli::{Cli, Command, CommonArgs, OutputArgs, Side, Which};
 use crate::record::Hist;
 use crate::report::{self, Machine, Report, Step};
 use crate::run::{self, Measured, Runtimes};
@@ -17,11 +17,7 @@ use crate::workload::Workload;
 /// Runs `cli`.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     metrics_edge::tls::install_provider();
-    let output = match &cli.command {
-        Command::Compare(a) => a.output.clone(),
-        Command::Run(a) => a.output.clone(),
-        Command::Max(a) => a.output.clone(),
-    };
+    let output = cli.command.common().output.clone();
     let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(output.load_threads.max(1))
         .thread_name("bench-load")
@@ -53,9 +49,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         });
         match &cli.command {
             Command::Compare(a) => {
-                compare(&a.side, &a.load, &a.output, Which::Both, "compare", &rts, &cancel).await
+                compare(a, Which::Both, "compare", &rts, &cancel).await
             }
-            Command::Run(a) => compare(&a.side, &a.load, &a.output, a.system, "run", &rts, &cancel).await,
+            Command::Run(a) => compare(&a.common, a.system, "run", &rts, &cancel).await,
             Command::Max(a) => crate::max::max(a, &rts, &cancel).await,
         }
     });
@@ -127,14 +123,13 @@ fn out_dir(out: &OutputArgs, what: &str) -> std::path::PathBuf {
 /// Sets up `which`, runs `w` against it and stops it again.
 pub(crate) async fn measure(
     which: systems::Which,
-    side: &Side,
-    out: &OutputArgs,
+    c: &CommonArgs,
     w: &Workload,
     redis: &mut Option<RedisChild>,
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Measured> {
-    let p = prepare(which, side, out, redis)?;
+    let p = prepare(which, &c.side, &c.output, redis)?;
     eprintln!(
         "{}: {} at {} samples/s, {} per message, {} agents, {} dashboard(s), {} s (+{} s warm-up)",
         p.target.name,
@@ -146,7 +141,7 @@ pub(crate) async fn measure(
         w.duration_s,
         w.warmup_s
     );
-    let r = run::run(&p.target, w, rts, cancel, show_progress(out)).await;
+    let r = run::run(&p.target, w, rts, cancel, show_progress(&c.output)).await;
     if let Some(e) = p.embedded {
         tokio::task::spawn_blocking(move || e.stop()).await.ok();
     }
@@ -189,17 +184,15 @@ pub(crate) fn write_report(
 
 /// `bench compare` and `bench run`: the load against each system `which` names, one report.
 async fn compare(
-    side: &Side,
-    load: &LoadArgs,
-    out: &OutputArgs,
+    c: &CommonArgs,
     which: Which,
     what: &str,
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let w = Workload::from_flags(load)?;
+    let w = Workload::from_flags(&c.load)?;
     let systems = chosen(which);
-    ensure_files(&w, side, &systems)?;
+    ensure_files(&w, &c.side, &systems)?;
     let started = started_now();
     let mut redis = None;
     let mut measured = Vec::new();
@@ -207,15 +200,15 @@ async fn compare(
         if cancel.is_cancelled() {
             break;
         }
-        measured.push(measure(s, side, out, &w, &mut redis, rts, cancel).await?);
+        measured.push(measure(s, c, &w, &mut redis, rts, cancel).await?);
     }
     drop(redis);
     let report = report(
         format!("bench {what}"),
         started,
-        params(&w, side, serde_json::json!({})),
+        params(&w, &c.side, serde_json::json!({})),
         &measured,
         Vec::new(),
     );
-    write_report(out, what, &report, &measured)
+    write_report(&c.output, what, &report, &measured)
 }

@@ -19,9 +19,9 @@ pub async fn max(a: &MaxArgs, rts: &Runtimes, cancel: &CancellationToken) -> any
     if a.factor.is_nan() || a.factor <= 1.0 {
         bail!("--factor must be above 1, got {}", a.factor);
     }
-    let base = Workload::from_flags(&a.load)?;
+    let base = Workload::from_flags(&a.common.load)?;
     let systems = chosen(a.system);
-    ensure_files(&base, &a.side, &systems)?;
+    ensure_files(&base, &a.common.side, &systems)?;
     let started = started_now();
     let mut redis = None;
     let mut best: Vec<Measured> = Vec::new();
@@ -44,7 +44,7 @@ pub async fn max(a: &MaxArgs, rts: &Runtimes, cancel: &CancellationToken) -> any
         started,
         params(
             &base,
-            &a.side,
+            &a.common.side,
             serde_json::json!({"p99_bound_ms": a.p99_ms, "min_seen_pct": a.min_seen, "step_factor": a.factor}),
         ),
         &best,
@@ -57,7 +57,7 @@ pub async fn max(a: &MaxArgs, rts: &Runtimes, cancel: &CancellationToken) -> any
     if best.is_empty() {
         eprintln!("no step passed: lower --rate, or raise --p99-ms");
     }
-    write_report(&a.output, "max", &report, &best)
+    write_report(&a.common.output, "max", &report, &best)
 }
 
 /// The search on one system.
@@ -88,16 +88,7 @@ impl Search<'_> {
                 rate_per_s: rate,
                 ..self.base.clone()
             };
-            let m = measure(
-                self.system,
-                &a.side,
-                &a.output,
-                &w,
-                redis,
-                self.rts,
-                self.cancel,
-            )
-            .await?;
+            let m = measure(self.system, &a.common, &w, redis, self.rts, self.cancel).await?;
             let s = judge(a, &m, step, rate);
             eprintln!(
                 "{} step {step}: {:.0} samples/s offered, {:.0}/s seen, {:.3}% seen, p99 {}: {}",
