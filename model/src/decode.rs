@@ -166,7 +166,8 @@ impl Decoder {
         self.tape = Some(tape.reset());
     }
 
-    /// Decodes with simd-json only, skipping the fast path (for tests and benchmarks).
+    /// Decodes with simd-json only, skipping the fast path: what [`Self::decode_json`] falls
+    /// back to, and for tests and benchmarks.
     pub fn decode_json_slow(
         &mut self,
         buf: &mut [u8],
@@ -188,10 +189,7 @@ impl Decoder {
         if let Some(v) = crate::fast::decode(buf, arrival_ms, self.limits, false, true) {
             return Ok(v);
         }
-        let tape = self.parse(buf)?;
-        let out = samples_from_value(tape.as_value(), arrival_ms, self.limits, false);
-        self.recycle(tape);
-        out
+        self.decode_json_slow(buf, arrival_ms)
     }
 
     /// Decodes NDJSON: one sample object per line; blank lines are skipped. Errors name the

@@ -173,14 +173,9 @@ pub fn hello(
 ) {
     out.extend_from_slice(b"{\"type\":\"hello\",\"system\":");
     write_str(out, system);
-    out.extend_from_slice(b",\"windows\":[");
-    for (i, w) in windows.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, w);
-    }
-    out.extend_from_slice(b"],\"serverTime\":");
+    out.extend_from_slice(b",\"windows\":");
+    write_str_array(out, windows);
+    out.extend_from_slice(b",\"serverTime\":");
     write_u64(out, server_time);
     out.extend_from_slice(b",\"filter\":");
     write_filter(out, filter);
@@ -191,17 +186,20 @@ pub fn hello(
 pub fn write_filter(out: &mut Vec<u8>, filter: Option<&[String]>) {
     match filter {
         None => out.extend_from_slice(b"null"),
-        Some(ids) => {
-            out.push(b'[');
-            for (i, id) in ids.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, id);
-            }
-            out.push(b']');
-        }
+        Some(ids) => write_str_array(out, ids),
     }
+}
+
+/// `["a","b"]`
+fn write_str_array(out: &mut Vec<u8>, items: &[String]) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, item);
+    }
+    out.push(b']');
 }
 
 /// `{"type":"subscribed","filter":null|[...]}`: the answer to a live `subscribe`.
