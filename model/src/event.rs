@@ -234,7 +234,7 @@ pub fn to_vec(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::write_f64;
+    use super::{hello, subscribed, to_vec, write_f64};
 
     fn text(x: f64) -> String {
         let mut v = Vec::new();
@@ -284,5 +284,24 @@ mod tests {
                 "{x:e} printed as {t}"
             );
         }
+    }
+
+    #[test]
+    fn hello_and_subscribed_write_their_lists_as_string_arrays() {
+        let windows = ["1s".to_string(), "10s".to_string()];
+        let filter = ["a".to_string()];
+        let text = |v: Vec<u8>| String::from_utf8(v).expect("utf8");
+        assert_eq!(
+            text(to_vec(|b| hello(b, "system2", &windows, 5, Some(&filter)))),
+            r#"{"type":"hello","system":"system2","windows":["1s","10s"],"serverTime":5,"filter":["a"]}"#
+        );
+        assert_eq!(
+            text(to_vec(|b| hello(b, "s", &[], 0, None))),
+            r#"{"type":"hello","system":"s","windows":[],"serverTime":0,"filter":null}"#
+        );
+        assert_eq!(
+            text(to_vec(|b| subscribed(b, Some(&windows)))),
+            r#"{"type":"subscribed","filter":["1s","10s"]}"#
+        );
     }
 }
