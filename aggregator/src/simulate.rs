@@ -1,82 +1,28 @@
 //! Built-in simulated agents: fake servers whose metrics move like random walks, sent over a
 //! real WebSocket to our own listener, so a fresh checkout shows live charts with no agent
 //! installed. Each sample carries `send_us` (its send time in microseconds) so the dashboard
-//! shows real end-to-end latency.
+//! shows real end-to-end latency. The walk is the model's ([`metrics_model::random_walk`]), the
+//! one the bench's agents use; its `Simulated` set gives each metric a chart of its own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
-use metrics_model::{event, now_ms, now_us};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use metrics_model::random_walk::{MetricSet, RandomWalk, SampleHead};
+use metrics_model::{now_ms, now_us};
 use tokio_util::sync::CancellationToken;
 
-/// A random-walk metric between `lo` and `hi`.
-struct Walk {
-    name: &'static str,
-    value: f64,
-    step: f64,
-    lo: f64,
-    hi: f64,
-}
-
-impl Walk {
-    fn next(&mut self, rng: &mut SmallRng) -> f64 {
-        self.value =
-            (self.value + rng.random_range(-self.step..=self.step)).clamp(self.lo, self.hi);
-        (self.value * 10.0).round() / 10.0
-    }
-}
-
-fn walks(rng: &mut SmallRng) -> Vec<Walk> {
-    let mut w = |name, lo: f64, hi: f64, step| Walk {
-        name,
-        value: rng.random_range(lo..hi),
-        step,
-        lo,
-        hi,
-    };
-    vec![
-        w("cpu", 0.0, 100.0, 4.0),
-        w("memory", 10.0, 95.0, 1.0),
-        w("disk", 20.0, 90.0, 0.2),
-        w("requests", 50.0, 5000.0, 120.0),
-        w("latency_ms", 1.0, 400.0, 15.0),
-        w("errors", 0.0, 50.0, 2.0),
-    ]
-}
-
-/// One sample as an agent sends it, nested `network` object included.
-fn sample_json(
-    server: &str,
-    walks: &mut [Walk],
-    net: (&mut f64, &mut f64),
-    rng: &mut SmallRng,
-) -> Vec<u8> {
+/// The walk's next sample as an agent sends it, stamped now.
+fn next_sample(server: &str, walk: &mut RandomWalk) -> Vec<u8> {
+    walk.step();
     let mut b = Vec::with_capacity(256);
-    b.extend_from_slice(b"{\"serverId\":");
-    event::write_str(&mut b, server);
-    b.extend_from_slice(b",\"timestamp\":");
-    event::write_u64(&mut b, now_ms());
-    b.extend_from_slice(b",\"metrics\":{");
-    for w in walks.iter_mut() {
-        b.push(b'"');
-        b.extend_from_slice(w.name.as_bytes());
-        b.extend_from_slice(b"\":");
-        let v = w.next(rng);
-        event::write_f64(&mut b, v);
-        b.push(b',');
-    }
-    *net.0 = (*net.0 + rng.random_range(-50.0..=50.0)).clamp(0.0, 10_000.0);
-    *net.1 = (*net.1 + rng.random_range(-20.0..=20.0)).clamp(0.0, 5_000.0);
-    b.extend_from_slice(b"\"network\":{\"in\":");
-    event::write_f64(&mut b, net.0.round());
-    b.extend_from_slice(b",\"out\":");
-    event::write_f64(&mut b, net.1.round());
-    b.extend_from_slice(b"},\"send_us\":");
-    event::write_u64(&mut b, now_us());
-    b.extend_from_slice(b"}}");
+    let head = SampleHead {
+        server_id: server,
+        timestamp_ms: Some(now_ms()),
+        send_us: now_us(),
+        counters: &[],
+    };
+    walk.write_sample(&mut b, MetricSet::Simulated, &head);
     b
 }
 
@@ -95,9 +41,7 @@ pub async fn run(
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let server = format!("sim-{:02}", i + 1);
-            let mut rng = SmallRng::seed_from_u64(i as u64 + 1);
-            let mut w = walks(&mut rng);
-            let (mut net_in, mut net_out) = (800.0, 200.0);
+            let mut walk = RandomWalk::new(i as u64 + 1);
             let path = match &token {
                 Some(t) => format!("/ingest?token={t}"),
                 None => "/ingest".to_string(),
@@ -133,7 +77,7 @@ pub async fn run(
                             if reader.is_finished() {
                                 break;
                             }
-                            let frame = sample_json(&server, &mut w, (&mut net_in, &mut net_out), &mut rng);
+                            let frame = next_sample(&server, &mut walk);
                             if tx.write_frame(Frame::text(Payload::Owned(frame))).await.is_err() {
                                 break;
                             }

@@ -8,18 +8,19 @@
 //! Chromium is found through `$CHROMIUM`, then `/usr/bin/chromium`, then `chromium` on `PATH`.
 //! Without it the test fails (install the Debian package `chromium`); it never passes silently.
 //! Set `DASHBOARD_SCREENSHOT=/path/to/file.png` to also save a screenshot of the live page.
+//!
+//! The browser and the protocol are test helpers of their own: `common/chromium.rs` and
+//! `common/cdp.rs`. This file holds what the test looks for on the page.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use aggregator::{Listeners, Server, Service, Settings};
-use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use common::cdp::{Cdp, Page};
+use common::chromium::{chromium_binary, Chromium};
 use metrics_model::window::WindowSpec;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -29,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 const TEST_BUDGET: Duration = Duration::from_secs(90);
 /// How long one page has to show what we wait for.
 const PAGE_WAIT: Duration = Duration::from_secs(20);
-/// Longest wait for one CDP answer.
-const CDP_WAIT: Duration = Duration::from_secs(15);
 const TOKEN: &str = "browser-test-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,267 +254,8 @@ fn check(ok: bool, what: &str, state: &Value) -> Result<(), String> {
     }
 }
 
-// ---- the browser -----------------------------------------------------------------------
-
-/// `$CHROMIUM`, `/usr/bin/chromium`, or `chromium` on `PATH`; panics naming the package.
-fn chromium_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "CHROMIUM={} is not a file; unset it to use /usr/bin/chromium from the Debian \
-             package `chromium` (apt-get install -y chromium)",
-            p.display()
-        );
-        return p;
-    }
-    let default = PathBuf::from("/usr/bin/chromium");
-    if default.is_file() {
-        return default;
-    }
-    if let Some(p) = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("chromium"))
-        .find(|p| p.is_file())
-    {
-        return p;
-    }
-    panic!(
-        "headless Chromium is needed for this test and was not found: install the Debian \
-         package `chromium` (apt-get install -y chromium), or set CHROMIUM to its binary"
-    );
-}
-
-/// A headless Chromium with a fresh profile; killed (and its profile removed) on drop.
-struct Chromium {
-    child: Child,
-    profile: PathBuf,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Chromium {
-    fn launch(binary: &Path) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let profile = std::env::temp_dir().join(format!(
-            "dashboard-browser-test-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&profile).expect("create the profile directory");
-        let mut child = Command::new(binary)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--disable-dev-shm-usage",
-                "--no-proxy-server",
-                "--mute-audio",
-                // Pages must keep animating and running timers while the test watches them.
-                "--disable-background-timer-throttling",
-                "--disable-renderer-backgrounding",
-                "--disable-backgrounding-occluded-windows",
-                "--window-size=1400,1000",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        // Drain stderr so Chromium never blocks on it; keep the tail for failure messages.
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(pipe) = child.stderr.take() {
-            let tail = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Ok(mut t) = tail.lock() {
-                        t.push(line);
-                        if t.len() > 40 {
-                            t.remove(0);
-                        }
-                    }
-                }
-            });
-        }
-        Self {
-            child,
-            profile,
-            stderr,
-        }
-    }
-
-    /// The browser's DevTools endpoint, from the `DevToolsActivePort` file Chromium writes.
-    async fn devtools_url(&self) -> Result<(SocketAddr, String), String> {
-        let file = self.profile.join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                let mut lines = text.lines().map(str::trim);
-                let (port, path) = (lines.next(), lines.next());
-                // The second line whole (`/devtools/browser/<uuid>`): the file may be read while
-                // Chromium is still writing it.
-                let whole = path.is_some_and(|p| p.len() >= "/devtools/browser/".len() + 36);
-                if let (Some(port), Some(path), true) = (port, path, whole) {
-                    let port: u16 = port.parse().map_err(|e| format!("{file:?}: {e}"))?;
-                    return Ok((SocketAddr::from(([127, 0, 0, 1], port)), path.to_string()));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err("Chromium did not open its DevTools port within 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits up to `limit` for the browser to exit by itself (after `Browser.close`).
-    fn wait_exit(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stderr_tail(&self) -> String {
-        self.stderr.lock().map(|t| t.join("\n")).unwrap_or_default()
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Helper processes may still be writing there for a moment.
-        for _ in 0..10 {
-            if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-// ---- the DevTools protocol -------------------------------------------------------------
-
-/// A CDP connection to the browser; pages are reached through flattened sessions.
-struct Cdp {
-    ws: FragmentCollector<TokioIo<Upgraded>>,
-    next_id: u64,
-}
-
-/// A page (tab) and its CDP session.
-struct Page {
-    target: String,
-    session: String,
-}
-
-impl Cdp {
-    async fn connect((addr, path): (SocketAddr, String)) -> Result<Self, String> {
-        // Chromium only accepts DevTools sockets whose Host is an IP or `localhost`.
-        let ws = metrics_edge::client::connect(addr, "localhost", &path, None, &[])
-            .await
-            .map_err(|e| format!("DevTools socket: {e}"))?;
-        Ok(Self {
-            ws: FragmentCollector::new(ws),
-            next_id: 1,
-        })
-    }
-
-    /// Sends one command and returns its result, skipping the events that arrive meanwhile.
-    async fn call(
-        &mut self,
-        session: Option<&str>,
-        method: &str,
-        params: Value,
-    ) -> Result<Value, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut msg = json!({ "id": id, "method": method, "params": params });
-        if let Some(s) = session {
-            msg["sessionId"] = json!(s);
-        }
-        self.ws
-            .write_frame(Frame::text(Payload::Owned(msg.to_string().into_bytes())))
-            .await
-            .map_err(|e| format!("{method}: {e}"))?;
-        let deadline = tokio::time::Instant::now() + CDP_WAIT;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.read_frame())
-                .await
-                .map_err(|_| format!("{method}: no answer within {CDP_WAIT:?}"))?
-                .map_err(|e| format!("{method}: {e}"))?;
-            match frame.opcode {
-                OpCode::Text => {}
-                OpCode::Close => return Err(format!("{method}: DevTools closed the socket")),
-                _ => continue,
-            }
-            let v: Value =
-                serde_json::from_slice(&frame.payload).map_err(|e| format!("{method}: {e}"))?;
-            if v["id"].as_u64() != Some(id) {
-                continue; // an event, or a late answer
-            }
-            if let Some(err) = v.get("error") {
-                return Err(format!("{method}: {err}"));
-            }
-            return Ok(v["result"].clone());
-        }
-    }
-
-    /// Opens `url` in a new tab and attaches to it.
-    async fn open(&mut self, url: &str) -> Result<Page, String> {
-        let r = self
-            .call(None, "Target.createTarget", json!({ "url": url }))
-            .await?;
-        let target = r["targetId"]
-            .as_str()
-            .ok_or("createTarget: no targetId")?
-            .to_string();
-        let r = self
-            .call(
-                None,
-                "Target.attachToTarget",
-                json!({ "targetId": target, "flatten": true }),
-            )
-            .await?;
-        let session = r["sessionId"]
-            .as_str()
-            .ok_or("attachToTarget: no sessionId")?
-            .to_string();
-        Ok(Page { target, session })
-    }
-}
-
+/// The dashboard page's state, as this test reads it.
 impl Page {
-    /// Evaluates `expr` in the page and returns its value.
-    async fn eval(&self, cdp: &mut Cdp, expr: &str) -> Result<Value, String> {
-        let r = cdp
-            .call(
-                Some(&self.session),
-                "Runtime.evaluate",
-                json!({ "expression": expr, "returnByValue": true }),
-            )
-            .await?;
-        if let Some(ex) = r.get("exceptionDetails") {
-            return Err(format!("page script failed: {ex}"));
-        }
-        Ok(r["result"]["value"].clone())
-    }
-
     async fn state(&self, cdp: &mut Cdp) -> Result<Value, String> {
         match self.eval(cdp, PAGE_STATE_JS).await? {
             Value::String(s) => serde_json::from_str(&s).map_err(|e| e.to_string()),
@@ -545,52 +285,4 @@ impl Page {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    async fn screenshot(&self, cdp: &mut Cdp, path: &Path) -> Result<(), String> {
-        let r = cdp
-            .call(
-                Some(&self.session),
-                "Page.captureScreenshot",
-                json!({ "format": "png", "captureBeyondViewport": true }),
-            )
-            .await?;
-        let png = base64_decode(r["data"].as_str().ok_or("captureScreenshot: no data")?)?;
-        std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))?;
-        eprintln!("screenshot saved to {}", path.display());
-        Ok(())
-    }
-
-    async fn close(self, cdp: &mut Cdp) -> Result<(), String> {
-        cdp.call(
-            None,
-            "Target.closeTarget",
-            json!({ "targetId": self.target }),
-        )
-        .await
-        .map(drop)
-    }
-}
-
-/// Standard base64 (CDP's screenshot encoding), without pulling in a crate for it.
-fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return Err(format!("bad base64 byte {c}")),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Ok(out)
 }

@@ -20,13 +20,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The same load against System 1 and System 2, one after the other, and one report.
-    Compare(CompareArgs),
+    Compare(CommonArgs),
     /// The load against one system.
     Run(RunArgs),
     /// Per system, the highest rate dashboards keep up with: steps the rate up from --rate
     /// until fewer than 99.9 % of samples arrive or p99 goes over --p99-ms (down, when the
     /// first step already fails).
     Max(MaxArgs),
+}
+
+impl Command {
+    /// The flags every command takes.
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            Command::Compare(c) => c,
+            Command::Run(a) => &a.common,
+            Command::Max(a) => &a.common,
+        }
+    }
 }
 
 /// The load's shape.
@@ -123,8 +134,9 @@ pub struct Side {
     pub system2_transport: Transport,
 }
 
+/// What every command takes: the systems, the load, and where the results go.
 #[derive(Debug, Clone, Args)]
-pub struct CompareArgs {
+pub struct CommonArgs {
     #[command(flatten)]
     pub side: Side,
     #[command(flatten)]
@@ -148,11 +160,7 @@ pub struct RunArgs {
     #[arg(value_enum)]
     pub system: Which,
     #[command(flatten)]
-    pub side: Side,
-    #[command(flatten)]
-    pub load: LoadArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -172,13 +180,9 @@ pub struct MaxArgs {
     /// Most steps per system.
     #[arg(long, env = "BENCH_MAX_STEPS", default_value_t = 10)]
     pub max_steps: u32,
+    // The first step's rate is --rate; each step lasts --duration after --warmup.
     #[command(flatten)]
-    pub side: Side,
-    /// The first step's rate is --rate; each step lasts --duration after --warmup.
-    #[command(flatten)]
-    pub load: LoadArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
+    pub common: CommonArgs,
 }
 
 #[cfg(test)]

@@ -2,26 +2,22 @@
 //! reports. Ctrl-C ends the current run early; the report still covers what was measured.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, LoadArgs, OutputArgs, Side, Which};
+use crate::cli::{Cli, Command, CommonArgs, OutputArgs, Side, Which};
 use crate::record::Hist;
-use crate::report::{self, Machine, Report};
-use crate::run::{self, Burst, Measured, Runtimes, Target, Workload};
-use crate::systems::{self, Embedded, RedisChild};
-use crate::transport::Endpoint;
+use crate::report::{self, Machine, Report, Step};
+use crate::run::{self, Measured, Runtimes};
+use crate::setup::{chosen, ensure_files, prepare};
+use crate::systems::{self, RedisChild};
+use crate::workload::Workload;
 
 /// Runs `cli`.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     metrics_edge::tls::install_provider();
-    let output = match &cli.command {
-        Command::Compare(a) => a.output.clone(),
-        Command::Run(a) => a.output.clone(),
-        Command::Max(a) => a.output.clone(),
-    };
+    let output = cli.command.common().output.clone();
     let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(output.load_threads.max(1))
         .thread_name("bench-load")
@@ -53,10 +49,10 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         });
         match &cli.command {
             Command::Compare(a) => {
-                compare(&a.side, &a.load, &a.output, Which::Both, "compare", &rts, &cancel).await
+                compare(a, Which::Both, "compare", &rts, &cancel).await
             }
-            Command::Run(a) => compare(&a.side, &a.load, &a.output, a.system, "run", &rts, &cancel).await,
-            Command::Max(a) => crate::commands::max(a, &rts, &cancel).await,
+            Command::Run(a) => compare(&a.common, a.system, "run", &rts, &cancel).await,
+            Command::Max(a) => crate::max::max(a, &rts, &cancel).await,
         }
     });
     load_rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -64,224 +60,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
-/// The workload the flags describe.
-pub fn workload(l: &LoadArgs) -> anyhow::Result<Workload> {
-    if l.batch == 0 || l.batch > 10_000 {
-        bail!(
-            "--batch must be 1 to 10000 samples per message, got {}",
-            l.batch
-        );
-    }
-    if l.agents == 0 {
-        bail!("--agents must be at least 1");
-    }
-    if l.rate.is_nan() || l.rate <= 0.0 || l.rate.is_infinite() {
-        bail!(
-            "--rate must be a positive number of samples per second, got {}",
-            l.rate
-        );
-    }
-    if l.duration.is_nan() || l.duration <= 0.0 || l.warmup < 0.0 || l.grace < 0.0 {
-        bail!("--duration must be positive, --warmup and --grace zero or more");
-    }
-    let w = Workload {
-        rate_per_s: l.rate,
-        batch: l.batch,
-        agents: l.agents,
-        dashboards: l.dashboards,
-        duration_s: l.duration,
-        warmup_s: l.warmup,
-        grace_s: l.grace,
-        burst: l.burst_rate.map(|peak| Burst {
-            peak_per_s: peak,
-            period_s: l.burst_period,
-            burst_s: l.burst_length,
-        }),
-        metrics: l.metrics,
-        metrics_per_sample: l.metrics.leaves(),
-    };
-    let s = w.schedule()?;
-    if s.total() < 1 {
-        bail!("the schedule sends nothing: raise --rate or --duration");
-    }
-    if l.agents > s.total() {
-        tracing::warn!("more agents than messages: some agents will send nothing");
-    }
-    Ok(w)
-}
-
-/// The systems `which` names, in the order they run.
-fn chosen(which: Which) -> Vec<systems::Which> {
-    match which {
-        Which::System1 => vec![systems::Which::System1],
-        Which::System2 => vec![systems::Which::System2],
-        Which::Both => vec![systems::Which::System1, systems::Which::System2],
-    }
-}
-
-/// Makes sure this process may open the files `w` needs against `systems`, raising the limit
-/// when allowed: a socket per agent and dashboard, twice when a system runs in-process (it
-/// holds the other ends).
-fn ensure_files(w: &Workload, side: &Side, systems: &[systems::Which]) -> anyhow::Result<()> {
-    use rlimit::Resource;
-    let embedded = systems.iter().any(|s| match s {
-        systems::Which::System1 => side.system1.is_none(),
-        systems::Which::System2 => side.system2.is_none(),
-    });
-    let need = (w.agents + w.dashboards) * (1 + u64::from(embedded)) + 512;
-    let (soft, hard) = Resource::NOFILE.get().unwrap_or((1024, 1024));
-    if soft >= need {
-        return Ok(());
-    }
-    if hard >= need {
-        let _ = Resource::NOFILE.set(need.max(soft), hard);
-    } else {
-        // Root may raise the hard limit too.
-        let _ = Resource::NOFILE.set(need, need);
-    }
-    let (soft, _) = Resource::NOFILE.get().unwrap_or((soft, hard));
-    if soft < need {
-        bail!(
-            "this run needs about {need} open files and the limit is {soft}: raise it with \
-             `ulimit -n {need}` (or run as root), or use fewer --agents/--dashboards"
-        );
-    }
-    Ok(())
-}
-
-/// A system set up for a run: the target, and what to stop afterwards.
-struct Prepared {
-    target: Target,
-    embedded: Option<Embedded>,
-}
-
-fn ca_pem(out: &OutputArgs) -> anyhow::Result<Option<Vec<u8>>> {
-    let path = match &out.ca {
-        Some(p) => p.clone(),
-        None => {
-            let dev = std::path::PathBuf::from("certs/ca.pem");
-            if !dev.exists() {
-                return Ok(None);
-            }
-            dev
-        }
-    };
-    Ok(Some(std::fs::read(&path).with_context(|| {
-        format!("reading the CA file {}", path.display())
-    })?))
-}
-
-fn prepare(
-    which: systems::Which,
-    side: &Side,
-    out: &OutputArgs,
-    redis: &mut Option<RedisChild>,
-) -> anyhow::Result<Prepared> {
-    let (url, dash, transport, name, label, what) = match which {
-        systems::Which::System1 => (
-            &side.system1,
-            &side.system1_dashboard,
-            side.system1_transport,
-            "System 1",
-            "system1",
-            "Redis Streams, consumer-group workers, Pub/Sub, WebSocket broadcaster",
-        ),
-        systems::Which::System2 => (
-            &side.system2,
-            &side.system2_dashboard,
-            side.system2_transport,
-            "System 2",
-            "system2",
-            "in-memory lock-free aggregator, WebSocket in and out",
-        ),
-    };
-    let description = format!("{} -> {what}", transport.describe());
-    if let Some(url) = url {
-        let ep = Endpoint::from_url(
-            url,
-            dash.as_deref(),
-            transport,
-            ca_pem(out)?.as_deref(),
-            out.token.clone(),
-        )?;
-        return Ok(Prepared {
-            target: Target {
-                name: name.to_string(),
-                label: label.to_string(),
-                description,
-                target: url.clone(),
-                endpoint: Arc::new(ep),
-                redis_pid: None,
-                embedded: false,
-            },
-            embedded: None,
-        });
-    }
-    match (which, transport.websocket()) {
-        (systems::Which::System1, true) => bail!(
-            "System 1 takes HTTP: --system1-transport must be h1, h2c, h2tls or stream, not {}",
-            transport.label()
-        ),
-        (systems::Which::System2, false) => bail!(
-            "System 2 takes WebSocket: --system2-transport must be ws or wss, not {}",
-            transport.label()
-        ),
-        _ => {}
-    }
-    let mut redis_pid = None;
-    let redis_url = if which == systems::Which::System1 {
-        match std::env::var("REDIS_URL") {
-            Ok(u) if !u.is_empty() => u,
-            _ => {
-                if redis.is_none() {
-                    *redis = Some(RedisChild::start()?);
-                }
-                let r = redis.as_ref().expect("just started");
-                redis_pid = Some(r.pid);
-                r.url.clone()
-            }
-        }
-    } else {
-        String::new()
-    };
-    let prefix = format!("bench{}", std::process::id());
-    let sys = Embedded::start(
-        which,
-        transport.tls(),
-        &redis_url,
-        &prefix,
-        out.system_threads,
-    )?;
-    let url = sys
-        .url(transport.websocket(), transport.tls())
-        .context("the embedded system has no listener for this transport")?;
-    let mut ep = Endpoint::from_url(
-        &url,
-        None,
-        transport,
-        sys.ca_pem.as_deref(),
-        out.token.clone(),
-    )?;
-    // Connect to the address bound, whatever the certificate's name resolves to.
-    if let Some(addr) = if transport.tls() { sys.tls } else { sys.plain } {
-        ep.ingest.addr = addr;
-        ep.dashboard.addr = addr;
-    }
-    Ok(Prepared {
-        target: Target {
-            name: name.to_string(),
-            label: label.to_string(),
-            description,
-            target: "embedded".into(),
-            endpoint: Arc::new(ep),
-            redis_pid,
-            embedded: true,
-        },
-        embedded: Some(sys),
-    })
-}
-
-fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Value {
+/// The report's parameters: the workload, both transports, and `extra` (a command's own).
+pub(crate) fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::to_value(w).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert(
@@ -302,12 +82,12 @@ fn params(w: &Workload, side: &Side, extra: serde_json::Value) -> serde_json::Va
 }
 
 /// The report of `measured`, with this command line and this machine.
-fn report(
+pub(crate) fn report(
     title: String,
     started: String,
     params: serde_json::Value,
     measured: &[Measured],
-    steps: Vec<serde_json::Value>,
+    steps: Vec<Step>,
 ) -> Report {
     Report {
         tool: format!("bench {}", env!("CARGO_PKG_VERSION")),
@@ -319,6 +99,11 @@ fn report(
         systems: measured.iter().map(|m| m.result.clone()).collect(),
         steps,
     }
+}
+
+/// When a command started, for the report.
+pub(crate) fn started_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 fn command_line() -> String {
@@ -335,16 +120,16 @@ fn out_dir(out: &OutputArgs, what: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| report::folder(&out.results, what))
 }
 
-async fn measure(
+/// Sets up `which`, runs `w` against it and stops it again.
+pub(crate) async fn measure(
     which: systems::Which,
-    side: &Side,
-    out: &OutputArgs,
+    c: &CommonArgs,
     w: &Workload,
     redis: &mut Option<RedisChild>,
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Measured> {
-    let p = prepare(which, side, out, redis)?;
+    let p = prepare(which, &c.side, &c.output, redis)?;
     eprintln!(
         "{}: {} at {} samples/s, {} per message, {} agents, {} dashboard(s), {} s (+{} s warm-up)",
         p.target.name,
@@ -356,14 +141,16 @@ async fn measure(
         w.duration_s,
         w.warmup_s
     );
-    let r = run::run(&p.target, w, rts, cancel, show_progress(out)).await;
+    let r = run::run(&p.target, w, rts, cancel, show_progress(&c.output)).await;
     if let Some(e) = p.embedded {
         tokio::task::spawn_blocking(move || e.stop()).await.ok();
     }
     r
 }
 
-fn write_report(
+/// Writes `report` and the histograms of `measured` into the results folder, and shows the
+/// table and the files written.
+pub(crate) fn write_report(
     out: &OutputArgs,
     what: &str,
     report: &Report,
@@ -395,180 +182,33 @@ fn write_report(
     Ok(())
 }
 
+/// `bench compare` and `bench run`: the load against each system `which` names, one report.
 async fn compare(
-    side: &Side,
-    load: &LoadArgs,
-    out: &OutputArgs,
+    c: &CommonArgs,
     which: Which,
     what: &str,
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let w = workload(load)?;
+    let w = Workload::from_flags(&c.load)?;
     let systems = chosen(which);
-    ensure_files(&w, side, &systems)?;
-    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    ensure_files(&w, &c.side, &systems)?;
+    let started = started_now();
     let mut redis = None;
     let mut measured = Vec::new();
     for s in systems {
         if cancel.is_cancelled() {
             break;
         }
-        measured.push(measure(s, side, out, &w, &mut redis, rts, cancel).await?);
+        measured.push(measure(s, c, &w, &mut redis, rts, cancel).await?);
     }
     drop(redis);
     let report = report(
         format!("bench {what}"),
         started,
-        params(&w, side, serde_json::json!({})),
+        params(&w, &c.side, serde_json::json!({})),
         &measured,
         Vec::new(),
     );
-    write_report(out, what, &report, &measured)
-}
-
-async fn max(
-    a: &crate::cli::MaxArgs,
-    rts: &Runtimes,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    if a.factor.is_nan() || a.factor <= 1.0 {
-        bail!("--factor must be above 1, got {}", a.factor);
-    }
-    let base = workload(&a.load)?;
-    let systems = chosen(a.system);
-    ensure_files(&base, &a.side, &systems)?;
-    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let mut redis = None;
-    let mut best: Vec<Measured> = Vec::new();
-    let mut steps = Vec::new();
-    let bound_us = (a.p99_ms * 1000.0) as u64;
-    for s in systems {
-        let mut rate = base.rate_per_s;
-        let mut best_here: Option<Measured> = None;
-        let mut going_down = false;
-        for step in 1..=a.max_steps {
-            if cancel.is_cancelled() {
-                break;
-            }
-            let w = Workload {
-                rate_per_s: rate,
-                ..base.clone()
-            };
-            let m = measure(s, &a.side, &a.output, &w, &mut redis, rts, cancel).await?;
-            let c = &m.result.counts;
-            let seen_pct = if c.expected_seen == 0 {
-                0.0
-            } else {
-                100.0 * (c.expected_seen - c.lost.min(c.expected_seen)) as f64
-                    / c.expected_seen as f64
-            };
-            let sent_pct = 100.0 * c.sent as f64 / c.offered.max(1) as f64;
-            let p99 = m.result.latency_us.corrected.p99;
-            let pass = seen_pct >= a.min_seen
-                && sent_pct >= a.min_seen
-                && c.acked > 0
-                && p99 <= bound_us
-                && !m.result.stopped_early;
-            eprintln!(
-                "{} step {step}: {:.0} samples/s offered, {:.0}/s seen, {seen_pct:.3}% seen, p99 {}: {}",
-                m.result.name,
-                rate,
-                m.result.throughput.seen_per_s,
-                report::table::duration_us(p99),
-                if pass { "pass" } else { "fail" }
-            );
-            steps.push(serde_json::json!({
-                "system": m.result.name, "step": step, "rate_per_s": rate,
-                "seen_per_s": m.result.throughput.seen_per_s, "seen_pct": seen_pct,
-                "sent_pct": sent_pct, "p99_us": p99, "pass": pass,
-            }));
-            // Up while steps pass; if the very first fails, down until one passes.
-            if pass {
-                best_here = Some(m);
-                if going_down {
-                    break;
-                }
-                rate *= a.factor;
-            } else if step == 1 || going_down {
-                going_down = true;
-                rate /= a.factor;
-            } else {
-                break;
-            }
-        }
-        let all_passed = steps
-            .last()
-            .is_some_and(|s| s["pass"].as_bool() == Some(true) && s["step"] == a.max_steps)
-            && !going_down;
-        if all_passed && !cancel.is_cancelled() {
-            eprintln!(
-                "every step passed up to --max-steps {}: the limit is higher; raise --rate or --max-steps",
-                a.max_steps
-            );
-        }
-        if let Some(m) = best_here {
-            best.push(m);
-        }
-    }
-    drop(redis);
-    let report = report(
-        "bench max: the highest passing step of each system".into(),
-        started,
-        params(
-            &base,
-            &a.side,
-            serde_json::json!({"p99_bound_ms": a.p99_ms, "min_seen_pct": a.min_seen, "step_factor": a.factor}),
-        ),
-        &best,
-        steps.clone(),
-    );
-    println!("steps:");
-    for s in &steps {
-        println!(
-            "  {:<9} step {:>2}  {:>10.0} samples/s offered  {:>10.0}/s seen  {:>8.3}% seen  p99 {:>9}  {}",
-            s["system"].as_str().unwrap_or(""),
-            s["step"],
-            s["rate_per_s"].as_f64().unwrap_or(0.0),
-            s["seen_per_s"].as_f64().unwrap_or(0.0),
-            s["seen_pct"].as_f64().unwrap_or(0.0),
-            report::table::duration_us(s["p99_us"].as_u64().unwrap_or(0)),
-            if s["pass"].as_bool().unwrap_or(false) { "pass" } else { "fail" },
-        );
-    }
-    if best.is_empty() {
-        eprintln!("no step passed: lower --rate, or raise --p99-ms");
-    }
-    write_report(&a.output, "max", &report, &best)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_loads_are_refused_by_flag() {
-        let mut l = LoadArgs {
-            rate: 1000.0,
-            batch: 0,
-            agents: 1,
-            dashboards: 1,
-            duration: 1.0,
-            warmup: 0.0,
-            grace: 1.0,
-            burst_rate: None,
-            burst_period: 5.0,
-            burst_length: 1.0,
-            metrics: crate::agent::MetricSet::Full,
-        };
-        assert!(workload(&l).unwrap_err().to_string().contains("--batch"));
-        l.batch = 1;
-        l.rate = -1.0;
-        assert!(workload(&l).unwrap_err().to_string().contains("--rate"));
-        l.rate = 1000.0;
-        assert_eq!(
-            workload(&l).expect("valid").schedule().expect("s").total(),
-            1000
-        );
-    }
+    write_report(&c.output, what, &report, &measured)
 }

@@ -39,6 +39,55 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// The load flags of a short run: `rate` samples/s in messages of `batch` from `agents`
+/// agents, `duration` s measured after `warmup` s, then `grace` s for stragglers.
+struct Load {
+    rate: u32,
+    batch: u32,
+    agents: u32,
+    duration: f64,
+    warmup: f64,
+    grace: f64,
+}
+
+impl Load {
+    /// 200 samples/s in pairs from 3 agents, 1 s after 0.2 s of warm-up, 5 s of grace.
+    const SMALL: Load = Load {
+        rate: 200,
+        batch: 2,
+        agents: 3,
+        duration: 1.0,
+        warmup: 0.2,
+        grace: 5.0,
+    };
+
+    fn args(&self) -> [String; 12] {
+        [
+            "--rate".into(),
+            self.rate.to_string(),
+            "--batch".into(),
+            self.batch.to_string(),
+            "--agents".into(),
+            self.agents.to_string(),
+            "--duration".into(),
+            self.duration.to_string(),
+            "--warmup".into(),
+            self.warmup.to_string(),
+            "--grace".into(),
+            self.grace.to_string(),
+        ]
+    }
+}
+
+/// Runs `cmd` to the end with `--out` a new folder named for `name`; returns the folder, the
+/// output and the report written there.
+fn run_to_report(name: &str, cmd: &mut Command) -> (PathBuf, Output, Value) {
+    let dir = out_dir(name);
+    let out = run_ok(cmd.arg("--out").arg(&dir));
+    let r = report(&dir);
+    (dir, out, r)
+}
+
 fn report(dir: &Path) -> Value {
     let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json written");
     serde_json::from_str(&text).expect("report.json is JSON")
@@ -178,28 +227,19 @@ fn rendered_dom(html: &Path) -> String {
 
 #[test]
 fn compare_writes_reports_that_add_up_and_render() {
-    let dir = out_dir("compare");
-    let out = run_ok(
+    let load = Load {
+        rate: 400,
+        batch: 4,
+        agents: 8,
+        duration: 2.0,
+        warmup: 0.5,
+        grace: 5.0,
+    };
+    let (dir, out, r) = run_to_report(
+        "compare",
         bench()
-            .args([
-                "compare",
-                "--rate",
-                "400",
-                "--batch",
-                "4",
-                "--agents",
-                "8",
-                "--dashboards",
-                "2",
-                "--duration",
-                "2",
-                "--warmup",
-                "0.5",
-                "--grace",
-                "5",
-                "--out",
-            ])
-            .arg(&dir),
+            .args(["compare", "--dashboards", "2"])
+            .args(load.args()),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     // The terminal table shows both systems side by side.
@@ -209,7 +249,6 @@ fn compare_writes_reports_that_add_up_and_render() {
     );
     assert!(stdout.contains("latency p99"), "{stdout}");
 
-    let r = report(&dir);
     let systems = r["systems"].as_array().expect("systems");
     assert_eq!(systems.len(), 2);
     assert_eq!(systems[0]["transport"], "h2c");
@@ -262,31 +301,20 @@ fn every_transport_delivers_every_sample() {
         ("system1", "--system1-transport", "stream"),
         ("system2", "--system2-transport", "wss"),
     ] {
-        let dir = out_dir(transport);
-        run_ok(
+        let load = Load {
+            rate: 300,
+            batch: 3,
+            agents: 4,
+            duration: 1.5,
+            warmup: 0.3,
+            grace: 5.0,
+        };
+        let (dir, _, r) = run_to_report(
+            transport,
             bench()
-                .args([
-                    "run",
-                    system,
-                    flag,
-                    transport,
-                    "--rate",
-                    "300",
-                    "--batch",
-                    "3",
-                    "--agents",
-                    "4",
-                    "--duration",
-                    "1.5",
-                    "--warmup",
-                    "0.3",
-                    "--grace",
-                    "5",
-                    "--out",
-                ])
-                .arg(&dir),
+                .args(["run", system, flag, transport])
+                .args(load.args()),
         );
-        let r = report(&dir);
         let s = &r["systems"][0];
         assert_eq!(s["transport"], transport);
         check_counts_add_up(s, 1);
@@ -306,31 +334,14 @@ fn a_url_target_is_measured_the_same_way() {
             .expect("start");
         server.running.plain_addr.expect("plain listener")
     });
-    let dir = out_dir("url");
-    let out = run_ok(
+    let (dir, out, r) = run_to_report(
+        "url",
         bench()
-            .args([
-                "run",
-                "system2",
-                "--rate",
-                "200",
-                "--batch",
-                "2",
-                "--agents",
-                "3",
-                "--duration",
-                "1",
-                "--warmup",
-                "0.2",
-                "--grace",
-                "5",
-                "--system2",
-            ])
-            .arg(format!("ws://{addr}"))
-            .arg("--out")
-            .arg(&dir),
+            .args(["run", "system2"])
+            .args(Load::SMALL.args())
+            .arg("--system2")
+            .arg(format!("ws://{addr}")),
     );
-    let r = report(&dir);
     let s = &r["systems"][0];
     assert_eq!(s["target"], format!("ws://{addr}"));
     check_counts_add_up(s, 1);
@@ -382,24 +393,18 @@ fn bad_flags_and_unreachable_targets_fail_with_a_reason() {
 #[test]
 fn ctrl_c_stops_the_run_and_still_writes_the_report() {
     let dir = out_dir("ctrlc");
+    let load = Load {
+        rate: 500,
+        batch: 5,
+        agents: 4,
+        duration: 60.0,
+        warmup: 0.2,
+        grace: 1.0,
+    };
     let mut child = bench()
-        .args([
-            "run",
-            "system2",
-            "--rate",
-            "500",
-            "--batch",
-            "5",
-            "--agents",
-            "4",
-            "--duration",
-            "60",
-            "--warmup",
-            "0.2",
-            "--grace",
-            "1",
-            "--out",
-        ])
+        .args(["run", "system2"])
+        .args(load.args())
+        .arg("--out")
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -438,35 +443,13 @@ fn ctrl_c_stops_the_run_and_still_writes_the_report() {
 /// `bench max` steps the rate and reports each step; at these low rates every step passes.
 #[test]
 fn max_reports_each_step_and_the_best_passing_one() {
-    let dir = out_dir("max");
-    let out = run_ok(
+    let (dir, out, r) = run_to_report(
+        "max",
         bench()
-            .args([
-                "max",
-                "system2",
-                "--rate",
-                "200",
-                "--factor",
-                "2",
-                "--max-steps",
-                "2",
-                "--batch",
-                "2",
-                "--agents",
-                "3",
-                "--duration",
-                "1",
-                "--warmup",
-                "0.2",
-                "--grace",
-                "5",
-                "--p99-ms",
-                "1000",
-                "--out",
-            ])
-            .arg(&dir),
+            .args(["max", "system2", "--factor", "2", "--max-steps", "2"])
+            .args(Load::SMALL.args())
+            .args(["--p99-ms", "1000"]),
     );
-    let r = report(&dir);
     let steps = r["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{steps:?}");
     assert_eq!(steps[0]["rate_per_s"], 200.0);

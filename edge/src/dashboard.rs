@@ -161,7 +161,7 @@ pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Con
                     .set_audience(client, Audience::Dashboard, filter.clone());
                 client.send(ctx.hello(filter.as_deref()));
             }
-            metrics_model::decode::Role::Producer => {
+            metrics_model::decode::Role::Agent => {
                 ctx.hub.set_audience(client, Audience::Agent, None);
                 if let Some(ids) = filter {
                     ids.iter().for_each(|s| ctx.hub.note_server(client, s));

@@ -9,6 +9,9 @@
 //! Every error names what was wrong: the field, the metric, and inside a batch the index of the
 //! sample (arrays, 0-based) or its line (NDJSON, 1-based). A batch is all-or-nothing: the first
 //! bad sample rejects it whole.
+//!
+//! A WebSocket frame may also be a control message; [`crate::control`] reads those (its types are
+//! re-exported here, where callers have always found them).
 
 use std::cell::RefCell;
 
@@ -16,6 +19,8 @@ use simd_json::prelude::*;
 use simd_json::tape::{Tape, Value};
 use simd_json::Buffers;
 
+use crate::control::control_from_value;
+pub use crate::control::{parse_filter_list, Control, Role, ServerFilter};
 use crate::sample::{Metrics, Sample};
 
 /// Size limits of the contract; the defaults are the contract's.
@@ -96,27 +101,6 @@ pub enum DecodeError {
     Control(String),
 }
 
-/// Role a WebSocket peer registers as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Producer,
-    Dashboard,
-}
-
-/// A server filter: `None` is every server.
-pub type ServerFilter = Option<Vec<String>>;
-
-/// A control message on System 2's ingest socket or on a dashboard socket.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Control {
-    /// `{"type":"register","role":"producer"|"dashboard","serverId":S|null}`
-    Register { role: Role, filter: ServerFilter },
-    /// `{"type":"subscribe","serverId":S|[S,...]|null}`
-    Subscribe { filter: ServerFilter },
-    /// `{"type":"snapshot.request","serverId":S}` (serverId optional)
-    SnapshotRequest { server_id: Option<String> },
-}
-
 /// What one WebSocket text frame holds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
@@ -182,7 +166,8 @@ impl Decoder {
         self.tape = Some(tape.reset());
     }
 
-    /// Decodes with simd-json only, skipping the fast path (for tests and benchmarks).
+    /// Decodes with simd-json only, skipping the fast path: what [`Self::decode_json`] falls
+    /// back to, and for tests and benchmarks.
     pub fn decode_json_slow(
         &mut self,
         buf: &mut [u8],
@@ -204,10 +189,7 @@ impl Decoder {
         if let Some(v) = crate::fast::decode(buf, arrival_ms, self.limits, false, true) {
             return Ok(v);
         }
-        let tape = self.parse(buf)?;
-        let out = samples_from_value(tape.as_value(), arrival_ms, self.limits, false);
-        self.recycle(tape);
-        out
+        self.decode_json_slow(buf, arrival_ms)
     }
 
     /// Decodes NDJSON: one sample object per line; blank lines are skipped. Errors name the
@@ -311,7 +293,7 @@ fn trim_ascii_mut(s: &mut [u8]) -> &mut [u8] {
     &mut s[start..end]
 }
 
-fn type_name(v: Value<'_, '_>) -> &'static str {
+pub(crate) fn type_name(v: Value<'_, '_>) -> &'static str {
     match v.value_type() {
         ValueType::Null => "null",
         ValueType::Bool => "a boolean",
@@ -454,7 +436,7 @@ fn sample_from_value(
 }
 
 /// Names echoed in errors are cut so that a hostile 1 MiB key does not come back whole.
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     if s.len() <= MAX_NAME_LEN {
         return s.to_string();
     }
@@ -528,97 +510,4 @@ fn non_finite_name(v: Value<'_, '_>) -> &'static str {
         Some(_) => "a non-finite number",
         None => type_name(v),
     }
-}
-
-fn control_from_value(v: Value<'_, '_>, kind: &str) -> Result<Control, DecodeError> {
-    let Some(obj) = v.as_object() else {
-        return Err(DecodeError::NotSample(type_name(v)));
-    };
-    let allowed: &[&str] = match kind {
-        "register" => &["type", "role", "serverId"],
-        "subscribe" => &["type", "serverId"],
-        "snapshot.request" => &["type", "serverId"],
-        other => return Err(DecodeError::UnknownType(truncate(other))),
-    };
-    for (key, _) in obj.iter() {
-        if !allowed.contains(&key) {
-            return Err(DecodeError::Control(format!(
-                "unknown field `{}` in a {kind} message (allowed: {})",
-                truncate(key),
-                allowed.join(", ")
-            )));
-        }
-    }
-    let filter = match obj.get("serverId") {
-        None => None,
-        Some(s) => parse_filter(s)?,
-    };
-    match kind {
-        "register" => {
-            let role = match obj.get("role").map(|r| r.into_string()) {
-                Some(Some("producer")) => Role::Producer,
-                Some(Some("dashboard")) => Role::Dashboard,
-                _ => {
-                    return Err(DecodeError::Control(
-                        "register needs \"role\": \"producer\" or \"dashboard\"".into(),
-                    ))
-                }
-            };
-            Ok(Control::Register { role, filter })
-        }
-        "subscribe" => Ok(Control::Subscribe { filter }),
-        _ => {
-            let server_id = match filter {
-                None => None,
-                Some(mut ids) if ids.len() == 1 => ids.pop(),
-                Some(_) => {
-                    return Err(DecodeError::Control(
-                        "snapshot.request takes one serverId or none".into(),
-                    ))
-                }
-            };
-            Ok(Control::SnapshotRequest { server_id })
-        }
-    }
-}
-
-/// Parses a filter: null (all servers), a string (`"a"` or `"a,b"`), or an array of strings.
-fn parse_filter(v: Value<'_, '_>) -> Result<ServerFilter, DecodeError> {
-    let bad = || {
-        DecodeError::Control(
-            "serverId must be null, a server id, a comma-separated list, or an array of ids".into(),
-        )
-    };
-    if v.is_null() {
-        return Ok(None);
-    }
-    let mut ids = Vec::new();
-    if let Some(s) = v.as_str() {
-        ids.extend(parse_filter_list(s)?);
-    } else if let Some(arr) = v.as_array() {
-        for item in arr.iter() {
-            ids.extend(parse_filter_list(item.as_str().ok_or_else(bad)?)?);
-        }
-    } else {
-        return Err(bad());
-    }
-    Ok(if ids.is_empty() { None } else { Some(ids) })
-}
-
-/// Parses `a,b,c` into server ids; an empty list means every server.
-pub fn parse_filter_list(s: &str) -> Result<Vec<String>, DecodeError> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            if valid_name(p) {
-                Ok(p.to_string())
-            } else {
-                Err(DecodeError::Control(format!(
-                    "server id `{}` in filter is invalid: 1 to 128 bytes of A-Z a-z 0-9 _ . : -",
-                    truncate(p)
-                )))
-            }
-        })
-        .collect()
 }

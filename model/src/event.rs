@@ -173,14 +173,9 @@ pub fn hello(
 ) {
     out.extend_from_slice(b"{\"type\":\"hello\",\"system\":");
     write_str(out, system);
-    out.extend_from_slice(b",\"windows\":[");
-    for (i, w) in windows.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, w);
-    }
-    out.extend_from_slice(b"],\"serverTime\":");
+    out.extend_from_slice(b",\"windows\":");
+    write_str_array(out, windows);
+    out.extend_from_slice(b",\"serverTime\":");
     write_u64(out, server_time);
     out.extend_from_slice(b",\"filter\":");
     write_filter(out, filter);
@@ -191,17 +186,20 @@ pub fn hello(
 pub fn write_filter(out: &mut Vec<u8>, filter: Option<&[String]>) {
     match filter {
         None => out.extend_from_slice(b"null"),
-        Some(ids) => {
-            out.push(b'[');
-            for (i, id) in ids.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, id);
-            }
-            out.push(b']');
-        }
+        Some(ids) => write_str_array(out, ids),
     }
+}
+
+/// `["a","b"]`
+fn write_str_array(out: &mut Vec<u8>, items: &[String]) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, item);
+    }
+    out.push(b']');
 }
 
 /// `{"type":"subscribed","filter":null|[...]}`: the answer to a live `subscribe`.
@@ -448,5 +446,24 @@ mod tests {
                 "{x:e} printed as {t}"
             );
         }
+    }
+
+    #[test]
+    fn hello_and_subscribed_write_their_lists_as_string_arrays() {
+        let windows = ["1s".to_string(), "10s".to_string()];
+        let filter = ["a".to_string()];
+        let text = |v: Vec<u8>| String::from_utf8(v).expect("utf8");
+        assert_eq!(
+            text(to_vec(|b| hello(b, "system2", &windows, 5, Some(&filter)))),
+            r#"{"type":"hello","system":"system2","windows":["1s","10s"],"serverTime":5,"filter":["a"]}"#
+        );
+        assert_eq!(
+            text(to_vec(|b| hello(b, "s", &[], 0, None))),
+            r#"{"type":"hello","system":"s","windows":[],"serverTime":0,"filter":null}"#
+        );
+        assert_eq!(
+            text(to_vec(|b| subscribed(b, Some(&windows)))),
+            r#"{"type":"subscribed","filter":["1s","10s"]}"#
+        );
     }
 }

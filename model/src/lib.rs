@@ -7,14 +7,18 @@
 //! - [`sample`]: the validated, flattened sample both systems carry internally.
 //! - [`decode`]: JSON (single, array, NDJSON) to samples, enforcing the wire contract of
 //!   `docs/API.md`, with errors that name the offending sample and field.
+//! - [`control`]: the control messages on a WebSocket (register, subscribe, snapshot).
 //! - [`window`]: tumbling wall-clock windows with exact count/min/max/mean and bounded-memory
 //!   quantiles (p50/p95/p99 within 1 % relative error).
 //! - [`event`]: the dashboard event encoding (`sample`, `window`, `hello`, ...).
 //! - [`rollup`]: the window state over many servers that both systems run.
+//! - [`random_walk`]: fake agents' metrics, for the simulated agents and the bench's load.
 
+pub mod control;
 pub mod decode;
 pub mod event;
 mod fast;
+pub mod random_walk;
 pub mod rollup;
 pub mod sample;
 pub mod window;

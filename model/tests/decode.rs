@@ -301,7 +301,7 @@ fn websocket_messages() {
     assert_eq!(
         message(r#"{"type":"register","role":"producer","serverId":null}"#),
         Ok(Message::Control(Control::Register {
-            role: Role::Producer,
+            role: Role::Agent,
             filter: None
         }))
     );

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Hist;
+use crate::record::{Hist, LatencyPair};
 
 /// Percentiles of one latency histogram, in microseconds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -58,6 +58,15 @@ impl LatencySummary {
 pub struct LatencyBlock {
     pub corrected: LatencySummary,
     pub uncorrected: LatencySummary,
+}
+
+impl LatencyBlock {
+    pub fn of(pair: &LatencyPair) -> Self {
+        Self {
+            corrected: LatencySummary::of(&pair.corrected),
+            uncorrected: LatencySummary::of(&pair.uncorrected),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -180,7 +189,28 @@ pub struct Report {
     pub systems: Vec<SystemResult>,
     /// `bench max` only: each step of the search.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<serde_json::Value>,
+    pub steps: Vec<Step>,
+}
+
+/// One step of `bench max`: a run at one rate, and whether the system kept up. The HTML report
+/// shows these fields as the steps table's columns, in this order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    /// The system's name (`System 1`).
+    pub system: String,
+    /// 1 for the first step of this system.
+    pub step: u32,
+    /// Samples per second offered.
+    pub rate_per_s: f64,
+    /// Samples one dashboard saw per second.
+    pub seen_per_s: f64,
+    /// Acknowledged samples the dashboards saw, in percent.
+    pub seen_pct: f64,
+    /// Offered samples sent, in percent.
+    pub sent_pct: f64,
+    /// Corrected p99 latency, ingest to dashboard.
+    pub p99_us: u64,
+    pub pass: bool,
 }
 
 /// Writes `report.json`, `report.html`, `summary.txt` and one `.hgrm` per system (corrected
