@@ -293,18 +293,24 @@ async fn run_writer(
                 _ = tick.tick() => {
                     let now = epoch.elapsed().as_millis() as u64;
                     let seen = last_seen.load(Ordering::Relaxed);
-                    let idle = now.saturating_sub(seen);
-                    let timeout = (cfg.ping_interval + cfg.ping_timeout).as_millis() as u64;
-                    if idle >= timeout {
-                        write_close(&mut ws, code::GOING_AWAY, "no answer to ping").await?;
-                        return Ok(());
-                    }
-                    if idle >= cfg.ping_interval.as_millis() as u64
-                        && pinged_at.is_none_or(|p| p < seen)
-                    {
-                        pinged_at = Some(now);
-                        ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"ka"))).await?;
-                        ws.flush().await?;
+                    // A ping is outstanding while nothing was heard since it went out; heard
+                    // "since" includes the same millisecond: on a fast link the pong often
+                    // comes back within the millisecond the ping went out (a strict comparison
+                    // once stopped the pings, then closed live peers for not answering). An
+                    // outstanding ping gets `ping_timeout` to be answered; a peer silent for
+                    // `ping_interval` gets a ping.
+                    match pinged_at {
+                        Some(p) if p > seen && now - p >= cfg.ping_timeout.as_millis() as u64 => {
+                            write_close(&mut ws, code::GOING_AWAY, "no answer to ping").await?;
+                            return Ok(());
+                        }
+                        Some(p) if p > seen => {}
+                        _ if now.saturating_sub(seen) >= cfg.ping_interval.as_millis() as u64 => {
+                            pinged_at = Some(now);
+                            ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"ka"))).await?;
+                            ws.flush().await?;
+                        }
+                        _ => {}
                     }
                     continue;
                 }
