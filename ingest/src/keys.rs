@@ -9,6 +9,9 @@
 //!   last closed window of each length); hash `{prefix}:server:*` holds the across-servers
 //!   windows;
 //! - channel `{prefix}:events`: batches of dashboard events (Pub/Sub lines);
+//! - stream `{prefix}:deadletter`: entries of the sample stream no reader could decode (fields
+//!   `id`, the entry's id; `error`, why; `e`, its value when it had one), kept for an operator
+//!   instead of being acknowledged silently; capped at about 10,000 entries;
 //! - set `{prefix}:servers`: every server id seen;
 //! - key `{prefix}:windows:leader`: the window leader's lease.
 
@@ -16,6 +19,8 @@
 #[derive(Clone, Debug)]
 pub struct Keys {
     pub stream: String,
+    /// Entries no reader could decode.
+    pub deadletter: String,
     pub channel: String,
     pub leader: String,
     /// Set of every server id seen (for snapshots of all servers).
@@ -32,6 +37,7 @@ impl Keys {
     pub fn new(prefix: &str) -> Self {
         Self {
             stream: format!("{prefix}:samples"),
+            deadletter: format!("{prefix}:deadletter"),
             channel: format!("{prefix}:events"),
             leader: format!("{prefix}:windows:leader"),
             servers: format!("{prefix}:servers"),

@@ -297,13 +297,15 @@ fn stats(app: &App) -> Response<Body> {
         None => (0, 0, 0, 0),
     };
     let body = format!(
-        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{}}}}}",
+        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{}}}}}",
         w.entries.load(Relaxed),
         w.samples.load(Relaxed),
         w.claimed.load(Relaxed),
         w.publishes.load(Relaxed),
         w.windows.load(Relaxed),
         w.errors.load(Relaxed),
+        w.dead_lettered.load(Relaxed),
+        w.trimmed_pending.load(Relaxed),
         b.connected.load(Relaxed),
         b.batches.load(Relaxed),
         b.events.load(Relaxed),

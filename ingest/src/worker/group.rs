@@ -67,7 +67,17 @@ pub async fn read(
         .collect())
 }
 
-/// Claims entries of `group` idle longer than `idle` (any consumer) for `consumer`.
+/// What one `XAUTOCLAIM` returned.
+pub struct Claimed {
+    /// Where the next call goes on (`0-0`: the pending list was scanned to its end).
+    pub next: String,
+    pub entries: Vec<RawEntry>,
+    /// Pending entries the stream no longer holds (trimmed before anyone processed them).
+    pub deleted: usize,
+}
+
+/// Claims entries of `group` idle longer than `idle` (any consumer) for `consumer`, scanning
+/// the pending list from `start`.
 pub async fn claim(
     conn: &mut Connection,
     keys: &Keys,
@@ -75,22 +85,37 @@ pub async fn claim(
     consumer: &str,
     idle: Duration,
     count: usize,
-) -> redis::RedisResult<Vec<RawEntry>> {
+    start: &str,
+) -> redis::RedisResult<Claimed> {
     let reply: Value = redis::cmd("XAUTOCLAIM")
         .arg(&keys.stream)
         .arg(group)
         .arg(consumer)
         .arg(idle.as_millis() as u64)
-        .arg("0-0")
+        .arg(start)
         .arg("COUNT")
         .arg(count)
         .query_async(conn)
         .await?;
     // `[next-cursor, entries, deleted-ids]`
-    Ok(match reply {
-        Value::Array(mut parts) if parts.len() >= 2 => raw_entries(parts.swap_remove(1)),
-        _ => Vec::new(),
-    })
+    let mut claimed = Claimed {
+        next: "0-0".into(),
+        entries: Vec::new(),
+        deleted: 0,
+    };
+    if let Value::Array(parts) = reply {
+        let mut parts = parts.into_iter();
+        if let Some(Value::BulkString(b)) = parts.next() {
+            claimed.next = String::from_utf8_lossy(&b).into_owned();
+        }
+        if let Some(entries) = parts.next() {
+            claimed.entries = raw_entries(entries);
+        }
+        if let Some(Value::Array(deleted)) = parts.next() {
+            claimed.deleted = deleted.len();
+        }
+    }
+    Ok(claimed)
 }
 
 /// The `XACK` of `entries` in `group`, to send alone or add to a pipeline.

@@ -63,6 +63,26 @@ pub struct WorkerStats {
     pub publishes: AtomicU64,
     pub windows: AtomicU64,
     pub errors: AtomicU64,
+    /// Entries no worker could decode, moved to the dead-letter stream.
+    pub dead_lettered: AtomicU64,
+    /// Pending entries the stream's retention trimmed before they were processed.
+    pub trimmed_pending: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Counts a claim, and logs entries retention took from under it.
+    fn note_claimed(&self, c: &group::Claimed) {
+        self.claimed
+            .fetch_add(c.entries.len() as u64, Ordering::Relaxed);
+        if c.deleted > 0 {
+            self.trimmed_pending
+                .fetch_add(c.deleted as u64, Ordering::Relaxed);
+            tracing::error!(
+                entries = c.deleted,
+                "pending stream entries were trimmed (--maxlen) before any worker processed them"
+            );
+        }
+    }
 }
 
 /// Why a worker loop lost its connection.

@@ -20,11 +20,14 @@ use tokio_util::sync::CancellationToken;
 use super::group::{self, ack_cmd};
 use super::{Session, WorkerError, WorkerOptions, WorkerStats};
 use crate::keys::{Keys, Position, WORKERS_GROUP};
-use crate::wire::{self, RawEntry};
+use crate::wire::{self, EntryError, RawEntry};
 
 /// Most events in one Pub/Sub message: a message lands in a dashboard's queue at once, so it
 /// must stay well below the queue's size (`--dashboard-queue`, default 16,384).
 pub const MAX_EVENTS_PER_MESSAGE: u64 = 2048;
+
+/// Approximate cap of the dead-letter stream, in entries.
+const DEAD_LETTER_MAXLEN: u64 = 10_000;
 
 /// One worker's sample loop.
 pub(super) struct SampleLoop {
@@ -59,18 +62,18 @@ impl Session for SampleLoop {
         let mut entries = Vec::new();
         if self.last_claim.elapsed() >= opts.claim_idle / 2 {
             self.last_claim = Instant::now();
-            entries = group::claim(
+            let claimed = group::claim(
                 conn,
                 keys,
                 WORKERS_GROUP,
                 &opts.name,
                 opts.claim_idle,
                 opts.batch,
+                "0-0",
             )
             .await?;
-            self.stats
-                .claimed
-                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            self.stats.note_claimed(&claimed);
+            entries = claimed.entries;
         }
         if entries.is_empty() {
             entries = group::read(conn, keys, WORKERS_GROUP, &opts.name, opts.batch, 1000).await?;
@@ -98,13 +101,13 @@ impl SampleLoop {
         let mut latest: HashMap<String, Latest> = HashMap::new();
         let mut n = 0u64;
         let mut json = Vec::with_capacity(256);
+        let mut undecodable = Vec::new();
         for e in entries.iter_mut() {
             let d = match wire::decode_entry(e, &mut self.decoder) {
                 Ok(d) => d,
                 Err(err) => {
-                    // Our own writes always decode; one that does not is reported, not retried forever.
-                    tracing::error!(error = %err, "undecodable stream entry acknowledged without events");
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    // Not retried forever, never acknowledged silently: moved aside below.
+                    undecodable.push((e.id.clone(), err));
                     continue;
                 }
             };
@@ -146,6 +149,9 @@ impl SampleLoop {
         for m in &messages {
             pipe.cmd("PUBLISH").arg(&keys.channel).arg(m).ignore();
         }
+        if !undecodable.is_empty() {
+            dead_letter(conn, keys, &undecodable, &mut pipe).await?;
+        }
         pipe.add_command(ack_cmd(keys, WORKERS_GROUP, entries))
             .ignore();
         pipe.query_async::<()>(conn).await?;
@@ -154,8 +160,48 @@ impl SampleLoop {
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         stats.samples.fetch_add(n, Ordering::Relaxed);
         stats.publishes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .dead_lettered
+            .fetch_add(undecodable.len() as u64, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Adds to `pipe` (which acknowledges them) a copy of each undecodable entry in the
+/// dead-letter stream, with the reason. The entry's value is read again from the stream,
+/// since decoding works in place.
+async fn dead_letter(
+    conn: &mut Connection,
+    keys: &Keys,
+    undecodable: &[(String, EntryError)],
+    pipe: &mut redis::Pipeline,
+) -> Result<(), WorkerError> {
+    let mut read = redis::pipe();
+    for (id, _) in undecodable {
+        read.cmd("XRANGE").arg(&keys.stream).arg(id).arg(id);
+    }
+    let originals: Vec<redis::Value> = read.query_async(conn).await?;
+    for ((id, err), original) in undecodable.iter().zip(originals) {
+        tracing::error!(entry = %id, error = %err, stream = %keys.deadletter, "undecodable stream entry moved to the dead-letter stream");
+        let value = wire::raw_entries(original)
+            .pop()
+            .and_then(|e| e.value)
+            .unwrap_or_default();
+        pipe.cmd("XADD")
+            .arg(&keys.deadletter)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(DEAD_LETTER_MAXLEN)
+            .arg("*")
+            .arg("id")
+            .arg(id)
+            .arg("error")
+            .arg(err.to_string())
+            .arg(wire::ENTRY_FIELD)
+            .arg(value)
+            .ignore();
+    }
+    Ok(())
 }
 
 /// A server's latest sample in a batch, for its snapshot hash.

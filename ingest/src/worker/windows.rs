@@ -28,6 +28,9 @@ use crate::wire::{self, RawEntry};
 /// Grace after a window's end before it is closed without a later sample.
 const CLOSE_GRACE_MS: u64 = 5;
 
+/// Entries a new leader claims per round trip while taking over.
+const TAKE_OVER_PAGE: usize = 1_000;
+
 /// One worker's window loop.
 pub(super) struct WindowLoop {
     pub pool: Pool,
@@ -93,25 +96,39 @@ impl WindowLoop {
         Ok(true)
     }
 
-    /// Becomes the leader: fresh windows, and whatever a previous leader left pending.
+    /// Becomes the leader: fresh windows, and everything a previous leader left pending (the
+    /// whole pending list, a page at a time).
     async fn take_over(&mut self, conn: &mut Connection) -> Result<(), WorkerError> {
         tracing::info!(worker = %self.opts.name, "window leader");
         let opts = &self.opts;
         let rollup =
             self.rollup
                 .insert(Rollup::new(opts.windows.clone(), opts.max_series, now_ms()));
-        let mut entries = group::claim(
-            conn,
-            &self.keys,
-            WINDOWS_GROUP,
-            &opts.name,
-            Duration::ZERO,
-            10_000,
-        )
-        .await?;
-        add_entries(rollup, &mut self.decoder, &mut entries, &mut self.closed);
-        group::ack(conn, &self.keys, WINDOWS_GROUP, &entries).await?;
-        Ok(())
+        let mut cursor = "0-0".to_string();
+        loop {
+            let mut claimed = group::claim(
+                conn,
+                &self.keys,
+                WINDOWS_GROUP,
+                &opts.name,
+                Duration::ZERO,
+                TAKE_OVER_PAGE,
+                &cursor,
+            )
+            .await?;
+            self.stats.note_claimed(&claimed);
+            add_entries(
+                rollup,
+                &mut self.decoder,
+                &mut claimed.entries,
+                &mut self.closed,
+            );
+            group::ack(conn, &self.keys, WINDOWS_GROUP, &claimed.entries).await?;
+            if claimed.next == "0-0" {
+                return Ok(());
+            }
+            cursor = claimed.next;
+        }
     }
 
     /// Reads new entries (waiting at most until the next window closes), adds them, publishes

@@ -1,0 +1,176 @@
+//! Nothing acknowledged is dropped on the way out, and nothing undecodable is acknowledged
+//! silently: the readers decode whatever the front door accepted, an entry no reader can
+//! decode goes to the dead-letter stream (counted), replay moves past such entries, and a new
+//! window leader takes over every entry its predecessor left pending.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ingest::Role;
+use serde_json::Value;
+
+/// Writes `n` raw values into the sample stream, as something other than our front door might.
+fn xadd_raw(redis: &Redis, values: &[&[u8]]) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    for v in values {
+        pipe.cmd("XADD")
+            .arg("metrics:samples")
+            .arg("*")
+            .arg("e")
+            .arg(*v);
+    }
+    pipe.query(&mut redis.conn()).expect("XADD")
+}
+
+/// Sample events for `server` a dashboard sees until `n` arrived (or the wait runs out).
+async fn count_samples(dash: &mut Peer, server: &str, n: usize) -> usize {
+    let mut seen = 0;
+    while seen < n {
+        match tokio::time::timeout(WAIT, dash.next()).await {
+            Ok(Incoming::Event(e)) if e["type"] == "sample" && e["serverId"] == server => seen += 1,
+            Ok(Incoming::Event(_)) => {}
+            _ => break,
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_default_batch_limit_reaches_dashboards_whole() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.edge.limits.max_batch = 20_000;
+    let srv = start(s).await;
+    let mut dash = connect(srv.addr, "/ws?serverId=big")
+        .await
+        .expect("dashboard");
+    dash.next_of("hello").await;
+    let n = 12_000;
+    let body = format!("[{}]", vec![sample("big", 1.0); n].join(","));
+    let r = post(srv.addr, &Transport::H2c, "application/json", body).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(count_samples(&mut dash, "big", n).await, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_no_reader_can_decode_is_dead_lettered_and_counted() {
+    let redis = Redis::start();
+    let srv = start(settings(&redis)).await;
+    let mut dash = connect(srv.addr, "/ws?serverId=fine")
+        .await
+        .expect("dashboard");
+    dash.next_of("hello").await;
+    let bad = xadd_raw(&redis, &[b"not an entry of ours"]);
+    post_accepted(srv.addr, &Transport::H2c, sample("fine", 1.0)).await;
+    assert_eq!(count_samples(&mut dash, "fine", 1).await, 1);
+
+    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("metrics:deadletter")
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .expect("XRANGE");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let fields: std::collections::HashMap<_, _> = letters[0].1.iter().cloned().collect();
+    assert_eq!(fields["id"], bad[0]);
+    assert_eq!(fields["e"], "not an entry of ours");
+    assert!(fields["error"].contains("header"), "{fields:?}");
+
+    let (status, body) = http_get(srv.addr, "/stats", "").await;
+    assert_eq!(status, 200);
+    let stats: Value = serde_json::from_str(&body).expect("stats JSON");
+    assert_eq!(stats["worker"]["deadLettered"], 1, "{stats}");
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg("metrics:samples")
+        .arg("workers")
+        .query(&mut redis.conn())
+        .expect("XPENDING");
+    let redis::Value::Array(summary) = pending else {
+        panic!("XPENDING summary: {pending:?}")
+    };
+    assert_eq!(
+        summary.first(),
+        Some(&redis::Value::Int(0)),
+        "the bad entry is acknowledged once set aside"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_moves_past_a_page_of_undecodable_entries() {
+    let redis = Redis::start();
+    let srv = start(settings(&redis)).await;
+    let mut live = connect(srv.addr, "/ws?serverId=r")
+        .await
+        .expect("dashboard");
+    live.next_of("hello").await;
+    post_accepted(srv.addr, &Transport::H2c, sample("r", 1.0)).await;
+    let first = live.next_for("sample", "r").await;
+    let since = first["id"].as_str().expect("System 1 samples carry an id");
+
+    // More undecodable entries than one page of the replay's reads, then a good sample.
+    let garbage = vec![&b"garbage"[..]; 600];
+    xadd_raw(&redis, &garbage);
+    post_accepted(srv.addr, &Transport::H2c, sample("r", 2.0)).await;
+    live.next_for("sample", "r").await;
+
+    let mut back = connect(srv.addr, &format!("/ws?serverId=r&since={since}"))
+        .await
+        .expect("reconnecting dashboard");
+    back.next_of("hello").await;
+    let replayed = back.next_for("sample", "r").await;
+    assert_eq!(replayed["metrics"]["cpu"], 2);
+    let done = back.next_of("replayed").await;
+    assert_eq!(done["count"], 1, "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_window_leader_takes_over_every_pending_entry() {
+    let redis = Redis::start();
+    // More entries than one claim used to take, left pending by a leader that died.
+    let n = 10_050usize;
+    let now = metrics_model::now_ms();
+    let mut buf = sample("w", 1.0).into_bytes();
+    let one = metrics_model::decode::Decoder::default()
+        .decode_json(&mut buf, now)
+        .expect("sample");
+    let entry = ingest::wire::encode_entry(now, "gone", &one);
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("metrics:samples")
+        .arg("windows")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut redis.conn())
+        .expect("group");
+    for chunk in vec![&entry[..]; n].chunks(2_000) {
+        xadd_raw(&redis, chunk);
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("windows")
+        .arg("dead-leader")
+        .arg("COUNT")
+        .arg(n + 10)
+        .arg("STREAMS")
+        .arg("metrics:samples")
+        .arg(">")
+        .query(&mut redis.conn())
+        .expect("the dead leader's read");
+
+    let s = settings(&redis);
+    let dashboards = start_role(s.clone(), Role::Broadcaster).await;
+    let mut dash = connect(dashboards.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let _worker = start_role(s, Role::Worker).await;
+    let mut counted = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counted < n as u64 && tokio::time::Instant::now() < deadline {
+        let e = dash.next_of("window").await;
+        if e["serverId"] == "*" && e["window"] == "1s" {
+            counted += e["stats"]["cpu"]["count"].as_u64().expect("count");
+        }
+    }
+    assert_eq!(counted, n as u64, "every pending sample counted once");
+}
