@@ -51,7 +51,9 @@ pub struct Args {
     /// Most requests coalesced into one pipeline.
     #[arg(long, default_value_t = 512, global = true)]
     pub max_pipeline: usize,
-    /// Approximate cap of the stream, in entries (XADD MAXLEN ~). One entry is one request.
+    /// Entries the stream keeps (one per request), the window `?since=` replay reaches back
+    /// over. The workers trim to it, never past entries not yet processed: a backlog makes the
+    /// stream longer, not lossy.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     pub maxlen: u64,
     /// This process's id in stream entries and as a consumer name. Default: host-pid.

@@ -109,7 +109,6 @@ impl Service for Server {
                 WriterOptions {
                     writers: settings.writers,
                     max_pipeline: settings.max_pipeline,
-                    maxlen: settings.maxlen,
                     node: settings.node_id.clone(),
                 },
                 &life,
@@ -134,6 +133,7 @@ impl Service for Server {
                 windows: settings.edge.windows.clone(),
                 max_series: settings.edge.max_series,
                 lease: settings.lease,
+                maxlen: settings.maxlen,
                 pause_after_read: settings.fault_pause,
             };
             worker::start(
@@ -297,7 +297,7 @@ fn stats(app: &App) -> Response<Body> {
         None => (0, 0, 0, 0),
     };
     let body = format!(
-        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{}}}}}",
+        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{},\"trimmed\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{}}}}}",
         w.entries.load(Relaxed),
         w.samples.load(Relaxed),
         w.claimed.load(Relaxed),
@@ -306,6 +306,7 @@ fn stats(app: &App) -> Response<Body> {
         w.errors.load(Relaxed),
         w.dead_lettered.load(Relaxed),
         w.trimmed_pending.load(Relaxed),
+        w.trimmed.load(Relaxed),
         b.connected.load(Relaxed),
         b.batches.load(Relaxed),
         b.events.load(Relaxed),

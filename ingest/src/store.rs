@@ -115,8 +115,6 @@ pub struct WriterOptions {
     pub writers: usize,
     /// Most entries in one pipeline.
     pub max_pipeline: usize,
-    /// `MAXLEN ~` of the stream.
-    pub maxlen: u64,
     /// This front door's id, stored with each entry.
     pub node: String,
 }
@@ -201,7 +199,6 @@ async fn run_writer(
 ) {
     let mut conn: Option<Connection> = None;
     let mut jobs: Vec<Job> = Vec::with_capacity(opts.max_pipeline);
-    let maxlen = opts.maxlen.to_string();
     loop {
         {
             let mut rx = rx.lock().await;
@@ -232,11 +229,10 @@ async fn run_writer(
         };
         let mut pipe = redis::pipe();
         for j in &jobs {
+            // No MAXLEN: the workers trim, never past what is not processed yet
+            // (worker/retention.rs).
             pipe.cmd("XADD")
                 .arg(&keys.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(&maxlen)
                 .arg("*")
                 .arg(wire::ENTRY_FIELD)
                 .arg(&j.entry.value);

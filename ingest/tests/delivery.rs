@@ -174,3 +174,35 @@ async fn a_new_window_leader_takes_over_every_pending_entry() {
     }
     assert_eq!(counted, n as u64, "every pending sample counted once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_trims_what_no_worker_processed_and_trims_the_rest() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.maxlen = 1_000;
+    // Agents are acknowledged while no worker runs: three times the retention.
+    let front = start_role(s.clone(), Role::Front).await;
+    let dashboards = start_role(s.clone(), Role::Broadcaster).await;
+    let mut dash = connect(dashboards.addr, "/ws?serverId=kept0")
+        .await
+        .expect("dashboard");
+    dash.next_of("hello").await;
+    let n = 3_000;
+    for _ in 0..n / 200 {
+        post_concurrently(front.addr, Transport::H2c, 200, "kept", 1).await;
+    }
+    assert_eq!(xlen(&redis), n, "nothing trimmed before a worker ran");
+
+    let _worker = start_role(s, Role::Worker).await;
+    assert_eq!(
+        count_samples(&mut dash, "kept0", n as usize).await,
+        n as usize
+    );
+    // Once processed, the stream is trimmed back to about --maxlen.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while xlen(&redis) > 1_200 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = xlen(&redis);
+    assert!((1_000..=1_200).contains(&left), "{left} entries left");
+}

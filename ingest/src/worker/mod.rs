@@ -16,6 +16,7 @@
 //! returned to the pool in an unknown state) and the loop backs off.
 
 mod group;
+mod retention;
 mod samples;
 mod windows;
 
@@ -49,6 +50,8 @@ pub struct WorkerOptions {
     pub max_series: usize,
     /// Window leader lease.
     pub lease: Duration,
+    /// Entries the stream keeps (see [`retention`]).
+    pub maxlen: u64,
     /// Fault injection for tests: sleep this long between reading a batch and publishing it,
     /// so a test can kill the worker with the batch pending.
     pub pause_after_read: Option<Duration>,
@@ -67,6 +70,8 @@ pub struct WorkerStats {
     pub dead_lettered: AtomicU64,
     /// Pending entries the stream's retention trimmed before they were processed.
     pub trimmed_pending: AtomicU64,
+    /// Entries trimmed from the stream once processed.
+    pub trimmed: AtomicU64,
 }
 
 impl WorkerStats {
@@ -79,7 +84,7 @@ impl WorkerStats {
                 .fetch_add(c.deleted as u64, Ordering::Relaxed);
             tracing::error!(
                 entries = c.deleted,
-                "pending stream entries were trimmed (--maxlen) before any worker processed them"
+                "pending stream entries were trimmed before any worker processed them (by something other than the workers' retention)"
             );
         }
     }
@@ -109,6 +114,8 @@ pub fn start(
         stats: stats.clone(),
         decoder: wire::entry_decoder(),
         last_claim: tokio::time::Instant::now(),
+        last_trim: tokio::time::Instant::now(),
+        last_backlog_log: None,
     };
     life.spawn(reconnecting(
         sample_loop,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_redis::redis;
 use deadpool_redis::{Connection, Pool};
@@ -18,13 +19,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::group::{self, ack_cmd};
-use super::{Session, WorkerError, WorkerOptions, WorkerStats};
+use super::{retention, Session, WorkerError, WorkerOptions, WorkerStats};
 use crate::keys::{Keys, Position, WORKERS_GROUP};
 use crate::wire::{self, EntryError, RawEntry};
 
 /// Most events in one Pub/Sub message: a message lands in a dashboard's queue at once, so it
 /// must stay well below the queue's size (`--dashboard-queue`, default 16,384).
 pub const MAX_EVENTS_PER_MESSAGE: u64 = 2048;
+
+/// How often a worker applies the stream's retention.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Approximate cap of the dead-letter stream, in entries.
 const DEAD_LETTER_MAXLEN: u64 = 10_000;
@@ -38,6 +42,10 @@ pub(super) struct SampleLoop {
     pub decoder: Decoder,
     /// When this connection last claimed idle entries.
     pub last_claim: Instant,
+    /// When this connection last trimmed the stream.
+    pub last_trim: Instant,
+    /// When a backlog past `--maxlen` was last logged.
+    pub last_backlog_log: Option<Instant>,
 }
 
 impl Session for SampleLoop {
@@ -49,6 +57,7 @@ impl Session for SampleLoop {
 
     fn begin(&mut self) {
         self.last_claim = Instant::now();
+        self.last_trim = Instant::now();
     }
 
     /// One batch: claimed entries first when it is time, else new ones. An error leaves the
@@ -58,6 +67,10 @@ impl Session for SampleLoop {
         conn: &mut Connection,
         _shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
+        if self.last_trim.elapsed() >= TRIM_EVERY {
+            self.last_trim = Instant::now();
+            self.trim(conn).await?;
+        }
         let (keys, opts) = (&self.keys, &self.opts);
         let mut entries = Vec::new();
         if self.last_claim.elapsed() >= opts.claim_idle / 2 {
@@ -89,6 +102,26 @@ impl Session for SampleLoop {
 }
 
 impl SampleLoop {
+    /// Applies the stream's retention, logging (at most every 30 s) a backlog that keeps it
+    /// over `--maxlen`.
+    async fn trim(&mut self, conn: &mut Connection) -> Result<(), WorkerError> {
+        let t = retention::trim(conn, &self.keys, self.opts.maxlen).await?;
+        self.stats.trimmed.fetch_add(t.removed, Ordering::Relaxed);
+        if t.held_unprocessed > 0
+            && self
+                .last_backlog_log
+                .is_none_or(|l| l.elapsed() >= Duration::from_secs(30))
+        {
+            self.last_backlog_log = Some(Instant::now());
+            tracing::warn!(
+                over_maxlen = t.held_unprocessed,
+                maxlen = self.opts.maxlen,
+                "the stream is over --maxlen because entries are not processed yet; it is kept (nothing is lost) until the workers catch up"
+            );
+        }
+        Ok(())
+    }
+
     async fn publish_batch(
         &mut self,
         conn: &mut Connection,
