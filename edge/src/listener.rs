@@ -100,7 +100,8 @@ pub struct ConnStats {
     /// Connections closed at accept because their listener was at `max_connections`.
     pub refused: AtomicU64,
     /// Connections closed because no request had begun within the header-read timeout (TLS
-    /// handshakes that did not finish in it included).
+    /// handshakes that did not finish in it included), or, on HTTP/1.1, because the next
+    /// request's headers did not arrive within it.
     pub timed_out: AtomicU64,
 }
 
@@ -299,6 +300,11 @@ async fn serve_conn<I, F, Fut>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
+                    // hyper's own HTTP/1.1 header-read timeout, which may fire in the same tick
+                    // as the timer below, counts as the same refusal.
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        first.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
                 }
                 return;
