@@ -1,6 +1,6 @@
 //! The flags both services take, defined once.
 //!
-//! Listeners, TLS files, the token, WebSocket limits and liveness, the dashboard queue, sample
+//! Listeners and their connection limits, TLS files, the token, WebSocket limits and liveness, the dashboard queue, sample
 //! limits, windows, logging and the shutdown drain mean the same in System 1 and System 2, so
 //! they are one clap struct ([`EdgeArgs`]) that each service flattens into its own, validated
 //! once into [`EdgeSettings`]. What differs between the services is only the default ports and
@@ -19,6 +19,7 @@ use metrics_model::window::{WindowSpec, WindowSpecError};
 use metrics_model::Limits;
 
 use crate::hub::QueueLimits;
+use crate::listener::ListenLimits;
 use crate::ws::WsConfig;
 
 /// What tells one service's command line from the other's.
@@ -87,6 +88,27 @@ pub struct EdgeArgs {
     /// Most (server, metric) series aggregated at once.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     pub max_series: usize,
+    /// Open connections per listener; past it a new connection is closed at once (and
+    /// counted). Keep it below the open-file limit.
+    #[arg(long, default_value_t = ListenLimits::DEFAULT.max_connections, global = true)]
+    pub max_connections: usize,
+    /// Milliseconds a client has from connecting to its first request's headers (TLS handshake
+    /// included), and on HTTP/1.1 from each response to the next request's headers (the
+    /// keep-alive idle timeout).
+    #[arg(long, default_value_t = ms(ListenLimits::DEFAULT.header_read_timeout), global = true)]
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds to receive a whole request body (System 1's POST /metrics; over it: 408).
+    #[arg(long, default_value_t = ms(ListenLimits::DEFAULT.body_timeout), global = true)]
+    pub body_timeout_ms: u64,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = ListenLimits::DEFAULT.h2_max_streams, global = true)]
+    pub h2_max_streams: u32,
+    /// Milliseconds of silence on an HTTP/2 connection before the server pings it.
+    #[arg(long, default_value_t = ms(ListenLimits::DEFAULT.h2_keep_alive_interval), global = true)]
+    pub h2_keepalive_interval_ms: u64,
+    /// Milliseconds an HTTP/2 ping has to be answered before the connection is closed.
+    #[arg(long, default_value_t = ms(ListenLimits::DEFAULT.h2_keep_alive_timeout), global = true)]
+    pub h2_keepalive_timeout_ms: u64,
     /// Milliseconds in-flight requests, sessions and background tasks get to finish at
     /// shutdown (SIGINT, SIGTERM).
     #[arg(long, default_value_t = 10_000, global = true)]
@@ -116,6 +138,8 @@ pub struct EdgeSettings {
     pub windows: Vec<WindowSpec>,
     pub max_series: usize,
     pub drain: Duration,
+    /// What each listener allows its clients.
+    pub conn: ListenLimits,
 }
 
 /// Why the shared flags were refused; every message names the flag.
@@ -165,6 +189,16 @@ impl EdgeArgs {
             ("ping-interval-ms", self.ping_interval_ms, 10),
             ("ping-timeout-ms", self.ping_timeout_ms, 10),
             ("max-series", self.max_series as u64, 1),
+            ("max-connections", self.max_connections as u64, 1),
+            ("header-read-timeout-ms", self.header_read_timeout_ms, 10),
+            ("body-timeout-ms", self.body_timeout_ms, 10),
+            ("h2-max-streams", u64::from(self.h2_max_streams), 1),
+            (
+                "h2-keepalive-interval-ms",
+                self.h2_keepalive_interval_ms,
+                10,
+            ),
+            ("h2-keepalive-timeout-ms", self.h2_keepalive_timeout_ms, 10),
         ])?;
         Ok(EdgeSettings {
             listen,
@@ -188,6 +222,14 @@ impl EdgeArgs {
             windows: WindowSpec::parse_list(&self.windows)?,
             max_series: self.max_series,
             drain: Duration::from_millis(self.drain_ms),
+            conn: ListenLimits {
+                max_connections: self.max_connections,
+                header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                h2_max_streams: self.h2_max_streams,
+                h2_keep_alive_interval: Duration::from_millis(self.h2_keepalive_interval_ms),
+                h2_keep_alive_timeout: Duration::from_millis(self.h2_keepalive_timeout_ms),
+                body_timeout: Duration::from_millis(self.body_timeout_ms),
+            },
         })
     }
 }
@@ -202,6 +244,11 @@ impl EdgeSettings {
     pub fn window_labels(&self) -> Vec<String> {
         self.windows.iter().map(|w| w.label.clone()).collect()
     }
+}
+
+/// A flag default in milliseconds.
+const fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// `T`'s command line with `service`'s defaults and an environment variable for every flag
@@ -279,6 +326,57 @@ mod tests {
         assert_eq!(s.ws.ping_interval, Duration::from_secs(15));
         assert_eq!(s.window_labels(), ["1s", "10s", "60s"]);
         assert_eq!(s.queue.sample_cap, 16_384);
+        assert_eq!(s.conn, ListenLimits::DEFAULT);
+    }
+
+    #[test]
+    fn connection_limits_come_from_their_flags() {
+        let s = args(&[
+            "--max-connections",
+            "7",
+            "--header-read-timeout-ms",
+            "250",
+            "--body-timeout-ms",
+            "300",
+            "--h2-max-streams",
+            "8",
+            "--h2-keepalive-interval-ms",
+            "400",
+            "--h2-keepalive-timeout-ms",
+            "500",
+        ])
+        .edge
+        .validate()
+        .expect("valid");
+        assert_eq!(
+            s.conn,
+            ListenLimits {
+                max_connections: 7,
+                header_read_timeout: Duration::from_millis(250),
+                h2_max_streams: 8,
+                h2_keep_alive_interval: Duration::from_millis(400),
+                h2_keep_alive_timeout: Duration::from_millis(500),
+                body_timeout: Duration::from_millis(300),
+            }
+        );
+        let e = args(&["--max-connections", "0"])
+            .edge
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "--max-connections must be at least 1");
+        let e = args(&["--h2-max-streams", "0"])
+            .edge
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "--h2-max-streams must be at least 1");
+        let e = args(&["--header-read-timeout-ms", "0"])
+            .edge
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--header-read-timeout-ms must be at least 10"
+        );
     }
 
     #[test]
@@ -296,6 +394,10 @@ mod tests {
             Some("TESTSVC_PING_INTERVAL_MS")
         );
         assert_eq!(env("log_json").as_deref(), Some("TESTSVC_LOG_JSON"));
+        assert_eq!(
+            env("max_connections").as_deref(),
+            Some("TESTSVC_MAX_CONNECTIONS")
+        );
     }
 
     #[test]

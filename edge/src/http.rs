@@ -58,6 +58,9 @@ pub enum Refusal {
     /// 405 with `Allow`.
     #[error("method not allowed here; use {0}")]
     MethodNotAllowed(&'static str),
+    /// 408: the request (its body) did not arrive within a deadline, which the message names.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413.
     #[error("{0}")]
     TooLarge(String),
@@ -77,6 +80,7 @@ impl Refusal {
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
             Refusal::NotFound(_) => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -9,10 +9,29 @@
 //! open connection is asked to finish gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the
 //! in-flight response), within the lifecycle's drain bound. Upgraded WebSocket sessions watch
 //! the same lifecycle themselves.
+//!
+//! Limits ([`ListenLimits`], from the flags): with nothing in front of the services, every
+//! socket a stranger opens costs a file descriptor until we close it, so nothing here waits on a
+//! client without a deadline. Each listener holds at most `max_connections` (a semaphore permit
+//! per connection task; over the cap a new connection is accepted and closed at once, and
+//! counted), because once descriptors run out `accept` fails for everyone. The permit travels
+//! with the socket ([`Counted`]), so an upgraded WebSocket session, which outlives hyper's
+//! connection task, holds it until the socket closes. From accept, a client
+//! has one header-read timeout to finish the TLS handshake and send its first request's headers:
+//! hyper-util's auto builder reads the protocol preface with no deadline of its own (a silent
+//! socket, or 23 of the 24 bytes of the HTTP/2 preface, was held forever), so a timer beside the
+//! connection drops it unless the service has been called by then. After that, HTTP/1.1's
+//! header-read timeout starts whenever the connection goes idle, so it is also the keep-alive
+//! idle timeout; HTTP/2 pings an idle peer and closes it when the ping goes unanswered. What one
+//! HTTP/2 connection may buffer is bounded by its stream cap and the window sizes below.
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -20,18 +39,74 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::EdgeSettings;
 use crate::http::Body;
 use crate::lifecycle::Lifecycle;
 
-/// Time a client has to send request headers (and to finish a TLS handshake).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent HTTP/2 streams per connection.
-const H2_MAX_STREAMS: u32 = 1024;
+/// Request body data one HTTP/2 stream may have in flight before the handler reads it.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// Request body data one HTTP/2 connection may have in flight, all streams together: what h2
+/// buffers for a connection whose handlers are not reading.
+const H2_CONN_WINDOW: u32 = 1024 * 1024;
+/// Response data h2 queues per stream before the response body is polled again.
+const H2_SEND_BUF: usize = 64 * 1024;
+
+/// What a listener allows its clients; from the shared flags (`edge/src/config.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenLimits {
+    /// Open connections per listener; over it a new connection is closed at once.
+    pub max_connections: usize,
+    /// From accept to the first request's headers (TLS handshake and protocol detection
+    /// included); on HTTP/1.1 also from each response to the next request's headers, so it is
+    /// the keep-alive idle timeout too.
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+    /// Silence on an HTTP/2 connection before the server pings it.
+    pub h2_keep_alive_interval: Duration,
+    /// Time an HTTP/2 ping has to be answered before the connection is closed.
+    pub h2_keep_alive_timeout: Duration,
+    /// Time to receive a whole request body (System 1's `POST /metrics`).
+    pub body_timeout: Duration,
+}
+
+impl ListenLimits {
+    /// The flags' defaults.
+    pub const DEFAULT: Self = Self {
+        max_connections: 16_384,
+        header_read_timeout: Duration::from_secs(10),
+        h2_max_streams: 100,
+        h2_keep_alive_interval: Duration::from_secs(20),
+        h2_keep_alive_timeout: Duration::from_secs(20),
+        body_timeout: Duration::from_secs(30),
+    };
+}
+
+impl Default for ListenLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What the listeners of one process refused, counted.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Connections closed at accept because their listener was at `max_connections`.
+    pub refused: AtomicU64,
+    /// Connections closed because no request had begun within the header-read timeout (TLS
+    /// handshakes that did not finish in it included), or, on HTTP/1.1, because the next
+    /// request's headers did not arrive within it.
+    pub timed_out: AtomicU64,
+}
+
+/// How often the accept loop logs that it is refusing connections.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a handler learns about the connection.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +121,8 @@ pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handler: F,
+    limits: ListenLimits,
+    stats: Arc<ConnStats>,
     life: Lifecycle,
 ) where
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
@@ -55,14 +132,22 @@ pub async fn serve<F, Fut>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .keep_alive_interval(Some(Duration::from_secs(20)));
+        .max_concurrent_streams(limits.h2_max_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .max_send_buf_size(H2_SEND_BUF)
+        .keep_alive_interval(Some(limits.h2_keep_alive_interval))
+        .keep_alive_timeout(limits.h2_keep_alive_timeout);
     let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = life.cancelled() => break,
@@ -76,7 +161,26 @@ pub async fn serve<F, Fut>(
                 }
             },
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Closed at once: holding it, or reading from it, is what the cap protects against.
+            drop(stream);
+            let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    refused,
+                    "at the connection cap; closing new connections"
+                );
+            }
+            continue;
+        };
+        let deadline = Instant::now() + limits.header_read_timeout;
         let _ = stream.set_nodelay(true);
+        let stream = Counted {
+            io: stream,
+            _permit: permit,
+        };
         let info = ConnInfo {
             peer,
             tls: tls.is_some(),
@@ -85,21 +189,81 @@ pub async fn serve<F, Fut>(
         let builder = builder.clone();
         let conn_life = life.clone();
         let tls = tls.clone();
-        let handshake_timeout = HEADER_READ_TIMEOUT;
+        let stats = stats.clone();
         life.spawn(async move {
             let life = conn_life;
+            let first = FirstRequest {
+                deadline,
+                stats: &stats,
+            };
             match tls {
-                None => serve_conn(stream, info, handler, &builder, &life).await,
+                None => serve_conn(stream, info, handler, &builder, &life, first).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_conn(s, info, handler, &builder, &life).await,
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(s, info, handler, &builder, &life, first).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
                     }
                 }
             }
         });
     }
+}
+
+/// A socket holding its listener's connection permit: wherever the socket goes (into hyper,
+/// into an upgraded WebSocket session), the slot is taken until it is dropped.
+struct Counted<I> {
+    io: I,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// When a connection's first request must have begun, and where to count it if not.
+struct FirstRequest<'a> {
+    deadline: Instant,
+    stats: &'a ConnStats,
 }
 
 async fn serve_conn<I, F, Fut>(
@@ -108,12 +272,19 @@ async fn serve_conn<I, F, Fut>(
     handler: F,
     builder: &auto::Builder<TokioExecutor>,
     life: &Lifecycle,
+    first: FirstRequest<'_>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    // Set by the service's first call; the only per-request cost of the deadline is this load.
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
     let service = service_fn(move |req| {
+        if !seen.load(Ordering::Relaxed) {
+            seen.store(true, Ordering::Relaxed);
+        }
         // Boxed at once: hyper spawns every HTTP/2 stream's future, and tokio moves a spawned
         // future by value; a pointer is cheaper to move than a handler's state (measured: the
         // copies were the largest single cost of small requests).
@@ -122,25 +293,48 @@ async fn serve_conn<I, F, Fut>(
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+    let first_due = tokio::time::sleep_until(first.deadline);
+    tokio::pin!(first_due);
+    let mut waiting_first = true;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    // hyper's own HTTP/1.1 header-read timeout, which may fire in the same tick
+                    // as the timer below, counts as the same refusal.
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        first.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
             }
-        }
-        _ = life.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(life.drain(), conn.as_mut()).await;
+            _ = first_due.as_mut(), if waiting_first => {
+                if started.load(Ordering::Relaxed) {
+                    waiting_first = false;
+                    continue;
+                }
+                // Dropping the connection closes the socket, mid-preface or not.
+                first.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %info.peer, "no request within the header-read timeout");
+                return;
+            }
+            _ = life.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(life.drain(), conn.as_mut()).await;
+                return;
+            }
         }
     }
 }
 
 /// The listeners of one process: plaintext and/or TLS, bound by the caller (tests bind
-/// 127.0.0.1:0) or by [`Listeners::bind`].
+/// 127.0.0.1:0) or by [`Listeners::bind`], and the limits each of them applies.
 #[derive(Default)]
 pub struct Listeners {
     pub plain: Option<TcpListener>,
     pub tls: Option<(TcpListener, TlsAcceptor)>,
+    pub limits: ListenLimits,
 }
 
 /// Why listeners could not be set up.
@@ -152,11 +346,12 @@ pub enum ListenError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// The addresses actually bound.
-#[derive(Clone, Copy, Debug, Default)]
+/// The addresses actually bound, and what their listeners refused.
+#[derive(Clone, Debug, Default)]
 pub struct Bound {
     pub plain: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
+    pub conns: Arc<ConnStats>,
 }
 
 impl Listeners {
@@ -174,10 +369,15 @@ impl Listeners {
             }
             None => None,
         };
-        Ok(Self { plain, tls })
+        Ok(Self {
+            plain,
+            tls,
+            limits: settings.conn,
+        })
     }
 
-    /// Serves `handler` on every listener (tasks tracked by `life`) until `life` ends.
+    /// Serves `handler` on every listener (tasks tracked by `life`) until `life` ends; each
+    /// listener holds up to `limits.max_connections` of its own.
     pub fn serve<F, Fut>(self, handler: F, life: &Lifecycle) -> std::io::Result<Bound>
     where
         F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
@@ -186,11 +386,25 @@ impl Listeners {
         let mut bound = Bound::default();
         if let Some(l) = self.plain {
             bound.plain = Some(l.local_addr()?);
-            life.spawn(serve(l, None, handler.clone(), life.clone()));
+            life.spawn(serve(
+                l,
+                None,
+                handler.clone(),
+                self.limits,
+                bound.conns.clone(),
+                life.clone(),
+            ));
         }
         if let Some((l, acceptor)) = self.tls {
             bound.tls = Some(l.local_addr()?);
-            life.spawn(serve(l, Some(acceptor), handler, life.clone()));
+            life.spawn(serve(
+                l,
+                Some(acceptor),
+                handler,
+                self.limits,
+                bound.conns.clone(),
+                life.clone(),
+            ));
         }
         Ok(bound)
     }

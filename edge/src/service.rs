@@ -13,7 +13,7 @@ use hyper::{Request, Response};
 use crate::http::Body;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
-use crate::listener::{ConnInfo, Listeners};
+use crate::listener::{ConnInfo, ConnStats, Listeners};
 
 /// A server's listening part.
 pub struct Running {
@@ -21,6 +21,8 @@ pub struct Running {
     pub tls_addr: Option<SocketAddr>,
     /// The dashboard hub its sessions are registered on.
     pub hub: Arc<Hub>,
+    /// What the listeners refused (over the connection cap, past the header-read timeout).
+    pub conns: Arc<ConnStats>,
     life: Lifecycle,
 }
 
@@ -40,6 +42,7 @@ impl Running {
         Ok(Self {
             plain_addr: bound.plain,
             tls_addr: bound.tls,
+            conns: bound.conns,
             hub,
             life,
         })

@@ -17,8 +17,12 @@ use tokio::sync::mpsc;
 
 use crate::client::{self, ClientError};
 
-/// A plaintext listener on 127.0.0.1:0, and a TLS one with `tls` when given.
-pub async fn local_listeners(tls: Option<Arc<rustls::ServerConfig>>) -> crate::listener::Listeners {
+/// A plaintext listener on 127.0.0.1:0, and a TLS one with `tls` when given, applying
+/// `limits`.
+pub async fn local_listeners(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: crate::listener::ListenLimits,
+) -> crate::listener::Listeners {
     let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -34,6 +38,7 @@ pub async fn local_listeners(tls: Option<Arc<rustls::ServerConfig>>) -> crate::l
     crate::listener::Listeners {
         plain: Some(plain),
         tls,
+        limits,
     }
 }
 
@@ -42,6 +47,8 @@ pub struct Started {
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
     pub hub: Arc<crate::hub::Hub>,
+    /// What the listeners refused.
+    pub conns: Arc<crate::listener::ConnStats>,
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Resolves once the server has drained.
     pub done: tokio::task::JoinHandle<()>,
@@ -53,20 +60,22 @@ impl Drop for Started {
     }
 }
 
-/// Starts a server of either system on [`local_listeners`] (TLS too with `tls`), and waits for
-/// its end on a task of its own.
+/// Starts a server of either system on [`local_listeners`] (TLS too with `tls`) applying
+/// `limits` (the settings' `edge.conn`), and waits for its end on a task of its own.
 pub async fn start<S: crate::service::Service>(
     settings: S::Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: crate::listener::ListenLimits,
 ) -> Started {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let server =
-        S::start(settings, local_listeners(tls).await, shutdown.clone()).expect("server starts");
+    let listeners = local_listeners(tls, limits).await;
+    let server = S::start(settings, listeners, shutdown.clone()).expect("server starts");
     let running = server.running();
     Started {
         addr: running.plain_addr.expect("plain addr"),
         tls_addr: running.tls_addr,
         hub: running.hub.clone(),
+        conns: running.conns.clone(),
         shutdown,
         done: tokio::spawn(server.wait()),
     }

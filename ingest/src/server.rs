@@ -119,6 +119,7 @@ impl Service for Server {
                 opts: FrontOptions {
                     max_body: settings.max_body,
                     deadline: settings.deadline,
+                    body_timeout: settings.edge.conn.body_timeout,
                     limits: settings.edge.limits,
                 },
                 life: life.clone(),

@@ -4,7 +4,9 @@
 //! acknowledged the entry holding its samples; everything else is a [`Refusal`] naming the
 //! problem: 400 (malformed or invalid, with the sample's index or line), 401, 413 (body over
 //! the limit, checked against `Content-Length` before reading and against the decoded size of
-//! compressed bodies), 415 (content type or encoding), 503 with `Retry-After` (Redis down or
+//! compressed bodies), 408 (body not received within `--body-timeout-ms`: a client trickling
+//! or stalling its body would otherwise hold the request, and its buffer, for as long as it
+//! likes), 415 (content type or encoding), 503 with `Retry-After` (Redis down or
 //! slower than the deadline).
 
 mod stream;
@@ -34,6 +36,8 @@ pub struct FrontOptions {
     pub max_body: usize,
     /// How long a request waits for Redis before it gets 503.
     pub deadline: Duration,
+    /// How long a request's body may take to arrive before it gets 408.
+    pub body_timeout: Duration,
     pub limits: Limits,
 }
 
@@ -180,9 +184,15 @@ async fn read_body(
     enc: Encoding,
 ) -> Result<Vec<u8>, Refusal> {
     let max = front.opts.max_body;
-    let raw = Limited::new(req.into_body(), max)
-        .collect()
+    let within = front.opts.body_timeout;
+    let raw = tokio::time::timeout(within, Limited::new(req.into_body(), max).collect())
         .await
+        .map_err(|_| {
+            Refusal::RequestTimeout(format!(
+                "request body not received within {} ms (--body-timeout-ms)",
+                within.as_millis()
+            ))
+        })?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()

@@ -136,7 +136,8 @@ pub async fn start_with_tls(
     settings: Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> TestServer {
-    metrics_edge::testing::start::<Server>(settings, tls).await
+    let limits = settings.edge.conn;
+    metrics_edge::testing::start::<Server>(settings, tls, limits).await
 }
 
 /// An HTTP response as a test sees it.
