@@ -9,8 +9,9 @@
 //! Without it the test fails (install the Debian package `chromium`); it never passes silently.
 //! Set `DASHBOARD_SCREENSHOT=/path/to/file.png` to also save a screenshot of the live page.
 //!
-//! The browser and the protocol are test helpers of their own: `common/chromium.rs` and
-//! `common/cdp.rs`. This file holds what the test looks for on the page.
+//! The browser and the protocol are test helpers both systems' browser tests share
+//! (`metrics_edge::testing::{chromium, cdp}`). This file holds what the test looks for on the
+//! page.
 
 mod common;
 
@@ -19,8 +20,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aggregator::{Listeners, Server, Service, Settings};
-use common::cdp::{Cdp, Page};
-use common::chromium::{chromium_binary, Chromium};
+use metrics_edge::testing::cdp::{Cdp, Page};
+use metrics_edge::testing::chromium::{chromium_binary, Chromium};
 use metrics_model::window::WindowSpec;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -256,34 +257,24 @@ fn check(ok: bool, what: &str, state: &Value) -> Result<(), String> {
 }
 
 /// The dashboard page's state, as this test reads it.
-impl Page {
-    async fn state(&self, cdp: &mut Cdp) -> Result<Value, String> {
-        match self.eval(cdp, PAGE_STATE_JS).await? {
-            Value::String(s) => serde_json::from_str(&s).map_err(|e| e.to_string()),
-            // The page is still loading (no document yet).
-            _ => Ok(Value::Null),
-        }
-    }
-
+trait DashboardPage {
     /// Polls the page state until `ok` holds; fails after [`PAGE_WAIT`] with the last state.
     async fn wait_for(
         &self,
         cdp: &mut Cdp,
         what: &str,
         ok: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String>;
+}
+
+impl DashboardPage for Page {
+    async fn wait_for(
+        &self,
+        cdp: &mut Cdp,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
     ) -> Result<Value, String> {
-        let deadline = Instant::now() + PAGE_WAIT;
-        loop {
-            let s = self.state(cdp).await?;
-            if ok(&s) {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "waited {PAGE_WAIT:?} for {what}; the page shows:\n{s:#}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_for_json(cdp, PAGE_STATE_JS, PAGE_WAIT, what, ok)
+            .await
     }
 }

@@ -1,9 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0 and real WebSocket clients.
 #![allow(dead_code)]
 
-pub mod cdp;
-pub mod chromium;
-
 use std::sync::Arc;
 
 use aggregator::{Server, Settings};

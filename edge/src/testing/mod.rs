@@ -1,7 +1,11 @@
 //! Test helpers shared by both systems' test suites (feature `test-util`): a WebSocket peer
 //! whose frames are read by a task into a channel (frame reads are not cancel-safe, channel
-//! receives are), a bare HTTP/1.1 GET, and listeners on free loopback ports.
+//! receives are), a bare HTTP/1.1 GET, listeners on free loopback ports, and for the browser
+//! tests a headless Chromium ([`chromium`]) driven over the DevTools protocol ([`cdp`]).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+pub mod cdp;
+pub mod chromium;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,8 +71,16 @@ pub async fn start<S: crate::service::Service>(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: crate::listener::ListenLimits,
 ) -> Started {
+    start_on::<S>(settings, local_listeners(tls, limits).await)
+}
+
+/// Starts a server of either system on `listeners` the test bound itself (for example on the
+/// address of a server it stopped), and waits for its end on a task of its own.
+pub fn start_on<S: crate::service::Service>(
+    settings: S::Settings,
+    listeners: crate::listener::Listeners,
+) -> Started {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let listeners = local_listeners(tls, limits).await;
     let server = S::start(settings, listeners, shutdown.clone()).expect("server starts");
     let running = server.running();
     Started {

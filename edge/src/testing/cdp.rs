@@ -30,7 +30,7 @@ pub struct Page {
 impl Cdp {
     pub async fn connect((addr, path): (SocketAddr, String)) -> Result<Self, String> {
         // Chromium only accepts DevTools sockets whose Host is an IP or `localhost`.
-        let ws = metrics_edge::client::connect(addr, "localhost", &path, None, &[])
+        let ws = crate::client::connect(addr, "localhost", &path, None, &[])
             .await
             .map_err(|e| format!("DevTools socket: {e}"))?;
         Ok(Self {
@@ -117,6 +117,36 @@ impl Page {
             return Err(format!("page script failed: {ex}"));
         }
         Ok(r["result"]["value"].clone())
+    }
+
+    /// Evaluates `expr`, which returns a JSON string (`JSON.stringify(..)`), every 100 ms until
+    /// `ok` holds of its value (`null` while the page is still loading); fails after `limit`
+    /// naming `what` and showing the last value.
+    pub async fn wait_for_json(
+        &self,
+        cdp: &mut Cdp,
+        expr: &str,
+        limit: Duration,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = match self.eval(cdp, expr).await? {
+                Value::String(s) => serde_json::from_str(&s).map_err(|e| e.to_string())?,
+                // The page is still loading (no document yet).
+                _ => Value::Null,
+            };
+            if ok(&v) {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "waited {limit:?} for {what}; the page shows:\n{v:#}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn screenshot(&self, cdp: &mut Cdp, path: &Path) -> Result<(), String> {
