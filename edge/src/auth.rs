@@ -46,10 +46,21 @@ impl Auth {
             None => from_query(),
         };
         match given {
-            Some(g) => bool::from(g.as_bytes().ct_eq(expected.as_bytes())),
+            Some(g) => same_secret(g.as_bytes(), expected.as_bytes()),
             None => false,
         }
     }
+}
+
+/// `given == expected`, in time that depends on `expected`'s length only: `subtle`'s slice
+/// comparison returns at once when the lengths differ, which would tell a client the token's
+/// length.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut same = (given.len() as u64).ct_eq(&(expected.len() as u64));
+    for (i, e) in expected.iter().enumerate() {
+        same &= given.get(i).copied().unwrap_or(!e).ct_eq(e);
+    }
+    bool::from(same)
 }
 
 /// The first value of `name` in a query string, percent-decoded.
@@ -87,6 +98,16 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3crets", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+        assert!(!same_secret(b"s3creT", b"s3cret"));
+        assert!(same_secret(b"", b""));
+    }
 
     fn req(uri: &str, header: Option<&str>) -> ::http::Request<()> {
         let mut b = ::http::Request::builder().uri(uri);
