@@ -25,10 +25,12 @@ pub struct Args {
     pub role: Option<Role>,
     #[command(flatten)]
     pub edge: EdgeArgs,
-    /// Redis to use.
+    /// Redis to use (`redis://[user:password@]host:port[/db]`; the password is never shown or
+    /// logged).
     #[arg(
         long,
         env = "REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379",
         global = true
     )]
@@ -189,6 +191,11 @@ impl ServiceArgs for Args {
 }
 
 impl Settings {
+    /// The Redis URL with its password, if any, replaced by `***`: for logs.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+
     /// Settings for tests and embedding: all roles, plaintext on 127.0.0.1:0, Redis at `url`.
     pub fn local(redis_url: &str) -> Self {
         let flags = ["--listen", "127.0.0.1:0", "--redis-url", redis_url];
@@ -196,6 +203,22 @@ impl Settings {
             .expect("default flags parse")
             .validate()
             .expect("default settings are valid")
+    }
+}
+
+/// `url` with the password of its user-info part (`scheme://user:password@host`) replaced by
+/// `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -223,6 +246,20 @@ mod tests {
             args(&["front", "--listen", "off"]).validate(),
             Err(ConfigError::NoListener("front"))
         ));
+    }
+
+    #[test]
+    fn passwords_in_the_redis_url_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:p@ss:w0rd@db/1"),
+            "rediss://app:***@db/1"
+        );
+        assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
+        assert_eq!(redact_url("redis://user@db"), "redis://user@db");
     }
 
     #[test]

@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = process::configure::<Args>().context("invalid configuration")?;
-    let (role, redis) = (settings.role, settings.redis_url.clone());
+    let (role, redis) = (settings.role, settings.redis_url_redacted());
     let listeners = server::bind(&settings)
         .await
         .context("starting listeners")?;
