@@ -72,7 +72,7 @@ pub mod code {
 #[derive(Debug)]
 pub struct End {
     /// Close frame to send, if the socket is still writable.
-    pub close: Option<(u16, String)>,
+    pub close: Option<CloseReason>,
 }
 
 /// Reads whole messages off the socket.
@@ -126,7 +126,7 @@ impl MessageReader {
                     };
                     if buf.len() + payload.len() > self.max {
                         return Err(End {
-                            close: Some((
+                            close: Some(reason(
                                 code::TOO_BIG,
                                 format!("message over {} bytes", self.max),
                             )),
@@ -136,9 +136,9 @@ impl MessageReader {
                     if fin {
                         if text && std::str::from_utf8(&buf).is_err() {
                             return Err(End {
-                                close: Some((
+                                close: Some(reason(
                                     code::INVALID_DATA,
-                                    "text message is not valid UTF-8".into(),
+                                    "text message is not valid UTF-8",
                                 )),
                             });
                         }
@@ -151,9 +151,16 @@ impl MessageReader {
     }
 }
 
-fn protocol(reason: &str) -> End {
+fn protocol(why: &str) -> End {
     End {
-        close: Some((code::PROTOCOL, reason.to_string())),
+        close: Some(reason(code::PROTOCOL, why)),
+    }
+}
+
+fn reason(code: u16, reason: impl Into<String>) -> CloseReason {
+    CloseReason {
+        code,
+        reason: reason.into(),
     }
 }
 
@@ -164,34 +171,37 @@ fn into_bytes(p: Payload<'_>) -> BytesMut {
     }
 }
 
-fn close_for(e: &WebSocketError) -> Option<(u16, String)> {
+fn close_for(e: &WebSocketError) -> Option<CloseReason> {
     use WebSocketError as E;
     match e {
-        E::InvalidUTF8 => Some((code::INVALID_DATA, "text message is not valid UTF-8".into())),
-        E::FrameTooLarge => Some((code::TOO_BIG, "frame over the size limit".into())),
+        E::InvalidUTF8 => Some(reason(
+            code::INVALID_DATA,
+            "text message is not valid UTF-8",
+        )),
+        E::FrameTooLarge => Some(reason(code::TOO_BIG, "frame over the size limit")),
         E::IoError(_) | E::UnexpectedEOF | E::ConnectionClosed => None,
-        other => Some((code::PROTOCOL, other.to_string())),
+        other => Some(reason(code::PROTOCOL, other.to_string())),
     }
 }
 
 /// Answers a peer's close: echo its code when it is one we may send, else 1000.
-fn echo_close(payload: &[u8]) -> Option<(u16, String)> {
+fn echo_close(payload: &[u8]) -> Option<CloseReason> {
     if payload.len() >= 2 {
         let c = u16::from_be_bytes([payload[0], payload[1]]);
         if payload.len() > 2 && std::str::from_utf8(&payload[2..]).is_err() {
-            return Some((code::INVALID_DATA, "close reason is not UTF-8".into()));
+            return Some(reason(code::INVALID_DATA, "close reason is not UTF-8"));
         }
         let allowed = matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999);
         return Some(if allowed {
-            (c, String::new())
+            reason(c, "")
         } else {
-            (code::PROTOCOL, format!("invalid close code {c}"))
+            reason(code::PROTOCOL, format!("invalid close code {c}"))
         });
     }
     if payload.len() == 1 {
-        return Some((code::PROTOCOL, "close frame of one byte".into()));
+        return Some(reason(code::PROTOCOL, "close frame of one byte"));
     }
-    Some((code::NORMAL, String::new()))
+    Some(reason(code::NORMAL, ""))
 }
 
 /// What a session does with each message it reads.
@@ -255,8 +265,8 @@ pub async fn run_session<H: MessageHandler>(
         match msg {
             Ok(mut data) => handler.on_message(&client, &mut data).await,
             Err(e) => {
-                if let Some((code, reason)) = e.close {
-                    client.close(CloseReason { code, reason });
+                if let Some(close) = e.close {
+                    client.close(close);
                 } else {
                     end.cancel();
                 }
