@@ -330,6 +330,32 @@ async fn protocol_errors_close_with_1002() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmasked_frames_and_oversize_control_frames_close_with_1002() {
+    let srv = start(settings()).await;
+    // RFC 6455 5.1: every client frame is masked; a server closes on one that is not.
+    let mut agent = connect(srv.addr, "/ingest").await.expect("agent");
+    agent.tx.set_auto_apply_mask(false);
+    agent.send_text(&sample("unmasked", 1.0)).await;
+    assert_eq!(agent.close_code().await, Some(1002));
+    // RFC 6455 5.5: control frames carry at most 125 bytes.
+    for op in [OpCode::Pong, OpCode::Close] {
+        let mut agent = connect(srv.addr, "/ingest").await.expect("agent");
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(&[b'x'; 200]);
+        agent.send_raw(op, &payload, true).await.expect("send");
+        assert_eq!(agent.close_code().await, Some(1002), "{op:?}");
+    }
+    // A masked agent is still served.
+    let mut dash = connect(srv.addr, "/ws?serverId=masked")
+        .await
+        .expect("dashboard");
+    dash.next_of("hello").await;
+    let mut agent = connect(srv.addr, "/ingest").await.expect("agent");
+    agent.send_text(&sample("masked", 1.0)).await;
+    assert_eq!(dash.next_for("sample", "masked").await["metrics"]["cpu"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_are_pinged_then_closed() {
     let mut s = settings();
     s.edge.ws.ping_interval = Duration::from_millis(300);

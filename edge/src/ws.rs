@@ -90,7 +90,7 @@ impl MessageReader {
     pub async fn next(&mut self, client: &Client) -> Result<BytesMut, End> {
         let mut noop = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
         loop {
-            let frame = match self.ws.read_frame(&mut noop).await {
+            let mut frame = match self.ws.read_frame(&mut noop).await {
                 Ok(f) => f,
                 Err(e) => {
                     return Err(End {
@@ -98,6 +98,18 @@ impl MessageReader {
                     })
                 }
             };
+            // RFC 6455 5.1: a server closes on an unmasked client frame. fastwebsockets reads
+            // the mask bit but does not check it; the frame's header says whether it had one.
+            let mut head = [0u8; 16];
+            frame.fmt_head(&mut head);
+            if head[1] & 0x80 == 0 {
+                return Err(protocol("client frames must be masked"));
+            }
+            // RFC 6455 5.5: control frames carry at most 125 bytes (pings are checked by
+            // fastwebsockets; pongs and closes here).
+            if matches!(frame.opcode, OpCode::Pong | OpCode::Close) && frame.payload.len() > 125 {
+                return Err(protocol("control frame over 125 bytes"));
+            }
             self.last_seen
                 .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             let fin = frame.fin;
