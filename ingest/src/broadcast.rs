@@ -22,7 +22,7 @@ use metrics_edge::hub::Hub;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::{Keys, Position};
-use crate::replay::read_since;
+use crate::replay::{Pages, ReplayError};
 use crate::wire::parse_batch;
 
 /// Broadcaster counters and state.
@@ -84,6 +84,24 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
+    /// Relays every sample after `since` read back from the stream, a page at a time;
+    /// returns the last position relayed.
+    async fn catch_up(&self, since: Position) -> Result<Position, ReplayError> {
+        let mut pages = Pages::new(self.pool, self.keys, since).await?;
+        if pages.truncated {
+            tracing::warn!(%since, "stream retention dropped samples published while disconnected");
+        }
+        let mut count = 0usize;
+        while let Some(events) = pages.next().await? {
+            count += events.len();
+            for chunk in events.chunks(2048) {
+                self.hub.publish(chunk);
+            }
+        }
+        tracing::info!(count, "caught up from the stream after reconnecting");
+        Ok(pages.last)
+    }
+
     async fn subscribe_once(
         &self,
         shutdown: &CancellationToken,
@@ -107,20 +125,10 @@ impl Link<'_> {
         // subscription and are filtered against what the catch-up sent.
         let mut caught_up: Option<Position> = None;
         if let Some(since) = *last {
-            match read_since(self.pool, self.keys, since).await {
-                Ok(r) => {
-                    if r.truncated {
-                        tracing::warn!(%since, "stream retention dropped samples published while disconnected");
-                    }
-                    tracing::info!(
-                        count = r.events.len(),
-                        "caught up from the stream after reconnecting"
-                    );
-                    for chunk in r.events.chunks(2048) {
-                        self.hub.publish(chunk);
-                    }
-                    caught_up = Some(r.last);
-                    *last = Some(r.last);
+            match self.catch_up(since).await {
+                Ok(to) => {
+                    caught_up = Some(to);
+                    *last = Some(to);
                 }
                 Err(e) => tracing::warn!(error = %e, "could not catch up from the stream"),
             }

@@ -206,3 +206,39 @@ async fn retention_never_trims_what_no_worker_processed_and_trims_the_rest() {
     let left = xlen(&redis);
     assert!((1_000..=1_200).contains(&left), "{left} entries left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_replay_is_paced_by_the_dashboard_and_delivered_whole() {
+    let redis = Redis::start();
+    // 100,000 samples in the stream, ten times what the dashboard's queue may hold at once.
+    let now = metrics_model::now_ms();
+    let body = format!("[{}]", vec![sample("long", 1.0); 100].join(","));
+    let mut buf = body.into_bytes();
+    let hundred = metrics_model::decode::Decoder::default()
+        .decode_json(&mut buf, now)
+        .expect("samples");
+    let entry = ingest::wire::encode_entry(now, "elsewhere", &hundred);
+    for chunk in vec![&entry[..]; 1_000].chunks(200) {
+        xadd_raw(&redis, chunk);
+    }
+    let mut s = settings(&redis);
+    s.role = Role::Broadcaster;
+    // A dashboard may have at most 10,000 never-shed events queued (a tenth of the replay).
+    s.edge.queue.other_cap = 10_000;
+    let srv = start(s).await;
+    let mut dash = connect(srv.addr, "/ws?serverId=long&since=0-1")
+        .await
+        .expect("replaying dashboard");
+    dash.next_of("hello").await;
+    let mut replayed = 0u64;
+    let done = loop {
+        match dash.next().await {
+            Incoming::Event(e) if e["type"] == "sample" => replayed += 1,
+            Incoming::Event(e) if e["type"] == "replayed" => break e,
+            Incoming::Event(_) => {}
+            other => panic!("the dashboard was cut off after {replayed} samples: {other:?}"),
+        }
+    };
+    assert_eq!(replayed, 100_000);
+    assert_eq!(done["count"], 100_000, "{done}");
+}

@@ -24,7 +24,7 @@
 //! leaving and changing an audience or filter write the registry, then the client's filter.
 //! That is why those changes are the hub's methods, not the client's.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
@@ -97,6 +97,8 @@ pub struct Client {
     /// the hub's registry lock (taken first), so the registry's index always agrees with it.
     filter: RwLock<Filter>,
     outbox: Outbox,
+    /// Set when the client leaves its hub (its session ended).
+    left: AtomicBool,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -178,6 +180,17 @@ impl Client {
     pub fn dropped_total(&self) -> u64 {
         self.outbox.dropped_total()
     }
+
+    /// Events queued and not yet taken by the writer: what a sender that must not overrun
+    /// the queue (a replay) waits on.
+    pub fn backlog(&self) -> usize {
+        self.outbox.backlog()
+    }
+
+    /// Whether the client's session has ended (it left the hub).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
+    }
 }
 
 /// Tells hubs apart, so a hub never re-files another hub's client.
@@ -247,6 +260,7 @@ impl Hub {
             audience: AtomicU8::new(audience as u8),
             filter: RwLock::new(initial_filter(audience, filter)),
             outbox: Outbox::new(self.limits),
+            left: AtomicBool::new(false),
         });
         if held {
             client.hold();
@@ -262,6 +276,7 @@ impl Hub {
 
     /// Takes `client` out of the registry (its registration was dropped).
     fn leave(&self, client: &Client) {
+        client.left.store(true, Ordering::Relaxed);
         let mut registry = write(&self.registry);
         registry.remove(client, &read(&client.filter));
     }

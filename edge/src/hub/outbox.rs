@@ -187,6 +187,12 @@ impl Outbox {
     pub(super) fn dropped_total(&self) -> u64 {
         lock(&self.queue).dropped_total
     }
+
+    /// Events queued and not yet taken by the writer.
+    pub(super) fn backlog(&self) -> usize {
+        let q = lock(&self.queue);
+        q.samples.len() + q.others.len()
+    }
 }
 
 impl Queue {
