@@ -58,6 +58,10 @@ pub struct Args {
     /// stream longer, not lossy.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     pub maxlen: u64,
+    /// Milliseconds a server's snapshot (latest values, last windows) outlives its latest
+    /// sample; then it leaves snapshots, and Redis forgets it.
+    #[arg(long, default_value_t = 3_600_000, global = true)]
+    pub snapshot_ttl_ms: u64,
     /// This process's id in stream entries and as a consumer name. Default: host-pid.
     #[arg(long, global = true)]
     pub node_id: Option<String>,
@@ -102,6 +106,7 @@ pub struct Settings {
     pub writers: usize,
     pub max_pipeline: usize,
     pub maxlen: u64,
+    pub snapshot_ttl: Duration,
     pub node_id: String,
     pub worker_batch: usize,
     pub claim_idle: Duration,
@@ -157,6 +162,7 @@ impl ServiceArgs for Args {
             ("worker-batch", self.worker_batch as u64, 1),
             ("claim-idle-ms", self.claim_idle_ms, 100),
             ("lease-ms", self.lease_ms, 300),
+            ("snapshot-ttl-ms", self.snapshot_ttl_ms, 1000),
         ])?;
         if self.redis_timeout_ms <= self.deadline_ms {
             return Err(ConfigError::Timeouts(
@@ -181,6 +187,7 @@ impl ServiceArgs for Args {
             writers: self.writers,
             max_pipeline: self.max_pipeline,
             maxlen: self.maxlen,
+            snapshot_ttl: Duration::from_millis(self.snapshot_ttl_ms),
             node_id,
             worker_batch: self.worker_batch,
             claim_idle: Duration::from_millis(self.claim_idle_ms),

@@ -4,7 +4,8 @@
 //! - stream `{prefix}:samples`: one entry per accepted request (or per streamed chunk);
 //! - consumer groups `workers` (sample events, snapshots; shared by all workers) and `windows`
 //!   (the window roll-up; read by the current leader only);
-//! - hash `{prefix}:server:{serverId}`: latest value of each metric, plus `_timestamp`,
+//! - hash `{prefix}:server:{serverId}` (expires `--snapshot-ttl-ms` after the server's latest
+//!   sample): latest value of each metric, plus `_timestamp`,
 //!   `_arrival`, `_node` (the front door that accepted it), `_id`, and `_window:{label}` (the
 //!   last closed window of each length); hash `{prefix}:server:*` holds the across-servers
 //!   windows;
@@ -12,7 +13,9 @@
 //! - stream `{prefix}:deadletter`: entries of the sample stream no reader could decode (fields
 //!   `id`, the entry's id; `error`, why; `e`, its value when it had one), kept for an operator
 //!   instead of being acknowledged silently; capped at about 10,000 entries;
-//! - set `{prefix}:servers`: every server id seen;
+//! - sorted set `{prefix}:servers:seen`: server ids by the time (ms) their latest sample was
+//!   processed; ids silent longer than `--snapshot-ttl-ms` are removed, as their hashes expire
+//!   (`{prefix}:servers`, a plain set of every id ever seen, is no longer written);
 //! - key `{prefix}:windows:leader`: the window leader's lease.
 
 /// All key names for one prefix.
@@ -23,7 +26,7 @@ pub struct Keys {
     pub deadletter: String,
     pub channel: String,
     pub leader: String,
-    /// Set of every server id seen (for snapshots of all servers).
+    /// Server ids by last-seen time (for snapshots of all servers).
     pub servers: String,
     server_prefix: String,
 }
@@ -40,7 +43,7 @@ impl Keys {
             deadletter: format!("{prefix}:deadletter"),
             channel: format!("{prefix}:events"),
             leader: format!("{prefix}:windows:leader"),
-            servers: format!("{prefix}:servers"),
+            servers: format!("{prefix}:servers:seen"),
             server_prefix: format!("{prefix}:server:"),
         }
     }

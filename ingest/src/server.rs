@@ -135,6 +135,7 @@ impl Service for Server {
                 max_series: settings.edge.max_series,
                 lease: settings.lease,
                 maxlen: settings.maxlen,
+                snapshot_ttl: settings.snapshot_ttl,
                 pause_after_read: settings.fault_pause,
             };
             worker::start(

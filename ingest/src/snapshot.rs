@@ -12,7 +12,7 @@ use metrics_model::now_ms;
 
 use crate::keys::Keys;
 
-/// Most servers in a snapshot of all servers.
+/// Most servers in a snapshot of all servers (the most recently seen).
 const MAX_SERVERS: usize = 10_000;
 
 /// Snapshots from the per-server Redis hashes.
@@ -46,13 +46,15 @@ async fn snapshot(
     let servers: Vec<String> = match server_id {
         Some(s) => vec![s.to_string()],
         None => {
-            let mut all: Vec<String> = redis::cmd("SMEMBERS")
+            // The most recently seen servers, never the whole set.
+            let mut all: Vec<String> = redis::cmd("ZREVRANGE")
                 .arg(&keys.servers)
+                .arg(0)
+                .arg(MAX_SERVERS - 1)
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             all.sort();
-            all.truncate(MAX_SERVERS);
             all
         }
     };

@@ -52,6 +52,8 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// Entries the stream keeps (see [`retention`]).
     pub maxlen: u64,
+    /// How long a server's snapshot hash outlives its latest sample.
+    pub snapshot_ttl: Duration,
     /// Fault injection for tests: sleep this long between reading a batch and publishing it,
     /// so a test can kill the worker with the batch pending.
     pub pause_after_read: Option<Duration>,
@@ -116,6 +118,7 @@ pub fn start(
         last_claim: tokio::time::Instant::now(),
         last_trim: tokio::time::Instant::now(),
         last_backlog_log: None,
+        refreshed: samples::Refreshed::default(),
     };
     life.spawn(reconnecting(
         sample_loop,

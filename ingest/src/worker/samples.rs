@@ -46,6 +46,35 @@ pub(super) struct SampleLoop {
     pub last_trim: Instant,
     /// When a backlog past `--maxlen` was last logged.
     pub last_backlog_log: Option<Instant>,
+    /// When this worker last refreshed each server's snapshot expiry.
+    pub refreshed: Refreshed,
+}
+
+/// When each server's snapshot expiry was last refreshed by this worker (ms).
+#[derive(Default)]
+pub(super) struct Refreshed(HashMap<String, u64>);
+
+impl Refreshed {
+    /// Whether `server`'s expiry is due for a refresh at `now` (a tenth of the TTL after the
+    /// last one), noting it as refreshed if so.
+    fn due(&mut self, server: &str, now: u64, ttl: u64) -> bool {
+        match self.0.get_mut(server) {
+            Some(last) if now.saturating_sub(*last) < ttl / 10 => false,
+            Some(last) => {
+                *last = now;
+                true
+            }
+            None => {
+                self.0.insert(server.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// Forgets servers last refreshed before `t`.
+    fn forget_before(&mut self, t: u64) {
+        self.0.retain(|_, last| *last >= t);
+    }
 }
 
 impl Session for SampleLoop {
@@ -106,6 +135,16 @@ impl SampleLoop {
     /// over `--maxlen`.
     async fn trim(&mut self, conn: &mut Connection) -> Result<(), WorkerError> {
         let t = retention::trim(conn, &self.keys, self.opts.maxlen).await?;
+        // Servers whose snapshot hash has expired leave the set of servers too.
+        let silent_since =
+            metrics_model::now_ms().saturating_sub(self.opts.snapshot_ttl.as_millis() as u64);
+        self.refreshed.forget_before(silent_since);
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&self.keys.servers)
+            .arg("-inf")
+            .arg(format!("({silent_since}"))
+            .query_async::<()>(conn)
+            .await?;
         self.stats.trimmed.fetch_add(t.removed, Ordering::Relaxed);
         if t.held_unprocessed > 0
             && self
@@ -172,9 +211,23 @@ impl SampleLoop {
             }
         }
         let mut pipe = redis::pipe();
+        let (now, ttl) = (
+            metrics_model::now_ms(),
+            self.opts.snapshot_ttl.as_millis() as u64,
+        );
         for (server, l) in &latest {
-            pipe.add_command(l.hset(&keys.server(server))).ignore();
-            pipe.cmd("SADD").arg(&keys.servers).arg(server).ignore();
+            let key = keys.server(server);
+            pipe.add_command(l.hset(&key)).ignore();
+            // The expiry and the last-seen time are refreshed a few times per TTL, not per
+            // batch: two more commands per server per batch would show in Redis's CPU.
+            if self.refreshed.due(server, now, ttl) {
+                pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+                pipe.cmd("ZADD")
+                    .arg(&keys.servers)
+                    .arg(now)
+                    .arg(server)
+                    .ignore();
+            }
         }
         if !lines.is_empty() {
             messages.push(lines);

@@ -151,7 +151,8 @@ impl WindowLoop {
         add_entries(rollup, &mut self.decoder, &mut entries, &mut self.closed);
         rollup.close_due(now_ms(), CLOSE_GRACE_MS, &mut self.closed);
         if !self.closed.is_empty() {
-            publish_windows(conn, &self.keys, &self.closed).await?;
+            let ttl_ms = self.opts.snapshot_ttl.as_millis() as u64;
+            publish_windows(conn, &self.keys, &self.closed, ttl_ms).await?;
             self.stats
                 .windows
                 .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
@@ -183,16 +184,19 @@ async fn publish_windows(
     conn: &mut Connection,
     keys: &Keys,
     closed: &[ClosedWindow],
+    ttl_ms: u64,
 ) -> Result<(), WorkerError> {
     let mut lines = Vec::with_capacity(closed.len() * 512);
     let mut pipe = redis::pipe();
     for w in closed {
         wire::write_line(&mut lines, EventKind::Window, &w.server, None, &w.json);
+        let key = keys.server(&w.server);
         pipe.cmd("HSET")
-            .arg(keys.server(&w.server))
+            .arg(&key)
             .arg(format!("_window:{}", w.label))
             .arg(&w.json)
             .ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
     }
     pipe.cmd("PUBLISH").arg(&keys.channel).arg(&lines).ignore();
     pipe.query_async::<()>(conn).await?;
