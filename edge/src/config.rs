@@ -82,6 +82,10 @@ pub struct EdgeArgs {
     /// Milliseconds a pinged WebSocket peer has to answer before it is closed (1001).
     #[arg(long, default_value_t = 10_000, global = true)]
     pub ping_timeout_ms: u64,
+    /// Milliseconds a WebSocket peer's socket has to take one frame (or a ping, or a close);
+    /// a peer that does not is dropped without a close frame (counted, logged at debug).
+    #[arg(long, default_value_t = ms(WsConfig::DEFAULT_WRITE_TIMEOUT), global = true)]
+    pub write_timeout_ms: u64,
     /// Aggregation windows, comma-separated (tumbling, aligned to the wall clock).
     #[arg(long, default_value = "1s,10s,60s", global = true)]
     pub windows: String,
@@ -188,6 +192,7 @@ impl EdgeArgs {
             ("dashboard-queue", self.dashboard_queue as u64, 16),
             ("ping-interval-ms", self.ping_interval_ms, 10),
             ("ping-timeout-ms", self.ping_timeout_ms, 10),
+            ("write-timeout-ms", self.write_timeout_ms, 10),
             ("max-series", self.max_series as u64, 1),
             ("max-connections", self.max_connections as u64, 1),
             ("header-read-timeout-ms", self.header_read_timeout_ms, 10),
@@ -212,6 +217,7 @@ impl EdgeArgs {
                 max_message: self.max_message,
                 ping_interval: Duration::from_millis(self.ping_interval_ms),
                 ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+                write_timeout: Duration::from_millis(self.write_timeout_ms),
                 ..WsConfig::default()
             },
             queue: QueueLimits {

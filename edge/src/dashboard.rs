@@ -3,14 +3,16 @@
 //! A dashboard connects (optionally `?serverId=a,b`), gets a `hello`, then every matching
 //! `sample` and `window` event. It may change its filter live with
 //! `{"type":"subscribe","serverId":S|null}` and ask for `{"type":"snapshot.request"}`; where the
-//! snapshot comes from is the system's business ([`SnapshotSource`]).
+//! snapshot comes from is the system's business ([`SnapshotSource`]). A client has at most one
+//! snapshot queued: a request while one waits for the writer gets an `error` event instead
+//! (once; further requests until it is written are folded into that one).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::http::{self, Body, Refusal};
-use crate::hub::{Audience, Client, Hub};
+use crate::hub::{Audience, Client, Hub, SnapshotTurn};
 use crate::lifecycle::Lifecycle;
 use crate::ws::{self, MessageHandler, WsConfig};
 use bytes::{Bytes, BytesMut};
@@ -169,9 +171,19 @@ pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Con
                 client.send(event::to_vec(event::registered_agent));
             }
         },
-        Control::SnapshotRequest { server_id } => match ctx.snapshots.snapshot(server_id).await {
-            Ok(json) => client.send(json),
-            Err(e) => client.send(event::to_vec(|b| event::error(b, &e.to_string()))),
+        Control::SnapshotRequest { server_id } => match client.snapshot_slot() {
+            SnapshotTurn::Build => match ctx.snapshots.snapshot(server_id).await {
+                Ok(json) => client.send_snapshot(json),
+                Err(e) => client.send(event::to_vec(|b| event::error(b, &e.to_string()))),
+            },
+            SnapshotTurn::Refuse => client.send(event::to_vec(|b| {
+                event::error(
+                    b,
+                    "snapshot.request refused: a snapshot is already on its way to this client \
+                     (one at a time); ask again once it has arrived",
+                )
+            })),
+            SnapshotTurn::Folded => {}
         },
     }
 }

@@ -8,6 +8,13 @@
 //! fastwebsockets caps single frames only; fragmented messages are reassembled here and capped
 //! as a whole, so a peer cannot grow a message past the limit in small pieces.
 //!
+//! A peer that stops reading must not hold its writer forever: every write (a frame, a ping, a
+//! close, a flush) has `write_timeout` to complete, and a peer whose socket does not take it in
+//! time is dropped (no close frame: one could not be written either), counted in the hub and
+//! logged at debug. That also bounds how long the ping deadline can wait behind a blocked
+//! write: the liveness check runs between writes, so it is late by at most one write timeout.
+//! The timeout is per frame (batches are at most `max_out_frame`), not per event.
+//!
 //! Close codes: 1007 for a text message that is not UTF-8, 1009 for a frame or message over the
 //! limit, 1002 for protocol errors, 1001 on server shutdown or when the peer stops answering
 //! pings, 1008 for a dashboard too slow to keep its window events.
@@ -45,6 +52,13 @@ pub struct WsConfig {
     pub ping_timeout: Duration,
     /// Largest outgoing frame when batching events into a JSON array.
     pub max_out_frame: usize,
+    /// Drop a peer whose socket does not take a frame (or a flush) within this.
+    pub write_timeout: Duration,
+}
+
+impl WsConfig {
+    /// The default of [`WsConfig::write_timeout`].
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 impl Default for WsConfig {
@@ -54,6 +68,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(10),
             max_out_frame: 256 << 10,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -291,7 +306,7 @@ pub async fn run_session<H: MessageHandler>(
 }
 
 async fn run_writer(
-    mut ws: WriteHalf,
+    ws: WriteHalf,
     client: Arc<Client>,
     cfg: WsConfig,
     last_seen: Arc<AtomicU64>,
@@ -299,17 +314,21 @@ async fn run_writer(
     shutdown: CancellationToken,
     end: CancellationToken,
 ) {
+    let mut out = Out {
+        ws,
+        limit: cfg.write_timeout,
+    };
     let mut tick = tokio::time::interval(cfg.ping_interval.min(cfg.ping_timeout) / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pinged_at: Option<u64> = None;
     let mut buf = Vec::with_capacity(16 << 10);
-    let result: Result<(), WebSocketError> = async {
+    let result: Result<(), WriteError> = async {
         loop {
             tokio::select! {
                 _ = client.notified() => {}
                 _ = end.cancelled() => {}
                 _ = shutdown.cancelled() => {
-                    write_close(&mut ws, code::GOING_AWAY, "server shutting down").await?;
+                    out.close(code::GOING_AWAY, "server shutting down").await?;
                     return Ok(());
                 }
                 _ = tick.tick() => {
@@ -323,14 +342,14 @@ async fn run_writer(
                     // `ping_interval` gets a ping.
                     match pinged_at {
                         Some(p) if p > seen && now - p >= cfg.ping_timeout.as_millis() as u64 => {
-                            write_close(&mut ws, code::GOING_AWAY, "no answer to ping").await?;
+                            out.close(code::GOING_AWAY, "no answer to ping").await?;
                             return Ok(());
                         }
                         Some(p) if p > seen => {}
                         _ if now.saturating_sub(seen) >= cfg.ping_interval.as_millis() as u64 => {
                             pinged_at = Some(now);
-                            ws.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"ka"))).await?;
-                            ws.flush().await?;
+                            out.frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"ka"))).await?;
+                            out.flush().await?;
                         }
                         _ => {}
                     }
@@ -338,45 +357,96 @@ async fn run_writer(
                 }
             }
             let d = client.drain();
-            for p in &d.pongs {
-                ws.write_frame(Frame::pong(Payload::Borrowed(p))).await?;
+            if let Some(p) = &d.pong {
+                out.frame(Frame::pong(Payload::Borrowed(p))).await?;
             }
             if d.dropped > 0 {
                 let mut ev = Vec::with_capacity(64);
                 metrics_model::event::dropped(&mut ev, d.dropped, d.dropped_total);
-                ws.write_frame(Frame::text(Payload::Owned(ev))).await?;
+                out.frame(Frame::text(Payload::Owned(ev))).await?;
             }
-            write_events(&mut ws, &d.events, cfg.max_out_frame, &mut buf).await?;
+            write_events(&mut out, &d.events, cfg.max_out_frame, &mut buf).await?;
             if d.overflowed {
-                write_close(&mut ws, code::POLICY, "client too slow: window events backed up").await?;
+                out.close(code::POLICY, "client too slow: window events backed up").await?;
                 return Ok(());
             }
             if let Some(close) = d.close {
-                write_close(&mut ws, close.code, &close.reason).await?;
+                out.close(close.code, &close.reason).await?;
                 return Ok(());
             }
-            ws.flush().await?;
+            out.flush().await?;
             if end.is_cancelled() {
                 return Ok(());
             }
         }
     }
     .await;
-    if let Err(e) = result {
-        tracing::debug!(client = client.id(), error = %e, "websocket writer ended");
+    match result {
+        Ok(()) => {}
+        Err(WriteError::TimedOut) => {
+            client.note_write_timeout();
+            tracing::debug!(
+                client = client.id(),
+                timeout_ms = cfg.write_timeout.as_millis() as u64,
+                "websocket peer dropped: a write did not complete within the write timeout"
+            );
+        }
+        Err(WriteError::Socket(e)) => {
+            tracing::debug!(client = client.id(), error = %e, "websocket writer ended");
+        }
     }
     end.cancel();
 }
 
+/// Why the writer stopped writing.
+#[derive(Debug)]
+enum WriteError {
+    Socket(WebSocketError),
+    /// The peer's socket did not take a write within the write timeout.
+    TimedOut,
+}
+
+/// The write half, each write bounded by the write timeout. A write cut short leaves a partial
+/// frame on the wire, so after [`WriteError::TimedOut`] the socket is only fit to be dropped.
+struct Out {
+    ws: WriteHalf,
+    limit: Duration,
+}
+
+impl Out {
+    async fn bounded(
+        limit: Duration,
+        write: impl Future<Output = Result<(), WebSocketError>>,
+    ) -> Result<(), WriteError> {
+        match tokio::time::timeout(limit, write).await {
+            Ok(r) => r.map_err(WriteError::Socket),
+            Err(_) => Err(WriteError::TimedOut),
+        }
+    }
+
+    async fn frame(&mut self, frame: Frame<'_>) -> Result<(), WriteError> {
+        Self::bounded(self.limit, self.ws.write_frame(frame)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        Self::bounded(self.limit, self.ws.flush()).await
+    }
+
+    async fn close(&mut self, c: u16, reason: &str) -> Result<(), WriteError> {
+        self.frame(Frame::close(c, reason.as_bytes())).await?;
+        self.flush().await
+    }
+}
+
 /// Writes events, one per frame when alone, else batched as JSON arrays of at most `max` bytes.
 async fn write_events(
-    ws: &mut WriteHalf,
+    out: &mut Out,
     events: &[Bytes],
     max: usize,
     buf: &mut Vec<u8>,
-) -> Result<(), WebSocketError> {
+) -> Result<(), WriteError> {
     if let [one] = events {
-        return ws.write_frame(Frame::text(Payload::Borrowed(one))).await;
+        return out.frame(Frame::text(Payload::Borrowed(one))).await;
     }
     let mut i = 0;
     while i < events.len() {
@@ -394,14 +464,9 @@ async fn write_events(
             i += 1;
         }
         buf.push(b']');
-        ws.write_frame(Frame::text(Payload::Borrowed(buf))).await?;
+        out.frame(Frame::text(Payload::Borrowed(buf))).await?;
     }
     Ok(())
-}
-
-async fn write_close(ws: &mut WriteHalf, c: u16, reason: &str) -> Result<(), WebSocketError> {
-    ws.write_frame(Frame::close(c, reason.as_bytes())).await?;
-    ws.flush().await
 }
 
 /// The socket-level errors of an upgrade, for the handler's 400.

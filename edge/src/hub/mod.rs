@@ -35,7 +35,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
-pub use outbox::{CloseReason, Drained};
+pub use outbox::{CloseReason, Drained, SnapshotTurn};
 pub use position::LogPosition;
 
 use outbox::Outbox;
@@ -99,6 +99,8 @@ pub struct Client {
     outbox: Outbox,
     /// Set when the client leaves its hub (its session ended).
     left: AtomicBool,
+    /// The hub's count of peers dropped for not taking a write in time.
+    write_timeouts: Arc<AtomicU64>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -156,9 +158,24 @@ impl Client {
         self.outbox.send(json.into());
     }
 
-    /// Owes the peer a pong.
+    /// Owes the peer a pong for its latest ping (an earlier one still owed is dropped).
     pub fn pong(&self, payload: Bytes) {
         self.outbox.pong(payload);
+    }
+
+    /// What to do with a `snapshot.request`: at most one snapshot is queued per client.
+    pub fn snapshot_slot(&self) -> SnapshotTurn {
+        self.outbox.snapshot_slot()
+    }
+
+    /// Queues a snapshot built after [`Client::snapshot_slot`] said [`SnapshotTurn::Build`].
+    pub fn send_snapshot(&self, json: impl Into<Bytes>) {
+        self.outbox.send_snapshot(json.into());
+    }
+
+    /// Counts this client's peer as dropped for not taking a write within the write timeout.
+    pub fn note_write_timeout(&self) {
+        self.write_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Asks the writer to close with `close` once the queue is written (the first ask wins).
@@ -203,6 +220,7 @@ pub struct Hub {
     next_id: AtomicU64,
     limits: QueueLimits,
     published: AtomicU64,
+    write_timeouts: Arc<AtomicU64>,
 }
 
 /// Removes its client from the hub when dropped.
@@ -233,6 +251,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             limits,
             published: AtomicU64::new(0),
+            write_timeouts: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -261,6 +280,7 @@ impl Hub {
             filter: RwLock::new(initial_filter(audience, filter)),
             outbox: Outbox::new(self.limits),
             left: AtomicBool::new(false),
+            write_timeouts: self.write_timeouts.clone(),
         });
         if held {
             client.hold();
@@ -378,5 +398,10 @@ impl Hub {
     /// Events published so far.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+
+    /// Peers dropped so far because a write to them did not complete within the write timeout.
+    pub fn write_timeouts(&self) -> u64 {
+        self.write_timeouts.load(Ordering::Relaxed)
     }
 }

@@ -5,8 +5,14 @@
 //! the oldest `sample` is dropped and counted, and the writer reports the count to that client
 //! with a `dropped` event. `window` and control events are never dropped; a client that lets
 //! more than `other_cap` of them pile up is too slow to be served at all and is disconnected
-//! (close 1008) rather than being allowed to grow without bound. Pongs owed to the peer and a
+//! (close 1008) rather than being allowed to grow without bound. The pong owed to the peer and a
 //! requested close ride along, so the writer has one place to wait on.
+//!
+//! Bounded in bytes as well as in events: only the latest ping is answered (RFC 6455 5.5.3
+//! allows it), so a peer that pings without reading owes itself one pong, not one per ping; and
+//! a client has at most one snapshot queued (a snapshot can be megabytes): while one waits for
+//! the writer, a further `snapshot.request` is refused with one `error` event, and requests
+//! after that until the writer takes the snapshot are folded into that same refusal.
 //!
 //! Replay: while a replay is sent, published events are held aside; on release they are queued
 //! except those the replay already sent (by log position), and such events arriving late from
@@ -36,8 +42,8 @@ pub struct CloseReason {
 pub struct Drained {
     /// Events in publication order.
     pub events: Vec<Bytes>,
-    /// Pong payloads owed to the peer.
-    pub pongs: Vec<Bytes>,
+    /// The payload of the latest ping, owed a pong.
+    pub pong: Option<Bytes>,
     /// Sample events shed since the last drain, and in all.
     pub dropped: u64,
     pub dropped_total: u64,
@@ -59,7 +65,8 @@ struct Queue {
     seq: u64,
     samples: VecDeque<(u64, Bytes)>,
     others: VecDeque<(u64, Bytes)>,
-    pongs: Vec<Bytes>,
+    pong: Option<Bytes>,
+    snapshot: SnapshotSlot,
     dropped_pending: u64,
     dropped_total: u64,
     overflowed: bool,
@@ -69,6 +76,27 @@ struct Queue {
     /// After a replay: events at or before this log position were sent by the replay, and
     /// are skipped when they also arrive live (the live feed can trail the log).
     replayed_through: Option<LogPosition>,
+}
+
+/// Whether a snapshot waits in the queue for the writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum SnapshotSlot {
+    #[default]
+    Free,
+    Queued,
+    /// Queued, and a further request was refused with an `error` event, also queued.
+    QueuedAndRefused,
+}
+
+/// What became of a snapshot request (see [`Outbox::snapshot_slot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotTurn {
+    /// None is queued: build one and queue it with [`Outbox::send_snapshot`].
+    Build,
+    /// One is queued: send the client an `error` event saying so.
+    Refuse,
+    /// One is queued and the client was already told; nothing to send.
+    Folded,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,9 +173,33 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Owes the peer a pong.
+    /// Owes the peer a pong for its latest ping (an earlier one still owed is dropped).
     pub(super) fn pong(&self, payload: Bytes) {
-        lock(&self.queue).pongs.push(payload);
+        lock(&self.queue).pong = Some(payload);
+        self.notify.notify_one();
+    }
+
+    /// Decides what to do with a `snapshot.request`: build one when none is queued; otherwise
+    /// refuse it, once until the writer takes the queued snapshot (the caller queues the
+    /// `error` event), then fold further requests into that refusal.
+    pub(super) fn snapshot_slot(&self) -> SnapshotTurn {
+        let mut q = lock(&self.queue);
+        match q.snapshot {
+            SnapshotSlot::Free => SnapshotTurn::Build,
+            SnapshotSlot::Queued => {
+                q.snapshot = SnapshotSlot::QueuedAndRefused;
+                SnapshotTurn::Refuse
+            }
+            SnapshotSlot::QueuedAndRefused => SnapshotTurn::Folded,
+        }
+    }
+
+    /// Queues a snapshot; the slot is taken until the writer drains it.
+    pub(super) fn send_snapshot(&self, json: Bytes) {
+        let mut q = lock(&self.queue);
+        q.snapshot = SnapshotSlot::Queued;
+        q.push_other(self.limits, json);
+        drop(q);
         self.notify.notify_one();
     }
 
@@ -171,9 +223,10 @@ impl Outbox {
         let mut q = lock(&self.queue);
         let samples = std::mem::take(&mut q.samples);
         let others = std::mem::take(&mut q.others);
+        q.snapshot = SnapshotSlot::Free;
         let d = Drained {
             events: Vec::new(),
-            pongs: std::mem::take(&mut q.pongs),
+            pong: q.pong.take(),
             dropped: std::mem::take(&mut q.dropped_pending),
             dropped_total: q.dropped_total,
             overflowed: q.overflowed,
