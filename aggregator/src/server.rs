@@ -2,9 +2,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /` | the dashboard page; with `Upgrade: websocket`, an agent socket (or a dashboard after `register`) |
-//! | `GET /ingest` | agent socket |
-//! | `GET /ws` | dashboard stream (`?serverId=a,b`) |
+//! | `GET /` | the dashboard page (public); with `Upgrade: websocket`, an agent socket (or a dashboard after `register`): agent or dashboard token |
+//! | `GET /ingest` | agent socket: agent token |
+//! | `GET /ws` | dashboard stream (`?serverId=a,b`): dashboard token, allowed `Origin` |
 //! | `GET /healthz` | liveness |
 //! | `GET /stats` | counters (JSON) |
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use metrics_edge::auth::Auth;
+use metrics_edge::auth::{Auth, Role};
 use metrics_edge::dashboard::{
     self, BoxFuture, DashboardContext, DashboardHandler, SnapshotError, SnapshotSource,
 };
@@ -89,9 +89,10 @@ impl Service for Server {
             ws: settings.edge.ws,
             snapshots: Arc::new(AggregatorSnapshots(aggregator.clone())),
             life: life.clone(),
+            grant: metrics_edge::auth::Grant::ALL,
         };
         let app = Arc::new(App {
-            auth: Auth::new(settings.edge.token.clone()),
+            auth: settings.edge.auth(),
             ctx,
             aggregator: aggregator.clone(),
             settings,
@@ -110,7 +111,7 @@ impl Service for Server {
                 addr,
                 s.simulate,
                 s.simulate_rate,
-                s.edge.token.clone(),
+                app.auth.token(Role::Agent).map(str::to_string),
                 life.token().clone(),
             ));
         }
@@ -142,9 +143,9 @@ fn route(app: &App, req: Request<Incoming>) -> Answer {
         ("/stats", &Method::GET) => Ok(stats(app)),
         ("/", &Method::GET) if !is_upgrade => Ok(metrics_edge::page::index()),
         ("/ws", &Method::GET) => {
-            app.auth.check(&req)?;
+            let grant = app.auth.admit(&[Role::Dashboard], &req)?;
             let filter = dashboard::filter_from_query(&req)?;
-            let ctx = app.ctx.clone();
+            let ctx = app.ctx.for_socket(grant);
             Ok(dashboard::upgrade(
                 req,
                 &app.ctx,
@@ -154,26 +155,45 @@ fn route(app: &App, req: Request<Incoming>) -> Answer {
                 move |_| DashboardHandler::new(ctx),
             ))
         }
-        ("/" | "/ingest", &Method::GET) => {
-            app.auth.check(&req)?;
-            let handler = AgentHandler::new(
-                app.ctx.clone(),
-                app.aggregator.clone(),
-                app.settings.edge.limits,
-            );
-            Ok(dashboard::upgrade(
-                req,
-                &app.ctx,
-                Audience::Agent,
-                None,
-                false,
-                move |_| handler,
-            ))
-        }
+        ("/" | "/ingest", &Method::GET) => agent_socket(app, req),
         ("/" | "/ingest" | "/ws" | "/healthz" | "/stats", _) => {
             Err(Refusal::MethodNotAllowed("GET"))
         }
         _ => Err(Refusal::NotFound(path.to_string())),
+    }
+}
+
+/// An agent socket: `/ingest` needs the agent token; `/` takes the agent or the dashboard
+/// token, since a socket there may `register` as a dashboard. A socket without the agent role
+/// (the dashboard token only) gets the dashboard handler, which answers samples with an
+/// `error` event; one without the dashboard role may not register as a dashboard
+/// (`handle_control`). Either way the sample path is untouched.
+fn agent_socket(app: &App, req: Request<Incoming>) -> Answer {
+    let roles: &[Role] = match req.uri().path() {
+        "/ingest" => &[Role::Agent],
+        _ => &[Role::Agent, Role::Dashboard],
+    };
+    let grant = app.auth.admit(roles, &req)?;
+    let ctx = app.ctx.for_socket(grant);
+    if grant.agent {
+        let handler = AgentHandler::new(ctx, app.aggregator.clone(), app.settings.edge.limits);
+        Ok(dashboard::upgrade(
+            req,
+            &app.ctx,
+            Audience::Agent,
+            None,
+            false,
+            move |_| handler,
+        ))
+    } else {
+        Ok(dashboard::upgrade(
+            req,
+            &app.ctx,
+            Audience::Agent,
+            None,
+            false,
+            move |_| DashboardHandler::new(ctx),
+        ))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The flags both services take, defined once.
 //!
-//! Listeners and their connection limits, TLS files, the token, WebSocket limits and liveness, the dashboard queue, sample
+//! Listeners and their connection limits, TLS files, the tokens and allowed origins, WebSocket limits and liveness, the dashboard queue, sample
 //! limits, windows, logging and the shutdown drain mean the same in System 1 and System 2, so
 //! they are one clap struct ([`EdgeArgs`]) that each service flattens into its own, validated
 //! once into [`EdgeSettings`]. What differs between the services is only the default ports and
@@ -18,6 +18,7 @@ use clap::{ArgMatches, Command, FromArgMatches};
 use metrics_model::window::{WindowSpec, WindowSpecError};
 use metrics_model::Limits;
 
+use crate::auth::{AllowedOrigins, Auth, OriginError};
 use crate::hub::QueueLimits;
 use crate::listener::ListenLimits;
 use crate::ws::WsConfig;
@@ -64,9 +65,22 @@ pub struct EdgeArgs {
     /// PEM private key for the TLS listener.
     #[arg(long, global = true)]
     pub tls_key: Option<PathBuf>,
-    /// Bearer token required from agents and dashboards (header or ?token=). Unset: open.
+    /// Bearer token (header or ?token=) for agents and dashboards alike: the token of each role
+    /// that has no --agent-token or --dashboard-token of its own. A role with no token: open.
     #[arg(long, hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Token agents need to send samples (System 2's /ingest and sockets on /, System 1's
+    /// POST /metrics and /metrics/stream); unset: --token.
+    #[arg(long, hide_env_values = true, global = true)]
+    pub agent_token: Option<String>,
+    /// Token dashboards need to read (/ws, and registering as a dashboard on /); unset: --token.
+    #[arg(long, hide_env_values = true, global = true)]
+    pub dashboard_token: Option<String>,
+    /// Origins (scheme://host[:port], comma-separated) a browser may open a dashboard socket
+    /// from, besides this service's own (the request's Host). Upgrades without Origin (agents,
+    /// curl, websocat) are not affected.
+    #[arg(long, global = true)]
+    pub allowed_origins: Option<String>,
     /// Most samples in one request, array frame or body.
     #[arg(long, default_value_t = 10_000, global = true)]
     pub max_batch: usize,
@@ -135,7 +149,11 @@ pub struct TlsFiles {
 pub struct EdgeSettings {
     pub listen: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    /// The shared token; each role's own, when set, overrides it (see [`EdgeSettings::auth`]).
     pub token: Option<String>,
+    pub agent_token: Option<String>,
+    pub dashboard_token: Option<String>,
+    pub allowed_origins: AllowedOrigins,
     pub limits: Limits,
     pub ws: WsConfig,
     pub queue: QueueLimits,
@@ -157,6 +175,8 @@ pub enum EdgeConfigError {
     TlsPair,
     #[error("--{0} must be at least {1}")]
     TooSmall(&'static str, u64),
+    #[error(transparent)]
+    Origins(#[from] OriginError),
 }
 
 /// Checks `v >= min` for each `(flag, v, min)`, naming the first flag that is not.
@@ -209,6 +229,9 @@ impl EdgeArgs {
             listen,
             tls,
             token: self.token.clone().filter(|t| !t.is_empty()),
+            agent_token: self.agent_token.clone().filter(|t| !t.is_empty()),
+            dashboard_token: self.dashboard_token.clone().filter(|t| !t.is_empty()),
+            allowed_origins: AllowedOrigins::parse(self.allowed_origins.as_deref().unwrap_or(""))?,
             limits: Limits {
                 max_batch: self.max_batch,
                 ..Limits::default()
@@ -244,6 +267,17 @@ impl EdgeSettings {
     /// True when neither listener is configured.
     pub fn no_listener(&self) -> bool {
         self.listen.is_none() && self.tls.is_none()
+    }
+
+    /// Who may open what: each role's token (its own, else the shared one) and the allowed
+    /// origins.
+    pub fn auth(&self) -> Auth {
+        Auth::new(
+            self.token.clone(),
+            self.agent_token.clone(),
+            self.dashboard_token.clone(),
+            self.allowed_origins.clone(),
+        )
     }
 
     /// The labels of the configured windows, as `hello` events list them.
@@ -306,6 +340,7 @@ fn from_matches<T: FromArgMatches>(matches: ArgMatches) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Role;
     use clap::Parser;
 
     #[derive(Parser, Debug)]
@@ -403,6 +438,31 @@ mod tests {
         assert_eq!(
             env("max_connections").as_deref(),
             Some("TESTSVC_MAX_CONNECTIONS")
+        );
+    }
+
+    #[test]
+    fn role_tokens_override_the_shared_one() {
+        let s = args(&["--token", "both", "--dashboard-token", "dash"])
+            .edge
+            .validate()
+            .expect("valid");
+        let auth = s.auth();
+        assert_eq!(auth.token(Role::Agent), Some("both"));
+        assert_eq!(auth.token(Role::Dashboard), Some("dash"));
+        let s = args(&["--agent-token", "", "--token", "both"])
+            .edge
+            .validate()
+            .expect("valid");
+        assert_eq!(s.auth().token(Role::Agent), Some("both"));
+        let e = args(&["--allowed-origins", "https://ok.example,evil.example"])
+            .edge
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--allowed-origins: `evil.example`"),
+            "{e}"
         );
     }
 

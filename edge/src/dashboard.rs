@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::auth::{Grant, Role};
 use crate::http::{self, Body, Refusal};
 use crate::hub::{Audience, Client, Hub, SnapshotTurn};
 use crate::lifecycle::Lifecycle;
@@ -55,9 +56,21 @@ pub struct DashboardContext {
     pub ws: WsConfig,
     pub snapshots: Arc<dyn SnapshotSource>,
     pub life: Lifecycle,
+    /// What this socket's credential allows ([`Auth::admit`](crate::auth::Auth::admit) at the
+    /// upgrade): [`Grant::ALL`] in the system's context, narrowed per socket with
+    /// [`DashboardContext::for_socket`]. Only control messages consult it.
+    pub grant: Grant,
 }
 
 impl DashboardContext {
+    /// This context for one socket admitted with `grant`.
+    pub fn for_socket(&self, grant: Grant) -> Self {
+        Self {
+            grant,
+            ..self.clone()
+        }
+    }
+
     /// The `hello` event for a client with `filter`.
     pub fn hello(&self, filter: Option<&[String]>) -> Vec<u8> {
         event::to_vec(|b| event::hello(b, self.system, &self.windows, now_ms(), filter))
@@ -142,7 +155,7 @@ impl MessageHandler for DashboardHandler {
             Ok(Message::Samples(_)) => client.send(event::to_vec(|b| {
                 event::error(
                     b,
-                    "dashboards do not send samples here; agents connect to /ingest",
+                    "dashboards do not send samples; agents connect to /ingest with the agent token",
                 )
             })),
             Err(e) => client.send(event::to_vec(|b| event::error(b, &e.to_string()))),
@@ -150,8 +163,26 @@ impl MessageHandler for DashboardHandler {
     }
 }
 
-/// Applies a control message on any socket (dashboard or agent).
+/// Applies a control message on any socket (dashboard or agent). Becoming a dashboard and
+/// reading a snapshot need the dashboard role, becoming an agent the agent role
+/// (`ctx.grant`): an agent's token does not read other servers' data.
 pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Control) {
+    let needs = match &c {
+        Control::Subscribe { .. } => None,
+        Control::Register { role, .. } => Some(match role {
+            metrics_model::decode::Role::Dashboard => Role::Dashboard,
+            metrics_model::decode::Role::Agent => Role::Agent,
+        }),
+        Control::SnapshotRequest { .. } => Some(Role::Dashboard),
+    };
+    if let Some(role) = needs.filter(|&r| !ctx.grant.allows(r)) {
+        let message = match role {
+            Role::Dashboard => "not allowed on this socket: dashboards need the dashboard token (and, from a browser, an allowed Origin)",
+            Role::Agent => "not allowed on this socket: agents need the agent token",
+        };
+        client.send(event::to_vec(|b| event::error(b, message)));
+        return;
+    }
     match c {
         Control::Subscribe { filter } => {
             ctx.hub.set_filter(client, filter.clone());

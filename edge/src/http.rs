@@ -49,9 +49,13 @@ pub enum Refusal {
     /// 400: malformed or invalid input; the message names the field, index or line.
     #[error("{0}")]
     BadRequest(String),
-    /// 401 with the `WWW-Authenticate: Bearer` challenge.
-    #[error("missing or wrong token: send Authorization: Bearer <token> or ?token=<token>")]
-    Unauthorized,
+    /// 401 with the `WWW-Authenticate: Bearer` challenge, naming the token the route needs.
+    #[error("missing or wrong token: this route needs {0}; send Authorization: Bearer <token> or ?token=<token>")]
+    Unauthorized(&'static str),
+    /// 403: the credential is fine but the request may not do this here (a dashboard opened
+    /// from an origin not allowed); the message names what and the flag that allows it.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404 naming the path.
     #[error("no route for {0}")]
     NotFound(String),
@@ -77,7 +81,8 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::NotFound(_) => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -92,7 +97,7 @@ impl Refusal {
         let mut r = error(self.status(), &self.to_string());
         let headers = r.headers_mut();
         match self {
-            Refusal::Unauthorized => {
+            Refusal::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Refusal::MethodNotAllowed(allowed) => {
@@ -130,8 +135,12 @@ mod tests {
         let r = Refusal::Unavailable("Redis is down".into()).into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
-        let r = Refusal::Unauthorized.into_response();
+        let r = Refusal::Unauthorized("the agent token").into_response();
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(
+            Refusal::Forbidden("no".into()).into_response().status(),
+            StatusCode::FORBIDDEN
+        );
         let r = Refusal::MethodNotAllowed("POST").into_response();
         assert_eq!(
             (r.status(), &r.headers()[header::ALLOW]),

@@ -3,9 +3,9 @@
 //!
 //! | route | role | what |
 //! |---|---|---|
-//! | `POST /metrics`, `POST /metrics/stream` | front | ingest (see `front`) |
-//! | `GET /` | broadcaster | the dashboard page |
-//! | `GET /ws` | broadcaster | dashboard stream (`?serverId=`, `?since=`) |
+//! | `POST /metrics`, `POST /metrics/stream` | front | ingest (see `front`): agent token |
+//! | `GET /` | broadcaster | the dashboard page (public) |
+//! | `GET /ws` | broadcaster | dashboard stream (`?serverId=`, `?since=`): dashboard token, allowed `Origin` |
 //! | `GET /readyz` | any | Redis answers `PING` (503 with `Retry-After` when not) |
 //! | `GET /healthz` | any | process alive |
 //! | `GET /stats` | any | counters |
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use metrics_edge::auth::{query_param, Auth};
+use metrics_edge::auth::{self, query_param, Auth, Grant};
 use metrics_edge::dashboard::{self, DashboardContext, DashboardHandler};
 use metrics_edge::http::{self as h, Answer, Body, Refusal};
 use metrics_edge::hub::{Audience, Hub};
@@ -101,7 +101,7 @@ impl Service for Server {
             Role::Worker => (false, true, false),
             Role::Broadcaster => (false, false, true),
         };
-        let auth = Auth::new(settings.edge.token.clone());
+        let auth = settings.edge.auth();
         let front = front_on.then(|| {
             let writer = Writer::start(
                 pool.clone(),
@@ -166,6 +166,7 @@ impl Service for Server {
                     keys: keys.clone(),
                 }),
                 life: life.clone(),
+                grant: Grant::ALL,
             }
         });
         let app = Arc::new(App {
@@ -249,7 +250,7 @@ async fn ready(app: &App) -> Answer {
 /// `GET /ws`: a dashboard, replayed from `?since=` when given.
 fn dashboard_stream(app: &Arc<App>, req: Request<Incoming>) -> Answer {
     let ctx = dashboards(app, req.uri().path())?;
-    app.auth.check(&req)?;
+    let grant = app.auth.admit(&[auth::Role::Dashboard], &req)?;
     let filter = dashboard::filter_from_query(&req)?;
     let since = match query_param(req.uri().query().unwrap_or(""), "since") {
         None => None,
@@ -259,7 +260,7 @@ fn dashboard_stream(app: &Arc<App>, req: Request<Incoming>) -> Answer {
             ))
         })?),
     };
-    let handler_ctx = ctx.clone();
+    let handler_ctx = ctx.for_socket(grant);
     let (pool, keys, life) = (app.pool.clone(), app.keys.clone(), ctx.life.clone());
     Ok(dashboard::upgrade(
         req,

@@ -2,7 +2,8 @@
 //!
 //! A hand-built hyper service (no framework). A request is answered `202` only after Redis
 //! acknowledged the entry holding its samples; everything else is a [`Refusal`] naming the
-//! problem: 400 (malformed or invalid, with the sample's index or line), 401, 413 (body over
+//! problem: 400 (malformed or invalid, with the sample's index or line), 401 (not the agent
+//! token: a dashboard's token does not write), 413 (body over
 //! the limit, checked against `Content-Length` before reading and against the decoded size of
 //! compressed bodies), 408 (body not received within `--body-timeout-ms`: a client trickling
 //! or stalling its body would otherwise hold the request, and its buffer, for as long as it
@@ -18,7 +19,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use metrics_edge::auth::Auth;
+use metrics_edge::auth::{Auth, Role};
 use metrics_edge::http::{self as h, Answer, Refusal};
 use metrics_edge::lifecycle::Lifecycle;
 use metrics_model::decode::{with_decoder, Limits};
@@ -122,7 +123,7 @@ fn entry(front: &Front, samples: &[Sample], arrival_ms: u64) -> Entry {
 
 /// The token, the content type and encoding, and the declared length.
 fn check_headers(front: &Front, req: &Request<Incoming>) -> Result<(Format, Encoding), Refusal> {
-    front.auth.check(req)?;
+    front.auth.check(Role::Agent, req)?;
     let headers = req.headers();
     let format = content_type(headers)?;
     let encoding = content_encoding(headers)?;
