@@ -72,6 +72,10 @@ impl Service for Server {
     type Settings = Settings;
     type Error = ServerError;
 
+    fn edge(settings: &Settings) -> &metrics_edge::config::EdgeSettings {
+        &settings.edge
+    }
+
     /// Starts serving on `listeners` until `shutdown` is cancelled; with `--simulate`, starts
     /// the simulated agents too.
     fn start(

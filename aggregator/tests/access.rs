@@ -5,12 +5,9 @@ mod common;
 
 use common::*;
 use metrics_edge::auth::AllowedOrigins;
-use metrics_edge::client::ClientError;
 
 const AGENT: &str = "agent-t";
 const DASH: &str = "dash-t";
-
-const UPGRADE: &str = "Upgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 
 async fn split_tokens() -> TestServer {
     let mut s = settings();
@@ -18,13 +15,6 @@ async fn split_tokens() -> TestServer {
     s.edge.agent_token = Some(AGENT.into());
     s.edge.dashboard_token = Some(DASH.into());
     start(s).await
-}
-
-fn refused_with(r: Result<Peer, ClientError>, status: &str, what: &str) {
-    match r {
-        Err(ClientError::Handshake(e)) => assert!(e.to_string().contains(status), "{what}: {e}"),
-        other => panic!("{what}: expected {status}, got {:?}", other.map(|_| ())),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,17 +97,8 @@ async fn a_dashboard_needs_its_own_or_a_listed_origin() {
     let srv = start(s).await;
     let a = srv.addr;
 
-    let (status, body) = http_get(
-        a,
-        "/ws",
-        &format!("{UPGRADE}Origin: http://evil.example\r\n"),
-    )
-    .await;
-    assert_eq!(status, 403);
-    assert!(body.contains("http://evil.example"), "{body}");
-    assert!(body.contains("--allowed-origins"), "{body}");
+    assert_foreign_origin_refused(a).await;
     let evil = [("origin", "http://evil.example")];
-    refused_with(connect_with(a, "/ws", None, &evil).await, "403", "evil /ws");
     // A socket on `/` that could register as a dashboard is an agent only from there.
     let mut root = connect_with(a, "/", None, &evil)
         .await
@@ -127,14 +108,8 @@ async fn a_dashboard_needs_its_own_or_a_listed_origin() {
     let e = root.next_of("error").await;
     assert!(e["message"].to_string().contains("Origin"), "{e}");
 
-    // The service's own origin (the test client's Host is `localhost`), a listed one, none.
-    for origin in ["http://localhost", "https://dash.example"] {
-        let mut d = connect_with(a, "/ws", None, &[("origin", origin)])
-            .await
-            .unwrap_or_else(|e| panic!("{origin}: {e}"));
-        d.next_of("hello").await;
-    }
-    let mut d = connect(a, "/ws").await.expect("no Origin");
+    assert_allowed_origins_served(a, "https://dash.example").await;
+    let mut d = connect(a, "/ws").await.expect("dashboard");
     d.next_of("hello").await;
     let mut agent = connect_with(a, "/ingest", None, &evil)
         .await

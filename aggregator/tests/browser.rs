@@ -20,17 +20,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aggregator::{Listeners, Server, Service, Settings};
-use metrics_edge::testing::cdp::{Cdp, Page};
-use metrics_edge::testing::chromium::{chromium_binary, Chromium};
+use metrics_edge::testing::cdp::{check, count, Cdp, PageState};
+use metrics_edge::testing::chromium::{chromium_binary, Chromium, TEST_BUDGET};
 use metrics_model::window::WindowSpec;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// The whole test, browser start-up included, must finish within this.
-const TEST_BUDGET: Duration = Duration::from_secs(90);
-/// How long one page has to show what we wait for.
-const PAGE_WAIT: Duration = Duration::from_secs(20);
+/// The page's state as this test reads it.
+const STATE: PageState = PageState::new(PAGE_STATE_JS);
 const TOKEN: &str = "browser-test-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,21 +58,9 @@ async fn dashboard_renders_live_data_in_headless_chromium() {
         shutdown.clone(),
     ));
 
-    let mut browser = Chromium::launch(&binary);
+    let browser = Chromium::launch(&binary);
     let outcome = tokio::time::timeout(TEST_BUDGET, scenarios(&browser, addr)).await;
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!(
-            "{e}\n--- chromium stderr (tail) ---\n{}",
-            browser.stderr_tail()
-        ),
-        Err(_) => panic!(
-            "browser test still running after {TEST_BUDGET:?}\n--- chromium stderr (tail) ---\n{}",
-            browser.stderr_tail()
-        ),
-    }
-    browser.wait_exit(Duration::from_secs(5));
-    drop(browser);
+    browser.finish(outcome);
     eprintln!("browser test took {:.1?}", started.elapsed());
 }
 
@@ -85,7 +71,7 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
     // 1. All servers: live status, counters, charts, filter options, latency.
     let page = cdp.open(&base).await?;
     let s = page
-        .wait_for(&mut cdp, "live data from all three agents", |s| {
+        .wait_for_state(&mut cdp, STATE, "live data from all three agents", |s| {
             s["state"] == "connected"
                 && count(s, "samples") > 0
                 && count(s, "windowEvents") > 0
@@ -133,7 +119,7 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
     )
     .await?;
     let s = page
-        .wait_for(&mut cdp, "the filter narrowed to sim-02", |s| {
+        .wait_for_state(&mut cdp, STATE, "the filter narrowed to sim-02", |s| {
             s["confirmed"] == "sim-02" && s["plotted"] == "sim-02"
         })
         .await?;
@@ -146,9 +132,12 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
     )?;
     let before = count(&s, "samples");
     let s = page
-        .wait_for(&mut cdp, "more samples after the filter change", |s| {
-            count(s, "samples") > before + 20
-        })
+        .wait_for_state(
+            &mut cdp,
+            STATE,
+            "more samples after the filter change",
+            |s| count(s, "samples") > before + 20,
+        )
         .await?;
     check(s["plotted"] == "sim-02", "only sim-02 is plotted", &s)?;
     check(s["errors"] == json!([]), "no errors after subscribe", &s)?;
@@ -157,7 +146,7 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
     // 3. A serverId in the page URL is carried over to /ws.
     let page = cdp.open(&format!("{base}&serverId=sim-02")).await?;
     let s = page
-        .wait_for(&mut cdp, "a page filtered by its URL", |s| {
+        .wait_for_state(&mut cdp, STATE, "a page filtered by its URL", |s| {
             s["state"] == "connected"
                 && s["confirmed"] == "sim-02"
                 && s["plotted"] == "sim-02"
@@ -167,7 +156,7 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
         .await?;
     check(s["selected"] == "sim-02", "the filter shows sim-02", &s)?;
     // The other servers never send to this page: it learns them from the snapshot it asks for.
-    page.wait_for(&mut cdp, "the filter offering every server", |s| {
+    page.wait_for_state(&mut cdp, STATE, "the filter offering every server", |s| {
         s["options"] == json!(["", "sim-01", "sim-02", "sim-03"])
     })
     .await?;
@@ -176,7 +165,7 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
     // 4. Refused sockets (here: wrong token) show as disconnected, with an explanation.
     let page = cdp.open(&format!("http://{addr}/?token=wrong")).await?;
     let s = page
-        .wait_for(&mut cdp, "a refused socket reported", |s| {
+        .wait_for_state(&mut cdp, STATE, "a refused socket reported", |s| {
             s["errors"].as_array().is_some_and(|e| {
                 e.iter()
                     .any(|m| m.as_str().unwrap_or("").contains("cannot open"))
@@ -189,7 +178,7 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
         &s,
     )?;
     let s = page
-        .wait_for(&mut cdp, "status disconnected", |s| {
+        .wait_for_state(&mut cdp, STATE, "status disconnected", |s| {
             s["state"] == "disconnected" && s["status"] == "disconnected"
         })
         .await?;
@@ -235,46 +224,7 @@ const PAGE_STATE_JS: &str = r##"(() => {
   });
 })()"##;
 
-/// A counter shown with thousands separators, as a number (0 when missing).
-fn count(state: &Value, key: &str) -> u64 {
-    state[key]
-        .as_str()
-        .and_then(|s| s.replace(',', "").parse().ok())
-        .unwrap_or(0)
-}
-
 fn has(list: &Value, item: &str) -> bool {
     list.as_array()
         .is_some_and(|l| l.iter().any(|v| v.as_str() == Some(item)))
-}
-
-fn check(ok: bool, what: &str, state: &Value) -> Result<(), String> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("expected {what}; the page shows:\n{state:#}"))
-    }
-}
-
-/// The dashboard page's state, as this test reads it.
-trait DashboardPage {
-    /// Polls the page state until `ok` holds; fails after [`PAGE_WAIT`] with the last state.
-    async fn wait_for(
-        &self,
-        cdp: &mut Cdp,
-        what: &str,
-        ok: impl Fn(&Value) -> bool,
-    ) -> Result<Value, String>;
-}
-
-impl DashboardPage for Page {
-    async fn wait_for(
-        &self,
-        cdp: &mut Cdp,
-        what: &str,
-        ok: impl Fn(&Value) -> bool,
-    ) -> Result<Value, String> {
-        self.wait_for_json(cdp, PAGE_STATE_JS, PAGE_WAIT, what, ok)
-            .await
-    }
 }

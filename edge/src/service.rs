@@ -66,6 +66,9 @@ pub trait Service: Sized + Send + 'static {
     /// Why it could not start.
     type Error: std::error::Error + Send + Sync + 'static;
 
+    /// The settings both systems share, inside this system's settings.
+    fn edge(settings: &Self::Settings) -> &crate::config::EdgeSettings;
+
     /// Starts serving on `listeners`, every task on a lifecycle ending with `shutdown`.
     fn start(
         settings: Self::Settings,

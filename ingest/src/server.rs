@@ -81,6 +81,10 @@ impl Service for Server {
     type Settings = Settings;
     type Error = ServerError;
 
+    fn edge(settings: &Settings) -> &metrics_edge::config::EdgeSettings {
+        &settings.edge
+    }
+
     /// Starts the roles of `settings` until `shutdown` is cancelled.
     fn start(
         settings: Settings,

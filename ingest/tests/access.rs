@@ -9,19 +9,9 @@ use common::*;
 use http_body_util::Full;
 use hyper::Request;
 use metrics_edge::auth::AllowedOrigins;
-use metrics_edge::client::ClientError;
 
 const AGENT: &str = "agent-t";
 const DASH: &str = "dash-t";
-
-const UPGRADE: &str = "Upgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
-
-fn refused_with(r: Result<Peer, ClientError>, status: &str, what: &str) {
-    match r {
-        Err(ClientError::Handshake(e)) => assert!(e.to_string().contains(status), "{what}: {e}"),
-        other => panic!("{what}: expected {status}, got {:?}", other.map(|_| ())),
-    }
-}
 
 async fn post_with(addr: std::net::SocketAddr, path: &str, token: &str, body: String) -> Reply {
     let req = Request::post(format!("http://{addr}{path}"))
@@ -89,25 +79,7 @@ async fn a_dashboard_needs_its_own_or_a_listed_origin() {
     let srv = start(s).await;
     let a = srv.addr;
 
-    let (status, body) = http_get(
-        a,
-        "/ws",
-        &format!("{UPGRADE}Origin: http://evil.example\r\n"),
-    )
-    .await;
-    assert_eq!(status, 403);
-    assert!(body.contains("http://evil.example"), "{body}");
-    assert!(body.contains("--allowed-origins"), "{body}");
-    let evil = [("origin", "http://evil.example")];
-    refused_with(connect_with(a, "/ws", None, &evil).await, "403", "evil /ws");
+    assert_foreign_origin_refused(a).await;
 
-    // The service's own origin (the test client's Host is `localhost`), a listed one, none.
-    for origin in ["http://localhost", "https://dash.example"] {
-        let mut d = connect_with(a, "/ws", None, &[("origin", origin)])
-            .await
-            .unwrap_or_else(|e| panic!("{origin}: {e}"));
-        d.next_of("hello").await;
-    }
-    let mut d = connect(a, "/ws").await.expect("no Origin");
-    d.next_of("hello").await;
+    assert_allowed_origins_served(a, "https://dash.example").await;
 }

@@ -15,18 +15,16 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use ingest::{Listeners, Role, Server, Settings};
-use metrics_edge::testing::cdp::{Cdp, Page};
-use metrics_edge::testing::chromium::{chromium_binary, Chromium};
+use metrics_edge::testing::cdp::{check, count, Cdp, PageState};
+use metrics_edge::testing::chromium::{chromium_binary, Chromium, TEST_BUDGET};
 use serde_json::{json, Value};
 
-/// The whole test, browser start-up included, must finish within this.
-const TEST_BUDGET: Duration = Duration::from_secs(90);
-/// How long the page has to show what we wait for (its reconnect backoff reaches 5 s).
-const PAGE_WAIT: Duration = Duration::from_secs(20);
+/// The page's state as this test reads it.
+const STATE: PageState = PageState::new(PAGE_STATE_JS);
 const SERVER: &str = "resume-1";
 /// Samples posted while the broadcaster is down, the first time.
 const MISSED: u64 = 12;
@@ -42,21 +40,10 @@ async fn the_page_resumes_after_a_broadcaster_restart_with_every_missed_sample()
     let _worker = start_role(s.clone(), Role::Worker).await;
     let broadcaster = start_role(s.clone(), Role::Broadcaster).await;
 
-    let mut browser = Chromium::launch(&binary);
+    let browser = Chromium::launch(&binary);
     let run = scenario(&browser, &redis, s, front.addr, broadcaster);
-    match tokio::time::timeout(TEST_BUDGET, run).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!(
-            "{e}\n--- chromium stderr (tail) ---\n{}",
-            browser.stderr_tail()
-        ),
-        Err(_) => panic!(
-            "browser test still running after {TEST_BUDGET:?}\n--- chromium stderr (tail) ---\n{}",
-            browser.stderr_tail()
-        ),
-    }
-    browser.wait_exit(Duration::from_secs(5));
-    drop(browser);
+    let outcome = tokio::time::timeout(TEST_BUDGET, run).await;
+    browser.finish(outcome);
     eprintln!("browser test took {:.1?}", started.elapsed());
 }
 
@@ -72,7 +59,7 @@ async fn scenario(
     let page = cdp
         .open(&format!("http://{addr}/?serverId={SERVER}"))
         .await?;
-    page.wait_for(&mut cdp, "the page connected", |s| {
+    page.wait_for_state(&mut cdp, STATE, "the page connected", |s| {
         s["state"] == "connected"
     })
     .await?;
@@ -82,7 +69,7 @@ async fn scenario(
         post_accepted(front, &Transport::H2c, sample(SERVER, f64::from(i))).await;
     }
     let live = page
-        .wait_for(&mut cdp, "five live samples plotted", |s| {
+        .wait_for_state(&mut cdp, STATE, "five live samples plotted", |s| {
             count(s, "samples") == 5 && s["plotted"] == SERVER
         })
         .await?;
@@ -95,8 +82,9 @@ async fn scenario(
     })
     .await;
     let s = page
-        .wait_for(
+        .wait_for_state(
             &mut cdp,
+            STATE,
             "every sample missed while the broadcaster was down",
             |s| s["state"] == "connected" && count(s, "samples") >= 5 + MISSED,
         )
@@ -162,7 +150,7 @@ async fn scenario(
     })
     .await;
     let s = page
-        .wait_for(&mut cdp, "an incomplete replay reported", |s| {
+        .wait_for_state(&mut cdp, STATE, "an incomplete replay reported", |s| {
             s["state"] == "connected" && s["resume"]["complete"] == "false"
         })
         .await?;
@@ -247,14 +235,6 @@ const PAGE_STATE_JS: &str = r##"(() => {
   });
 })()"##;
 
-/// A counter shown with thousands separators, as a number (0 when missing).
-fn count(state: &Value, key: &str) -> u64 {
-    state[key]
-        .as_str()
-        .and_then(|s| s.replace(',', "").parse().ok())
-        .unwrap_or(0)
-}
-
 /// How many of the page's recorded samples of [`SERVER`] have this cpu value.
 fn received(state: &Value, cpu: f64) -> usize {
     samples_with(state, cpu).count()
@@ -273,35 +253,4 @@ fn samples_with(state: &Value, cpu: f64) -> impl Iterator<Item = &Value> {
         .into_iter()
         .flatten()
         .filter(move |e| e["serverId"] == SERVER && e["cpu"].as_f64() == Some(cpu))
-}
-
-fn check(ok: bool, what: &str, state: &Value) -> Result<(), String> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("expected {what}; the page shows:\n{state:#}"))
-    }
-}
-
-/// The dashboard page's state, as this test reads it.
-trait DashboardPage {
-    /// Polls the page state until `ok` holds; fails after [`PAGE_WAIT`] with the last state.
-    async fn wait_for(
-        &self,
-        cdp: &mut Cdp,
-        what: &str,
-        ok: impl Fn(&Value) -> bool,
-    ) -> Result<Value, String>;
-}
-
-impl DashboardPage for Page {
-    async fn wait_for(
-        &self,
-        cdp: &mut Cdp,
-        what: &str,
-        ok: impl Fn(&Value) -> bool,
-    ) -> Result<Value, String> {
-        self.wait_for_json(cdp, PAGE_STATE_JS, PAGE_WAIT, what, ok)
-            .await
-    }
 }

@@ -122,6 +122,18 @@ impl Page {
     /// Evaluates `expr`, which returns a JSON string (`JSON.stringify(..)`), every 100 ms until
     /// `ok` holds of its value (`null` while the page is still loading); fails after `limit`
     /// naming `what` and showing the last value.
+    /// Polls `state` until `ok` holds; fails after its wait with the last state.
+    pub async fn wait_for_state(
+        &self,
+        cdp: &mut Cdp,
+        state: PageState,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String> {
+        self.wait_for_json(cdp, state.js, state.wait, what, ok)
+            .await
+    }
+
     pub async fn wait_for_json(
         &self,
         cdp: &mut Cdp,
@@ -196,4 +208,40 @@ fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
+}
+
+/// What a test reads from a page: a JavaScript expression that yields the page's state as a
+/// JSON string, and how long to wait for a state it expects.
+#[derive(Clone, Copy, Debug)]
+pub struct PageState {
+    pub js: &'static str,
+    pub wait: Duration,
+}
+
+impl PageState {
+    /// The state `js` yields, waited for up to 20 s (the page's reconnect backoff reaches 5 s).
+    pub const fn new(js: &'static str) -> Self {
+        Self {
+            js,
+            wait: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `Ok` when `ok`, else an error naming what was expected and showing the page's `state`.
+pub fn check(ok: bool, what: &str, state: &Value) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected {what}; the page shows:\n{state:#}"))
+    }
+}
+
+/// A counter the page shows with thousands separators (`state[key]`), as a number (0 when
+/// missing).
+pub fn count(state: &Value, key: &str) -> u64 {
+    state[key]
+        .as_str()
+        .and_then(|s| s.replace(',', "").parse().ok())
+        .unwrap_or(0)
 }

@@ -47,6 +47,9 @@ pub struct Chromium {
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
+/// A whole browser test, browser start-up included, must finish within this.
+pub const TEST_BUDGET: Duration = Duration::from_secs(90);
+
 impl Chromium {
     pub fn launch(binary: &Path) -> Self {
         let nanos = SystemTime::now()
@@ -142,6 +145,24 @@ impl Chromium {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Ends a test run in this browser: fails with `outcome`'s error, or with [`TEST_BUDGET`] passed,
+    /// showing the tail of the browser's stderr; then lets the browser exit.
+    pub fn finish(mut self, outcome: Result<Result<(), String>, tokio::time::error::Elapsed>) {
+        let budget = TEST_BUDGET;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!(
+                "{e}\n--- chromium stderr (tail) ---\n{}",
+                self.stderr_tail()
+            ),
+            Err(_) => panic!(
+                "browser test still running after {budget:?}\n--- chromium stderr (tail) ---\n{}",
+                self.stderr_tail()
+            ),
+        }
+        self.wait_exit(Duration::from_secs(5));
     }
 
     pub fn stderr_tail(&self) -> String {

@@ -69,8 +69,8 @@ impl Drop for Started {
 pub async fn start<S: crate::service::Service>(
     settings: S::Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
-    limits: crate::listener::ListenLimits,
 ) -> Started {
+    let limits = S::edge(&settings).conn;
     start_on::<S>(settings, local_listeners(tls, limits).await)
 }
 
@@ -261,6 +261,51 @@ impl Peer {
             }
         }
     }
+}
+
+/// The headers of a WebSocket upgrade, for [`http_get`].
+pub const UPGRADE: &str = "Upgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+/// Fails unless `r` is an upgrade the server refused with `status`.
+pub fn refused_with(r: Result<Peer, ClientError>, status: &str, what: &str) {
+    match r {
+        Err(ClientError::Handshake(e)) => assert!(e.to_string().contains(status), "{what}: {e}"),
+        other => panic!("{what}: expected {status}, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// Fails unless a dashboard upgrade on `/ws` from a foreign `Origin` is refused with 403
+/// naming the origin and the flag that would allow it.
+pub async fn assert_foreign_origin_refused(addr: SocketAddr) {
+    let (status, body) = http_get(
+        addr,
+        "/ws",
+        &format!("{UPGRADE}Origin: http://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body.contains("http://evil.example"), "{body}");
+    assert!(body.contains("--allowed-origins"), "{body}");
+    let evil = [("origin", "http://evil.example")];
+    refused_with(
+        connect_with(addr, "/ws", None, &evil).await,
+        "403",
+        "evil /ws",
+    );
+}
+
+/// Fails unless dashboards on `/ws` are served with the service's own origin (the test
+/// client's Host is `localhost`), with `listed` (an origin in `--allowed-origins`), and
+/// with no `Origin` at all.
+pub async fn assert_allowed_origins_served(addr: SocketAddr, listed: &str) {
+    for origin in ["http://localhost", listed] {
+        let mut d = connect_with(addr, "/ws", None, &[("origin", origin)])
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        d.next_of("hello").await;
+    }
+    let mut d = connect(addr, "/ws").await.expect("no Origin");
+    d.next_of("hello").await;
 }
 
 /// A plain HTTP/1.1 GET; returns (status, body).

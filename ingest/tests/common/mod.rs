@@ -136,8 +136,7 @@ pub async fn start_with_tls(
     settings: Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> TestServer {
-    let limits = settings.edge.conn;
-    metrics_edge::testing::start::<Server>(settings, tls, limits).await
+    metrics_edge::testing::start::<Server>(settings, tls).await
 }
 
 /// An HTTP response as a test sees it.
