@@ -8,7 +8,7 @@
 //! | `GET /healthz` | liveness |
 //! | `GET /stats` | counters (JSON) |
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -20,8 +20,8 @@ use metrics_edge::dashboard::{
 use metrics_edge::http::{self as h, Answer, Body, Refusal};
 use metrics_edge::hub::{Audience, Hub};
 use metrics_edge::lifecycle::Lifecycle;
-use metrics_edge::listener::{ConnInfo, ListenError};
-use metrics_edge::service::{Running, Service};
+use metrics_edge::listener::{ConnInfo, ConnStats, ListenError};
+use metrics_edge::service::{stats_members, Running, Service};
 use metrics_edge::tls;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +51,8 @@ struct App {
     ctx: DashboardContext,
     aggregator: Arc<Aggregator>,
     settings: Settings,
+    /// The listeners' counters, known once they serve.
+    conns: OnceLock<Arc<ConnStats>>,
 }
 
 struct AggregatorSnapshots(Arc<Aggregator>);
@@ -100,6 +102,7 @@ impl Service for Server {
             ctx,
             aggregator: aggregator.clone(),
             settings,
+            conns: OnceLock::new(),
         });
         let handler = {
             let app = app.clone();
@@ -109,6 +112,7 @@ impl Service for Server {
             }
         };
         let running = Running::serve(listeners, handler, hub, life.clone())?;
+        let _ = app.conns.set(running.conns.clone());
         let s = &app.settings;
         if let (Some(addr), true) = (running.plain_addr, s.simulate > 0) {
             life.spawn(crate::simulate::run(
@@ -206,7 +210,7 @@ fn stats(app: &App) -> Response<Body> {
     let s = app.aggregator.stats();
     let hub = &app.ctx.hub;
     let body = format!(
-        "{{\"samples\":{},\"batches\":{},\"late\":{},\"windowEvents\":{},\"series\":{},\"seriesRefused\":{},\"ringFullWaits\":{},\"dashboards\":{},\"agents\":{},\"eventsPublished\":{}}}",
+        "{{\"samples\":{},\"batches\":{},\"late\":{},\"windowEvents\":{},\"series\":{},\"seriesRefused\":{},\"ringFullWaits\":{},\"dashboards\":{},\"agents\":{},\"eventsPublished\":{},{}}}",
         s.samples.load(Relaxed),
         s.batches.load(Relaxed),
         s.late.load(Relaxed),
@@ -217,6 +221,7 @@ fn stats(app: &App) -> Response<Body> {
         hub.count(Audience::Dashboard),
         hub.count(Audience::Agent),
         hub.published(),
+        stats_members(app.conns.get(), hub),
     );
     h::json(StatusCode::OK, body)
 }

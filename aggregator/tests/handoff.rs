@@ -14,6 +14,7 @@ async fn concurrent_producers_lose_nothing() {
     let hub = Hub::new(QueueLimits {
         sample_cap: 16,
         other_cap: 1 << 20,
+        max_bytes: usize::MAX,
     });
     let dash = hub.register(Audience::Dashboard, None);
     let agg = Aggregator::start(

@@ -100,6 +100,13 @@ async fn idle_and_half_preface_sockets_are_closed_and_over_cap_ones_refused() {
         );
     }
     assert_eq!(srv.conns.timed_out.load(Ordering::Relaxed), 6);
+    let (_, stats) = http_get(srv.addr, "/stats", "").await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    assert_eq!(
+        (&stats["connectionsRefused"], &stats["connectionsTimedOut"]),
+        (&serde_json::json!(4), &serde_json::json!(6)),
+        "{stats}"
+    );
 
     // Their slots are free again: a new agent is served.
     let mut late = connect(srv.addr, "/ingest").await.expect("agent after");

@@ -90,6 +90,11 @@ pub struct EdgeArgs {
     /// Sample events queued per dashboard before its oldest are dropped (and counted).
     #[arg(long, default_value_t = 16_384, global = true)]
     pub dashboard_queue: usize,
+    /// Bytes of events queued per dashboard or agent socket, all kinds together: past it the
+    /// oldest sample events are dropped (and counted); a client whose window and control
+    /// events alone pass it is closed (1008).
+    #[arg(long, default_value_t = 16 << 20, global = true)]
+    pub dashboard_queue_bytes: usize,
     /// Milliseconds of silence before the server pings a WebSocket peer.
     #[arg(long, default_value_t = 15_000, global = true)]
     pub ping_interval_ms: u64,
@@ -210,6 +215,11 @@ impl EdgeArgs {
             ("max-batch", self.max_batch as u64, 1),
             ("max-message", self.max_message as u64, 256),
             ("dashboard-queue", self.dashboard_queue as u64, 16),
+            (
+                "dashboard-queue-bytes",
+                self.dashboard_queue_bytes as u64,
+                65_536,
+            ),
             ("ping-interval-ms", self.ping_interval_ms, 10),
             ("ping-timeout-ms", self.ping_timeout_ms, 10),
             ("write-timeout-ms", self.write_timeout_ms, 10),
@@ -247,6 +257,7 @@ impl EdgeArgs {
                 sample_cap: self.dashboard_queue,
                 // Window and control events are never shed; past this a client is cut off.
                 other_cap: (self.dashboard_queue * 16).max(65_536),
+                max_bytes: self.dashboard_queue_bytes,
             },
             windows: WindowSpec::parse_list(&self.windows)?,
             max_series: self.max_series,

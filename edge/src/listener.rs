@@ -105,6 +105,20 @@ pub struct ConnStats {
     pub timed_out: AtomicU64,
 }
 
+impl ConnStats {
+    /// The counters as JSON members for `/stats`, with the hub's count of WebSocket peers
+    /// dropped for not taking a write in time:
+    /// `"connectionsRefused":N,"connectionsTimedOut":N,"writeTimeouts":N`.
+    pub fn json_members(&self, write_timeouts: u64) -> String {
+        format!(
+            "\"connectionsRefused\":{},\"connectionsTimedOut\":{},\"writeTimeouts\":{}",
+            self.refused.load(Ordering::Relaxed),
+            self.timed_out.load(Ordering::Relaxed),
+            write_timeouts
+        )
+    }
+}
+
 /// How often the accept loop logs that it is refusing connections.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 

@@ -82,3 +82,11 @@ pub trait Service: Sized + Send + 'static {
     /// Resolves once the server has shut down and drained.
     fn wait(self) -> impl Future<Output = ()> + Send + 'static;
 }
+
+/// The listeners' counters (`None` before they serve) and the hub's, as `/stats` members.
+pub fn stats_members(conns: Option<&Arc<crate::listener::ConnStats>>, hub: &Hub) -> String {
+    match conns {
+        Some(c) => c.json_members(hub.write_timeouts()),
+        None => crate::listener::ConnStats::default().json_members(hub.write_timeouts()),
+    }
+}

@@ -13,7 +13,7 @@
 //! A route of a role this process does not run answers 404 naming the role to start.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -23,8 +23,8 @@ use metrics_edge::dashboard::{self, DashboardContext, DashboardHandler};
 use metrics_edge::http::{self as h, Answer, Body, Refusal};
 use metrics_edge::hub::{Audience, Hub};
 use metrics_edge::lifecycle::Lifecycle;
-use metrics_edge::listener::{ConnInfo, ListenError};
-use metrics_edge::service::{Running, Service};
+use metrics_edge::listener::{ConnInfo, ConnStats, ListenError};
+use metrics_edge::service::{stats_members, Running, Service};
 use metrics_edge::tls;
 use metrics_model::event;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,9 @@ struct App {
     keys: Keys,
     worker_stats: Arc<WorkerStats>,
     broadcast_stats: Arc<BroadcastStats>,
+    hub: Arc<Hub>,
+    /// The listeners' counters, known once they serve.
+    conns: OnceLock<Arc<ConnStats>>,
 }
 
 /// A running System 1 process.
@@ -181,13 +184,20 @@ impl Service for Server {
             keys,
             worker_stats: worker_stats.clone(),
             broadcast_stats: broadcast_stats.clone(),
+            hub: hub.clone(),
+            conns: OnceLock::new(),
         });
-        let handler = move |req: Request<Incoming>, _info: ConnInfo| {
+        let handler = {
             let app = app.clone();
-            async move { h::respond(route(&app, req).await) }
+            move |req: Request<Incoming>, _info: ConnInfo| {
+                let app = app.clone();
+                async move { h::respond(route(&app, req).await) }
+            }
         };
+        let running = Running::serve(listeners, handler, hub, life)?;
+        let _ = app.conns.set(running.conns.clone());
         Ok(Self {
-            running: Running::serve(listeners, handler, hub, life)?,
+            running,
             worker_stats,
             broadcast_stats,
         })
@@ -304,7 +314,7 @@ fn stats(app: &App) -> Response<Body> {
         None => (0, 0, 0, 0),
     };
     let body = format!(
-        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{},\"trimmed\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{}}}}}",
+        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{},\"trimmed\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{}}},{}}}",
         w.entries.load(Relaxed),
         w.samples.load(Relaxed),
         w.claimed.load(Relaxed),
@@ -318,6 +328,7 @@ fn stats(app: &App) -> Response<Body> {
         b.batches.load(Relaxed),
         b.events.load(Relaxed),
         b.reconnects.load(Relaxed),
+        stats_members(app.conns.get(), &app.hub),
     );
     h::json(StatusCode::OK, body)
 }

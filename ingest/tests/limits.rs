@@ -161,6 +161,13 @@ async fn idle_and_preface_sockets_are_closed_and_over_cap_ones_refused() {
         );
     }
     assert_eq!(srv.conns.timed_out.load(Ordering::Relaxed), 7);
+    let (_, stats) = http_get(srv.addr, "/stats", "").await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    assert_eq!(
+        (&stats["connectionsRefused"], &stats["connectionsTimedOut"]),
+        (&serde_json::json!(3), &serde_json::json!(7)),
+        "{stats}"
+    );
 
     // Their slots are free again: a new connection is served.
     post_accepted(srv.addr, &Transport::Http1, sample("after", 2.0)).await;

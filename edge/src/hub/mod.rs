@@ -75,6 +75,9 @@ pub enum Audience {
 pub struct QueueLimits {
     pub sample_cap: usize,
     pub other_cap: usize,
+    /// Bytes of events queued per client, both kinds together: past it the oldest samples
+    /// are shed, and if window and control events alone pass it the client is cut off.
+    pub max_bytes: usize,
 }
 
 impl Default for QueueLimits {
@@ -82,6 +85,7 @@ impl Default for QueueLimits {
         Self {
             sample_cap: 16_384,
             other_cap: 65_536,
+            max_bytes: 16 << 20,
         }
     }
 }

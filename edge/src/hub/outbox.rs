@@ -65,6 +65,8 @@ struct Queue {
     seq: u64,
     samples: VecDeque<(u64, Bytes)>,
     others: VecDeque<(u64, Bytes)>,
+    /// Bytes of the events in `samples` and `others`.
+    bytes: usize,
     pong: Option<Bytes>,
     snapshot: SnapshotSlot,
     dropped_pending: u64,
@@ -223,6 +225,7 @@ impl Outbox {
         let mut q = lock(&self.queue);
         let samples = std::mem::take(&mut q.samples);
         let others = std::mem::take(&mut q.others);
+        q.bytes = 0;
         q.snapshot = SnapshotSlot::Free;
         let d = Drained {
             events: Vec::new(),
@@ -256,11 +259,11 @@ impl Queue {
             EventKind::Sample => {
                 self.seq += 1;
                 if self.samples.len() >= limits.sample_cap {
-                    self.samples.pop_front();
-                    self.dropped_pending += 1;
-                    self.dropped_total += 1;
+                    self.shed_oldest_sample();
                 }
+                self.bytes += json.len();
                 self.samples.push_back((self.seq, json));
+                self.within_bytes(limits);
             }
             EventKind::Window => self.push_other(limits, json),
         }
@@ -274,7 +277,30 @@ impl Queue {
             self.overflowed = true;
             return;
         }
+        self.bytes += json.len();
         self.others.push_back((self.seq, json));
+        self.within_bytes(limits);
+    }
+
+    /// Sheds the oldest samples while the queue holds more than `max_bytes`; when events that
+    /// may not be shed alone pass it, flags the client as overflowed and lets go of them.
+    fn within_bytes(&mut self, limits: QueueLimits) {
+        while self.bytes > limits.max_bytes && !self.samples.is_empty() {
+            self.shed_oldest_sample();
+        }
+        if self.bytes > limits.max_bytes {
+            self.overflowed = true;
+            self.others.clear();
+            self.bytes = 0;
+        }
+    }
+
+    fn shed_oldest_sample(&mut self) {
+        if let Some((_, old)) = self.samples.pop_front() {
+            self.bytes -= old.len();
+            self.dropped_pending += 1;
+            self.dropped_total += 1;
+        }
     }
 }
 

@@ -32,6 +32,7 @@ fn hub_with(sample_cap: usize, other_cap: usize) -> Arc<Hub> {
     Hub::new(QueueLimits {
         sample_cap,
         other_cap,
+        max_bytes: usize::MAX,
     })
 }
 
@@ -379,4 +380,35 @@ fn window_overflow_is_flagged() {
         hub.publish(&[ev(EventKind::Window, "a", i)]);
     }
     assert!(reg.client().drain().overflowed);
+}
+
+#[test]
+fn a_queue_over_its_byte_budget_sheds_samples_then_cuts_off() {
+    let hub = Hub::new(QueueLimits {
+        sample_cap: 1_000,
+        other_cap: 1_000,
+        max_bytes: 10,
+    });
+    let reg = hub.register(Audience::Dashboard, None);
+    // Samples of 4 bytes: the third pushes past 10 bytes and sheds the oldest.
+    let sample = |n: u32| Event {
+        kind: EventKind::Sample,
+        server: Arc::from("a"),
+        json: Bytes::from(format!("s{n:03}")),
+        position: None,
+    };
+    hub.publish(&[sample(1), sample(2), sample(3)]);
+    let d = reg.client().drain();
+    assert_eq!(texts(&d), ["s002", "s003"]);
+    assert_eq!((d.dropped, d.overflowed), (1, false));
+    // A window event alone over the budget cannot be shed: the client is cut off.
+    hub.publish(&[Event {
+        kind: EventKind::Window,
+        server: Arc::from("a"),
+        json: Bytes::from_static(b"a window event over ten bytes"),
+        position: None,
+    }]);
+    let d = reg.client().drain();
+    assert!(d.overflowed);
+    assert!(d.events.is_empty(), "what could not be kept is let go");
 }
