@@ -82,7 +82,7 @@ async fn idle_and_half_preface_sockets_are_closed_and_over_cap_ones_refused() {
             "an over-cap socket is closed"
         );
     }
-    assert_eq!(srv.conns.refused.load(Ordering::Relaxed), 4);
+    eventually_eq("refused", 4, || srv.conns.refused.load(Ordering::Relaxed)).await;
     assert_eq!(
         srv.conns.timed_out.load(Ordering::Relaxed),
         0,
@@ -99,7 +99,10 @@ async fn idle_and_half_preface_sockets_are_closed_and_over_cap_ones_refused() {
             "a socket that sent no request is closed by the deadline"
         );
     }
-    assert_eq!(srv.conns.timed_out.load(Ordering::Relaxed), 6);
+    eventually_eq("timed_out", 6, || {
+        srv.conns.timed_out.load(Ordering::Relaxed)
+    })
+    .await;
     let (_, stats) = http_get(srv.addr, "/stats", "").await;
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
     assert_eq!(
@@ -142,7 +145,10 @@ async fn a_tls_handshake_that_never_completes_is_closed_by_the_deadline() {
             "an unfinished handshake is closed by the deadline"
         );
     }
-    assert_eq!(srv.conns.timed_out.load(Ordering::Relaxed), 2);
+    eventually_eq("timed_out", 2, || {
+        srv.conns.timed_out.load(Ordering::Relaxed)
+    })
+    .await;
     sample_goes_through(&mut agent, &mut dash, "tls-after").await;
 }
 

@@ -174,6 +174,10 @@ async fn feed_until_stalled_gone(
             }
         }
     }
+    eventually_eq("peers dropped for a write timeout", 1, || {
+        srv.hub.write_timeouts()
+    })
+    .await;
     let (_, stats) = http_get(srv.addr, "/stats", "").await;
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
     assert_eq!(

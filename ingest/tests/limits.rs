@@ -146,7 +146,7 @@ async fn idle_and_preface_sockets_are_closed_and_over_cap_ones_refused() {
             "an over-cap socket is closed"
         );
     }
-    assert_eq!(srv.conns.refused.load(Ordering::Relaxed), 3);
+    eventually_eq("refused", 3, || srv.conns.refused.load(Ordering::Relaxed)).await;
     assert_eq!(
         srv.conns.timed_out.load(Ordering::Relaxed),
         0,
@@ -160,7 +160,10 @@ async fn idle_and_preface_sockets_are_closed_and_over_cap_ones_refused() {
             "a socket that began no request is closed by the deadline"
         );
     }
-    assert_eq!(srv.conns.timed_out.load(Ordering::Relaxed), 7);
+    eventually_eq("timed_out", 7, || {
+        srv.conns.timed_out.load(Ordering::Relaxed)
+    })
+    .await;
     let (_, stats) = http_get(srv.addr, "/stats", "").await;
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
     assert_eq!(

@@ -308,6 +308,27 @@ pub async fn assert_allowed_origins_served(addr: SocketAddr, listed: &str) {
     d.next_of("hello").await;
 }
 
+/// Waits up to [`WAIT`] for `value()` to equal `expected` (a counter the server bumps right
+/// around the moment the client observes the effect), failing with the last value.
+pub async fn eventually_eq<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    expected: T,
+    value: impl Fn() -> T,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = value();
+        if v == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {v:?} after {WAIT:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
