@@ -99,17 +99,7 @@ async fn idle_and_half_preface_sockets_are_closed_and_over_cap_ones_refused() {
             "a socket that sent no request is closed by the deadline"
         );
     }
-    eventually_eq("timed_out", 6, || {
-        srv.conns.timed_out.load(Ordering::Relaxed)
-    })
-    .await;
-    let (_, stats) = http_get(srv.addr, "/stats", "").await;
-    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
-    assert_eq!(
-        (&stats["connectionsRefused"], &stats["connectionsTimedOut"]),
-        (&serde_json::json!(4), &serde_json::json!(6)),
-        "{stats}"
-    );
+    assert_conn_counts(&srv, 4, 6).await;
 
     // Their slots are free again: a new agent is served.
     let mut late = connect(srv.addr, "/ingest").await.expect("agent after");

@@ -160,17 +160,7 @@ async fn idle_and_preface_sockets_are_closed_and_over_cap_ones_refused() {
             "a socket that began no request is closed by the deadline"
         );
     }
-    eventually_eq("timed_out", 7, || {
-        srv.conns.timed_out.load(Ordering::Relaxed)
-    })
-    .await;
-    let (_, stats) = http_get(srv.addr, "/stats", "").await;
-    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
-    assert_eq!(
-        (&stats["connectionsRefused"], &stats["connectionsTimedOut"]),
-        (&serde_json::json!(3), &serde_json::json!(7)),
-        "{stats}"
-    );
+    assert_conn_counts(&srv, 3, 7).await;
 
     // Their slots are free again: a new connection is served.
     post_accepted(srv.addr, &Transport::Http1, sample("after", 2.0)).await;

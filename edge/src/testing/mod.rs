@@ -329,6 +329,27 @@ pub async fn eventually_eq<T: PartialEq + std::fmt::Debug>(
     }
 }
 
+/// Waits for the listeners of `srv` to have refused `refused` connections at the cap and
+/// closed `timed_out` for their deadline, and checks `/stats` says the same.
+pub async fn assert_conn_counts(srv: &Started, refused: u64, timed_out: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    eventually_eq("connections refused", refused, || {
+        srv.conns.refused.load(Relaxed)
+    })
+    .await;
+    eventually_eq("connections timed out", timed_out, || {
+        srv.conns.timed_out.load(Relaxed)
+    })
+    .await;
+    let (_, stats) = http_get(srv.addr, "/stats", "").await;
+    let stats: Value = serde_json::from_str(&stats).expect("stats JSON");
+    assert_eq!(
+        (&stats["connectionsRefused"], &stats["connectionsTimedOut"]),
+        (&Value::from(refused), &Value::from(timed_out)),
+        "{stats}"
+    );
+}
+
 /// A plain HTTP/1.1 GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
