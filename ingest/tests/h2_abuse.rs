@@ -38,6 +38,27 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads frames until a GOAWAY (its error code) or the end of the connection (`None`).
+/// The flooding connection (read half `r`, writer task `flood`) gets GOAWAY
+/// `ENHANCE_YOUR_CALM` while another client's request is served, and the server serves
+/// after it too.
+async fn cut_off_while_others_are_served(
+    addr: SocketAddr,
+    r: &mut OwnedReadHalf,
+    flood: tokio::task::JoinHandle<()>,
+) {
+    let other =
+        tokio::spawn(
+            async move { post_accepted(addr, &Transport::H2c, sample("calm", 1.0)).await },
+        );
+    let code = tokio::time::timeout(WAIT, goaway(r))
+        .await
+        .expect("the connection ends within the wait");
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "GOAWAY ENHANCE_YOUR_CALM");
+    flood.abort();
+    other.await.expect("the other client is served");
+    post_accepted(addr, &Transport::H2c, sample("after", 2.0)).await;
+}
+
 async fn goaway(r: &mut OwnedReadHalf) -> Option<u32> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -100,17 +121,7 @@ async fn rapid_reset_gets_goaway_while_others_are_served() {
             }
         }
     });
-    let other = tokio::spawn({
-        let addr = srv.addr;
-        async move { post_accepted(addr, &Transport::H2c, sample("calm", 1.0)).await }
-    });
-    let code = tokio::time::timeout(WAIT, goaway(&mut r))
-        .await
-        .expect("the connection ends within the wait");
-    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "GOAWAY ENHANCE_YOUR_CALM");
-    flood.abort();
-    other.await.expect("the other client is served");
-    post_accepted(srv.addr, &Transport::H2c, sample("after", 2.0)).await;
+    cut_off_while_others_are_served(srv.addr, &mut r, flood).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,15 +144,5 @@ async fn continuation_flood_gets_goaway_while_others_are_served() {
             }
         }
     });
-    let other = tokio::spawn({
-        let addr = srv.addr;
-        async move { post_accepted(addr, &Transport::H2c, sample("calm", 1.0)).await }
-    });
-    let code = tokio::time::timeout(WAIT, goaway(&mut r))
-        .await
-        .expect("the connection ends within the wait");
-    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "GOAWAY ENHANCE_YOUR_CALM");
-    flood.abort();
-    other.await.expect("the other client is served");
-    post_accepted(srv.addr, &Transport::H2c, sample("after", 2.0)).await;
+    cut_off_while_others_are_served(srv.addr, &mut r, flood).await;
 }
