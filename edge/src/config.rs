@@ -132,6 +132,10 @@ pub struct EdgeArgs {
     /// Milliseconds an HTTP/2 ping has to be answered before the connection is closed.
     #[arg(long, default_value_t = ms(ListenLimits::DEFAULT.h2_keep_alive_timeout), global = true)]
     pub h2_keepalive_timeout_ms: u64,
+    /// Milliseconds an HTTP/2 connection may stay without an open stream before it gets GOAWAY
+    /// (pings answered or not).
+    #[arg(long, default_value_t = ms(ListenLimits::DEFAULT.h2_idle_timeout), global = true)]
+    pub h2_idle_timeout_ms: u64,
     /// Milliseconds in-flight requests, sessions and background tasks get to finish at
     /// shutdown (SIGINT, SIGTERM).
     #[arg(long, default_value_t = 10_000, global = true)]
@@ -234,6 +238,7 @@ impl EdgeArgs {
                 10,
             ),
             ("h2-keepalive-timeout-ms", self.h2_keepalive_timeout_ms, 10),
+            ("h2-idle-timeout-ms", self.h2_idle_timeout_ms, 10),
         ])?;
         Ok(EdgeSettings {
             listen,
@@ -268,6 +273,7 @@ impl EdgeArgs {
                 h2_max_streams: self.h2_max_streams,
                 h2_keep_alive_interval: Duration::from_millis(self.h2_keepalive_interval_ms),
                 h2_keep_alive_timeout: Duration::from_millis(self.h2_keepalive_timeout_ms),
+                h2_idle_timeout: Duration::from_millis(self.h2_idle_timeout_ms),
                 body_timeout: Duration::from_millis(self.body_timeout_ms),
             },
         })
@@ -396,6 +402,8 @@ mod tests {
             "400",
             "--h2-keepalive-timeout-ms",
             "500",
+            "--h2-idle-timeout-ms",
+            "600",
         ])
         .edge
         .validate()
@@ -408,6 +416,7 @@ mod tests {
                 h2_max_streams: 8,
                 h2_keep_alive_interval: Duration::from_millis(400),
                 h2_keep_alive_timeout: Duration::from_millis(500),
+                h2_idle_timeout: Duration::from_millis(600),
                 body_timeout: Duration::from_millis(300),
             }
         );

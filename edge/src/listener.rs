@@ -22,14 +22,16 @@
 //! socket, or 23 of the 24 bytes of the HTTP/2 preface, was held forever), so a timer beside the
 //! connection drops it unless the service has been called by then. After that, HTTP/1.1's
 //! header-read timeout starts whenever the connection goes idle, so it is also the keep-alive
-//! idle timeout; HTTP/2 pings an idle peer and closes it when the ping goes unanswered. What one
+//! idle timeout; HTTP/2 pings an idle peer and closes it when the ping goes unanswered, and an
+//! HTTP/2 connection with no open stream for `h2_idle_timeout` gets GOAWAY (a peer that answers
+//! every ping but never sends a request would otherwise hold its slot forever). What one
 //! HTTP/2 connection may buffer is bounded by its stream cap and the window sizes below.
 
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -72,6 +74,8 @@ pub struct ListenLimits {
     pub h2_keep_alive_interval: Duration,
     /// Time an HTTP/2 ping has to be answered before the connection is closed.
     pub h2_keep_alive_timeout: Duration,
+    /// Time an HTTP/2 connection may stay without an open stream before it gets GOAWAY.
+    pub h2_idle_timeout: Duration,
     /// Time to receive a whole request body (System 1's `POST /metrics`).
     pub body_timeout: Duration,
 }
@@ -84,6 +88,7 @@ impl ListenLimits {
         h2_max_streams: 100,
         h2_keep_alive_interval: Duration::from_secs(20),
         h2_keep_alive_timeout: Duration::from_secs(20),
+        h2_idle_timeout: Duration::from_secs(120),
         body_timeout: Duration::from_secs(30),
     };
 }
@@ -103,17 +108,20 @@ pub struct ConnStats {
     /// handshakes that did not finish in it included), or, on HTTP/1.1, because the next
     /// request's headers did not arrive within it.
     pub timed_out: AtomicU64,
+    /// HTTP/2 connections closed (GOAWAY) after `h2_idle_timeout` without an open stream.
+    pub idle_closed: AtomicU64,
 }
 
 impl ConnStats {
     /// The counters as JSON members for `/stats`, with the hub's count of WebSocket peers
     /// dropped for not taking a write in time:
-    /// `"connectionsRefused":N,"connectionsTimedOut":N,"writeTimeouts":N`.
+    /// `"connectionsRefused":N,"connectionsTimedOut":N,"connectionsIdleClosed":N,"writeTimeouts":N`.
     pub fn json_members(&self, write_timeouts: u64) -> String {
         format!(
-            "\"connectionsRefused\":{},\"connectionsTimedOut\":{},\"writeTimeouts\":{}",
+            "\"connectionsRefused\":{},\"connectionsTimedOut\":{},\"connectionsIdleClosed\":{},\"writeTimeouts\":{}",
             self.refused.load(Ordering::Relaxed),
             self.timed_out.load(Ordering::Relaxed),
+            self.idle_closed.load(Ordering::Relaxed),
             write_timeouts
         )
     }
@@ -190,6 +198,7 @@ pub async fn serve<F, Fut>(
             continue;
         };
         let deadline = Instant::now() + limits.header_read_timeout;
+        let idle_timeout = limits.h2_idle_timeout;
         let _ = stream.set_nodelay(true);
         let stream = Counted {
             io: stream,
@@ -208,6 +217,7 @@ pub async fn serve<F, Fut>(
             let life = conn_life;
             let first = FirstRequest {
                 deadline,
+                idle_timeout,
                 stats: &stats,
             };
             match tls {
@@ -274,10 +284,96 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     }
 }
 
-/// When a connection's first request must have begun, and where to count it if not.
+/// When a connection's first request must have begun, how long an HTTP/2 connection may then
+/// stay without a stream, and where to count the connections closed for either.
 struct FirstRequest<'a> {
     deadline: Instant,
+    idle_timeout: Duration,
     stats: &'a ConnStats,
+}
+
+/// The open HTTP/2 streams of one connection, and when the last one ended: what the idle timer
+/// reads. HTTP/1.1 requests don't touch it (there the header-read timeout is the idle timeout).
+struct Streams {
+    open: AtomicUsize,
+    /// Milliseconds from `base` to the end of the last stream; `NONE` before any HTTP/2 stream.
+    idle_since_ms: AtomicU64,
+    base: Instant,
+}
+
+impl Streams {
+    const NONE: u64 = u64::MAX;
+
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(Self::NONE),
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// When the connection will have been idle for `timeout`, if it has no open stream now;
+    /// `None` while streams are open or before the first HTTP/2 stream.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.idle_since_ms.load(Ordering::Acquire) {
+            Self::NONE => None,
+            ms => Some(self.base + Duration::from_millis(ms) + timeout),
+        }
+    }
+}
+
+/// Held by an HTTP/2 stream from its request to the end of its response body.
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn open(streams: &Arc<Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        // The time first, then the count: a timer that sees zero open streams sees this end.
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is finished or dropped
+/// (a streaming response outlives its handler).
+struct Guarded {
+    body: Body,
+    _guard: StreamGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn serve_conn<I, F, Fut>(
@@ -295,21 +391,36 @@ async fn serve_conn<I, F, Fut>(
     // Set by the service's first call; the only per-request cost of the deadline is this load.
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
-    let service = service_fn(move |req| {
+    let streams = Arc::new(Streams::new());
+    let counted = streams.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         if !seen.load(Ordering::Relaxed) {
             seen.store(true, Ordering::Relaxed);
         }
+        let guard = (req.version() == hyper::Version::HTTP_2).then(|| StreamGuard::open(&counted));
         // Boxed at once: hyper spawns every HTTP/2 stream's future, and tokio moves a spawned
         // future by value; a pointer is cheaper to move than a handler's state (measured: the
         // copies were the largest single cost of small requests).
         let fut = Box::pin(handler(req, info));
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        async move {
+            let resp = fut.await;
+            Ok::<_, std::convert::Infallible>(match guard {
+                None => resp,
+                Some(g) => {
+                    resp.map(|body| http_body_util::BodyExt::boxed(Guarded { body, _guard: g }))
+                }
+            })
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let first_due = tokio::time::sleep_until(first.deadline);
     tokio::pin!(first_due);
     let mut waiting_first = true;
+    // Re-armed to each possible idle deadline; idle counts only from an HTTP/2 stream's end.
+    let idle_due = tokio::time::sleep(first.idle_timeout);
+    tokio::pin!(idle_due);
+    let mut watching_idle = true;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -332,6 +443,19 @@ async fn serve_conn<I, F, Fut>(
                 first.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %info.peer, "no request within the header-read timeout");
                 return;
+            }
+            _ = idle_due.as_mut(), if watching_idle => {
+                match streams.idle_deadline(first.idle_timeout) {
+                    Some(at) if at <= Instant::now() => {
+                        // GOAWAY: the peer may open no new stream; the connection ends.
+                        watching_idle = false;
+                        first.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %info.peer, "HTTP/2 connection idle; closing");
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(at) => idle_due.as_mut().reset(at),
+                    None => idle_due.as_mut().reset(Instant::now() + first.idle_timeout),
+                }
             }
             _ = life.cancelled() => {
                 conn.as_mut().graceful_shutdown();

@@ -1,6 +1,8 @@
 //! The h2 crate's defences against HTTP/2 rapid reset (CVE-2023-44487) and CONTINUATION floods
 //! are on by default in the listener; these tests hold them to it over a real socket, with raw
 //! frames: the abusive connection gets GOAWAY ENHANCE_YOUR_CALM while another client is served.
+//! And a connection that answers every keep-alive ping but opens no stream is closed after
+//! `--h2-idle-timeout-ms`, while one whose stream is open (however quiet) is kept.
 
 mod common;
 
@@ -145,4 +147,98 @@ async fn continuation_flood_gets_goaway_while_others_are_served() {
         }
     });
     cut_off_while_others_are_served(srv.addr, &mut r, flood).await;
+}
+
+/// A peer that answers every ping but never opens another stream held its connection slot
+/// forever; now it gets GOAWAY after the idle timeout. A connection with an open (quiet)
+/// `/metrics/stream` request is not idle and keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_answering_pings_is_closed_but_an_open_stream_is_kept() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
+    use hyper::Request;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.edge.conn.h2_keep_alive_interval = Duration::from_millis(100);
+    s.edge.conn.h2_keep_alive_timeout = Duration::from_secs(5);
+    s.edge.conn.h2_idle_timeout = Duration::from_millis(800);
+    let srv = start(s).await;
+    let tcp = TcpStream::connect(srv.addr).await.expect("connect");
+    let io = TokioIo::new(tcp);
+
+    // One request, then silence on our side; hyper's client answers the server's pings.
+    let (mut idle, idle_conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2c handshake");
+    let idle_conn = tokio::spawn(idle_conn);
+    let req = Request::post("/metrics")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(sample("idle", 1.0))))
+        .expect("request");
+    assert_eq!(
+        idle.send_request(req).await.expect("response").status(),
+        202
+    );
+
+    // A stream that stays open across the idle timeout, sending a line on each side of it.
+    let tcp = TcpStream::connect(srv.addr).await.expect("connect");
+    let (mut busy, busy_conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(busy_conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let body = StreamBody::new(Box::pin(futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+    )));
+    let req = Request::post("/metrics/stream")
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .expect("request");
+    let mut acks = busy.send_request(req).await.expect("headers").into_body();
+    let mut acked = async |line: String| {
+        tx.send(Ok(Frame::data(Bytes::from(line))))
+            .await
+            .expect("send");
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"\n") {
+            let f = tokio::time::timeout(WAIT, acks.frame())
+                .await
+                .expect("ack in time")
+                .expect("stream open")
+                .expect("frame");
+            if let Ok(d) = f.into_data() {
+                buf.extend_from_slice(&d);
+            }
+        }
+        String::from_utf8(buf).expect("utf-8")
+    };
+    assert!(acked(format!("{}\n", sample("busy", 1.0)))
+        .await
+        .contains("\"acked\":1"));
+
+    // The idle connection ends (GOAWAY, then close) although it answered every ping.
+    tokio::time::timeout(WAIT, idle_conn)
+        .await
+        .expect("the idle connection is closed within the wait")
+        .expect("connection task")
+        .expect("a graceful close");
+    eventually_eq("connections closed idle", 1, || {
+        srv.conns
+            .idle_closed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    let (_, stats) = http_get(srv.addr, "/stats", "").await;
+    assert!(stats.contains("\"connectionsIdleClosed\":1"), "{stats}");
+
+    // The open stream outlived the idle timeout and still takes samples.
+    assert!(acked(format!("{}\n", sample("busy", 2.0)))
+        .await
+        .contains("\"acked\":1"));
+    drop(tx);
 }
