@@ -27,15 +27,52 @@ pub enum Command {
     /// until fewer than 99.9 % of samples arrive or p99 goes over --p99-ms (down, when the
     /// first step already fails).
     Max(MaxArgs),
+    /// Samples the memory (RSS) and open file descriptors of running processes every second
+    /// until --seconds pass: a CSV, a page with the curves, and a verdict on growth (the soak
+    /// test's recorder, see scripts/soak). Fails when a process grew past its allowance or exited.
+    Watch(WatchArgs),
+}
+
+/// The flags of `bench watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// A process to watch, as NAME=PID (repeat the flag for each).
+    #[arg(long = "process", value_parser = crate::watch::parse_watched, required = true)]
+    pub processes: Vec<crate::watch::Watched>,
+    /// Seconds to watch.
+    #[arg(long, env = "WATCH_SECONDS", default_value_t = 600.0)]
+    pub seconds: f64,
+    /// Milliseconds between readings.
+    #[arg(long, env = "WATCH_INTERVAL_MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Seconds from the start before the baseline is taken (start-up and warm-up).
+    #[arg(long, env = "WATCH_SETTLE", default_value_t = 60.0)]
+    pub settle: f64,
+    /// Seconds over which the baseline and the end are each taken (their medians).
+    #[arg(long, env = "WATCH_WINDOW", default_value_t = 60.0)]
+    pub window: f64,
+    /// Memory growth allowed from the baseline to the end, in percent of the baseline...
+    #[arg(long, env = "WATCH_MAX_RSS_GROWTH_PCT", default_value_t = 10.0)]
+    pub max_rss_growth_pct: f64,
+    /// ...or in MiB, whichever is more.
+    #[arg(long, env = "WATCH_MAX_RSS_GROWTH_MIB", default_value_t = 32.0)]
+    pub max_rss_growth_mib: f64,
+    /// Open file descriptors allowed to be added from the baseline to the end.
+    #[arg(long, env = "WATCH_MAX_FD_GROWTH", default_value_t = 64)]
+    pub max_fd_growth: u64,
+    /// Folder for watch.csv, watch.json and watch.html.
+    #[arg(long, env = "WATCH_OUT")]
+    pub out: PathBuf,
 }
 
 impl Command {
-    /// The flags every command takes.
-    pub fn common(&self) -> &CommonArgs {
+    /// The flags every load command takes (`watch` runs no load).
+    pub fn common(&self) -> Option<&CommonArgs> {
         match self {
-            Command::Compare(c) => c,
-            Command::Run(a) => &a.common,
-            Command::Max(a) => &a.common,
+            Command::Compare(c) => Some(c),
+            Command::Run(a) => Some(&a.common),
+            Command::Max(a) => Some(&a.common),
+            Command::Watch(_) => None,
         }
     }
 }
@@ -95,9 +132,15 @@ pub struct OutputArgs {
     /// CA certificate (PEM) to trust for https:// and wss:// URLs.
     #[arg(long, env = "BENCH_CA")]
     pub ca: Option<PathBuf>,
-    /// Bearer token for the systems under test.
+    /// Bearer token for the systems under test, for agents and dashboards alike.
     #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Bearer token the agents send (a deployment with `--agent-token`); default: --token.
+    #[arg(long, env = "BENCH_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+    /// Bearer token the dashboards send (a deployment with `--dashboard-token`); default: --token.
+    #[arg(long, env = "BENCH_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub dashboard_token: Option<String>,
     /// Threads of the load generator's runtime (agents).
     #[arg(long, env = "BENCH_LOAD_THREADS", default_value_t = 2)]
     pub load_threads: usize,
@@ -183,6 +226,16 @@ pub struct MaxArgs {
     // The first step's rate is --rate; each step lasts --duration after --warmup.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl OutputArgs {
+    /// The tokens agents and dashboards present: each role's own, else the shared one.
+    pub fn tokens(&self) -> crate::transport::Tokens {
+        crate::transport::Tokens {
+            agent: self.agent_token.clone().or_else(|| self.token.clone()),
+            dashboard: self.dashboard_token.clone().or_else(|| self.token.clone()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,33 @@ use crate::setup::{chosen, ensure_files, prepare};
 use crate::systems::{self, RedisChild};
 use crate::workload::Workload;
 
+/// `bench watch`: one small runtime; Ctrl-C ends the watch early and still writes the files.
+fn watch(cli: &Cli) -> anyhow::Result<()> {
+    let Command::Watch(a) = &cli.command else {
+        unreachable!("only watch runs no load")
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cancel = CancellationToken::new();
+    rt.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                c.cancel();
+            }
+        });
+        crate::watch::watch(a, &cancel).await
+    })
+}
+
 /// Runs `cli`.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     metrics_edge::tls::install_provider();
-    let output = cli.command.common().output.clone();
+    let Some(common) = cli.command.common() else {
+        return watch(&cli);
+    };
+    let output = common.output.clone();
     let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(output.load_threads.max(1))
         .thread_name("bench-load")
@@ -53,6 +76,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Run(a) => compare(&a.common, a.system, "run", &rts, &cancel).await,
             Command::Max(a) => crate::max::max(a, &rts, &cancel).await,
+            Command::Watch(_) => unreachable!("handled before the load runtimes start"),
         }
     });
     load_rt.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -108,13 +108,22 @@ mod tests {
     #[test]
     fn this_process_and_a_busy_named_thread_are_counted() {
         let a = sample(Some(std::process::id()));
+        let before = a.load;
         let t = std::thread::Builder::new()
             .name("bench-load-t".into())
-            .spawn(|| {
+            .spawn(move || {
+                // Spin until the thread has used 0.15 s of CPU (on a busy machine that takes
+                // longer than 0.15 s of wall time), or give up after 20 s.
                 let start = std::time::Instant::now();
                 let mut x = 0u64;
-                while start.elapsed() < std::time::Duration::from_millis(300) {
-                    x = x.wrapping_mul(31).wrapping_add(7);
+                while start.elapsed() < std::time::Duration::from_secs(20) {
+                    let slice = std::time::Instant::now();
+                    while slice.elapsed() < std::time::Duration::from_millis(10) {
+                        x = x.wrapping_mul(31).wrapping_add(7);
+                    }
+                    if sample(None).load - before >= 0.15 {
+                        break;
+                    }
                 }
                 std::hint::black_box(x);
                 // Read while the thread is still alive (its time leaves the task list after).

@@ -127,7 +127,12 @@ pub async fn start(
     live: Arc<Live>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Outcome>, ConnectError> {
-    let mut ws = connect_ws(&ep.dashboard, &ep.dashboard_path, ep.token.as_deref()).await?;
+    let mut ws = connect_ws(
+        &ep.dashboard,
+        &ep.dashboard_path,
+        ep.tokens.dashboard.as_deref(),
+    )
+    .await?;
     ws.set_max_message_size(64 << 20);
     ws.set_auto_pong(true);
     // Wait for the first event (hello): the dashboard is registered from then on.

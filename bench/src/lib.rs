@@ -9,7 +9,7 @@
 //! [`progress`] on the terminal), and [`tally`] turns its records into a result; [`systems`]
 //! starts the systems in-process and [`setup`] sets them up from the flags; [`report`] writes
 //! the results; [`commands`] is what the `bench` binary's subcommands do, [`max`] the rate
-//! search of `bench max`.
+//! search of `bench max`, [`watch`] the soak test's recorder of memory and descriptors.
 
 pub mod agent;
 pub mod cli;
@@ -27,4 +27,5 @@ pub mod setup;
 pub mod systems;
 pub mod tally;
 pub mod transport;
+pub mod watch;
 pub mod workload;

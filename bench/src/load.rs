@@ -96,7 +96,7 @@ pub async fn connect(
         Transport::H1 => Conn::Http(connect_http(&ep.ingest, false).await?),
         Transport::H2c | Transport::H2tls => Conn::Http(connect_http(&ep.ingest, true).await?),
         Transport::Ws | Transport::Wss => {
-            let ws = connect_ws(&ep.ingest, &ep.ingest_path, ep.token.as_deref()).await?;
+            let ws = connect_ws(&ep.ingest, &ep.ingest_path, ep.tokens.agent.as_deref()).await?;
             Conn::Ws(WsAgent::start(ws, rec.clone(), batch))
         }
         // The streaming request starts with the run (it needs the run's times).

@@ -133,13 +133,7 @@ pub fn prepare(
     let transport = f.transport;
     if let Some(url) = f.url {
         let ca = ca_pem(out)?;
-        let ep = Endpoint::from_url(
-            url,
-            f.dashboard,
-            transport,
-            ca.as_deref(),
-            out.token.clone(),
-        )?;
+        let ep = Endpoint::from_url(url, f.dashboard, transport, ca.as_deref(), out.tokens())?;
         return Ok(Prepared {
             target: f.target(url.clone(), ep, None),
             embedded: None,
@@ -183,13 +177,7 @@ pub fn prepare(
     let url = sys
         .url(transport.websocket(), transport.tls())
         .context("the embedded system has no listener for this transport")?;
-    let mut ep = Endpoint::from_url(
-        &url,
-        None,
-        transport,
-        sys.ca_pem.as_deref(),
-        out.token.clone(),
-    )?;
+    let mut ep = Endpoint::from_url(&url, None, transport, sys.ca_pem.as_deref(), out.tokens())?;
     // Connect to the address bound, whatever the certificate's name resolves to.
     if let Some(addr) = if transport.tls() { sys.tls } else { sys.plain } {
         ep.ingest.addr = addr;

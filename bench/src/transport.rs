@@ -113,7 +113,27 @@ pub struct Endpoint {
     pub dashboard: Host,
     /// Dashboard stream path with query (`/ws`, `/ws?token=...`).
     pub dashboard_path: String,
-    pub token: Option<String>,
+    pub tokens: Tokens,
+}
+
+/// The bearer tokens the bench presents: agents and dashboards may need different ones (a
+/// deployment with `--agent-token` and `--dashboard-token`).
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    /// Sent by agents (`Authorization: Bearer`).
+    pub agent: Option<String>,
+    /// Sent by dashboards (header and `?token=`).
+    pub dashboard: Option<String>,
+}
+
+impl Tokens {
+    /// The same token for both roles.
+    pub fn both(token: Option<String>) -> Self {
+        Self {
+            agent: token.clone(),
+            dashboard: token,
+        }
+    }
 }
 
 /// The URL text a user gave, split.
@@ -175,7 +195,7 @@ impl Endpoint {
         dashboard_url: Option<&str>,
         transport: Transport,
         ca_pem: Option<&[u8]>,
-        token: Option<String>,
+        tokens: Tokens,
     ) -> Result<Self, TargetError> {
         let p = parse_url(url)?;
         let need_tls = transport.tls();
@@ -244,7 +264,7 @@ impl Endpoint {
         } else {
             format!("{}/ws", d.base)
         };
-        if let Some(t) = &token {
+        if let Some(t) = &tokens.dashboard {
             dashboard_path.push_str(if dashboard_path.contains('?') {
                 "&"
             } else {
@@ -259,7 +279,7 @@ impl Endpoint {
             ingest_path,
             dashboard,
             dashboard_path,
-            token,
+            tokens,
         })
     }
 }
@@ -357,8 +377,14 @@ mod tests {
 
     #[test]
     fn urls_give_paths_and_refuse_mismatched_schemes() {
-        let e = Endpoint::from_url("http://127.0.0.1:9/api", None, Transport::H2c, None, None)
-            .expect("valid");
+        let e = Endpoint::from_url(
+            "http://127.0.0.1:9/api",
+            None,
+            Transport::H2c,
+            None,
+            Tokens::default(),
+        )
+        .expect("valid");
         assert_eq!(e.ingest_path, "/api/metrics");
         assert_eq!(e.dashboard_path, "/api/ws");
         assert_eq!(e.ingest.addr, "127.0.0.1:9".parse().expect("addr"));
@@ -367,21 +393,40 @@ mod tests {
             Some("ws://127.0.0.1:10/live"),
             Transport::Ws,
             None,
-            Some("s3cret".into()),
+            Tokens {
+                agent: Some("agent".into()),
+                dashboard: Some("s3cret".into()),
+            },
         )
         .expect("valid");
         assert_eq!(e.ingest_path, "/ingest");
         assert_eq!(e.dashboard_path, "/live?token=s3cret");
+        assert_eq!(e.tokens.agent.as_deref(), Some("agent"));
         assert_eq!(e.dashboard.addr.port(), 10);
-        let err =
-            Endpoint::from_url("http://127.0.0.1:9", None, Transport::Wss, None, None).unwrap_err();
+        let err = Endpoint::from_url(
+            "http://127.0.0.1:9",
+            None,
+            Transport::Wss,
+            None,
+            Tokens::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "`http://127.0.0.1:9`: transport wss needs a wss:// URL"
         );
-        let err = Endpoint::from_url("https://127.0.0.1:9", None, Transport::H2tls, None, None)
-            .unwrap_err();
+        let err = Endpoint::from_url(
+            "https://127.0.0.1:9",
+            None,
+            Transport::H2tls,
+            None,
+            Tokens::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--ca"), "{err}");
-        assert!(Endpoint::from_url("127.0.0.1:9", None, Transport::H1, None, None).is_err());
+        assert!(
+            Endpoint::from_url("127.0.0.1:9", None, Transport::H1, None, Tokens::default())
+                .is_err()
+        );
     }
 }

@@ -322,13 +322,16 @@ fn every_transport_delivers_every_sample() {
     }
 }
 
-/// Either side can be a URL: here a System 2 the test started itself.
+/// Either side can be a URL: here a System 2 the test started itself, with separate agent and
+/// dashboard tokens, which the bench presents each to its own role.
 #[test]
 fn a_url_target_is_measured_the_same_way() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let addr = rt.block_on(async {
-        let s = aggregator::Settings::local();
+        let mut s = aggregator::Settings::local();
+        s.edge.agent_token = Some("agent-secret".into());
+        s.edge.dashboard_token = Some("dashboard-secret".into());
         let l = aggregator::server::bind(&s).await.expect("bind");
         let server = <aggregator::Server as aggregator::Service>::start(s, l, shutdown.clone())
             .expect("start");
@@ -340,7 +343,9 @@ fn a_url_target_is_measured_the_same_way() {
             .args(["run", "system2"])
             .args(Load::SMALL.args())
             .arg("--system2")
-            .arg(format!("ws://{addr}")),
+            .arg(format!("ws://{addr}"))
+            .args(["--agent-token", "agent-secret"])
+            .args(["--dashboard-token", "dashboard-secret"]),
     );
     let s = &r["systems"][0];
     assert_eq!(s["target"], format!("ws://{addr}"));

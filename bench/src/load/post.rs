@@ -35,7 +35,7 @@ impl PostTemplate {
         Self {
             uri: uri.parse().expect("a URI made of a parsed URL's parts"),
             host: (!h2).then(|| authority.parse().expect("a valid Host header")),
-            auth: ep.token.as_ref().map(|t| {
+            auth: ep.tokens.agent.as_ref().map(|t| {
                 format!("Bearer {t}")
                     .parse()
                     .expect("a token valid in a header")

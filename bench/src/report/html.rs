@@ -5,6 +5,9 @@ use super::Report;
 
 const TEMPLATE: &str = include_str!("report.html");
 const MARKER: &str = "__REPORT_JSON__";
+/// The styles every page of the bench shares, and where a template wants them.
+pub const STYLE: &str = include_str!("style.css");
+pub const STYLE_MARKER: &str = "__STYLE__";
 
 /// The page for `r`.
 pub fn render(r: &Report) -> String {
@@ -13,7 +16,9 @@ pub fn render(r: &Report) -> String {
     let json = serde_json::to_string(r)
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
         .replace('<', "\\u003c");
-    TEMPLATE.replacen(MARKER, &json, 1)
+    TEMPLATE
+        .replacen(STYLE_MARKER, STYLE, 1)
+        .replacen(MARKER, &json, 1)
 }
 
 #[cfg(test)]
@@ -34,6 +39,7 @@ mod tests {
         };
         let page = render(&r);
         assert!(!page.contains("__REPORT_JSON__"));
+        assert!(!page.contains(STYLE_MARKER) && page.contains("svg.chart"));
         assert!(!page.contains("</script><!--"));
         let open = "<script type=\"application/json\" id=\"report-data\">";
         let start = page.find(open).expect("data element") + open.len();
