@@ -96,6 +96,10 @@ pub struct LoadArgs {
     /// Dashboards watching the stream (fan-out); each must see every sample.
     #[arg(long, env = "BENCH_DASHBOARDS", default_value_t = 1)]
     pub dashboards: u64,
+    /// Dashboards that connect and then never read (stalled): the system must cut them off
+    /// without the others' latency suffering. They are not counted in the results.
+    #[arg(long, env = "BENCH_STALLED_DASHBOARDS", default_value_t = 0)]
+    pub stalled_dashboards: u64,
     /// Seconds measured (after the warm-up).
     #[arg(long, env = "BENCH_DURATION", default_value_t = 10.0)]
     pub duration: f64,

@@ -119,6 +119,26 @@ pub struct Live {
     pub seen: AtomicU64,
 }
 
+/// Connects `n` dashboards that will never read: the run holds them until it ends, so the
+/// system's writes to them back up as a stalled browser's would.
+pub async fn connect_stalled(
+    ep: &Endpoint,
+    n: u64,
+) -> Result<Vec<metrics_edge::client::ClientSocket>, ConnectError> {
+    let mut held = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        held.push(
+            connect_ws(
+                &ep.dashboard,
+                &ep.dashboard_path,
+                ep.tokens.dashboard.as_deref(),
+            )
+            .await?,
+        );
+    }
+    Ok(held)
+}
+
 /// Connects a dashboard; returns once the system said `hello`, with the task that reads.
 pub async fn start(
     ep: &Endpoint,

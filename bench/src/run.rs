@@ -101,6 +101,10 @@ pub async fn run(
     let schedule = w.schedule()?;
     // Dashboards first, so nothing sent is missed.
     let mut dashboards = Dashboards::connect(t, w, &rts.dash).await?;
+    // Held, never read, until the run ends (the system may cut them off before).
+    let stalled = dashboard::connect_stalled(&t.endpoint, w.stalled_dashboards)
+        .await
+        .with_context(|| format!("{}: connecting the stalled dashboards", t.name))?;
     let seconds = seconds_recorded(w);
     let rec = Arc::new(LoadRecorder::new(schedule.total() * w.batch, seconds));
     let conns = connect_agents(t, w, &rts.load, &rec).await?;
@@ -117,6 +121,7 @@ pub async fn run(
     wait_for_stragglers(w, &rec, &dashboards.live, cancel, &progress).await;
 
     dashboards.stop.cancel();
+    drop(stalled);
     progress.finish();
     let pacer_cpu = sending.pacer.join().unwrap_or(0.0);
     let outcomes = dashboards.outcomes().await?;

@@ -323,7 +323,7 @@ fn every_transport_delivers_every_sample() {
 }
 
 /// Either side can be a URL: here a System 2 the test started itself, with separate agent and
-/// dashboard tokens, which the bench presents each to its own role.
+/// dashboard tokens, which the bench presents each to its own role, and two stalled dashboards.
 #[test]
 fn a_url_target_is_measured_the_same_way() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -345,8 +345,11 @@ fn a_url_target_is_measured_the_same_way() {
             .arg("--system2")
             .arg(format!("ws://{addr}"))
             .args(["--agent-token", "agent-secret"])
-            .args(["--dashboard-token", "dashboard-secret"]),
+            .args(["--dashboard-token", "dashboard-secret"])
+            .args(["--stalled-dashboards", "2"]),
     );
+    // Two more dashboards held without reading: the one that reads still sees everything.
+    assert_eq!(r["params"]["stalled_dashboards"], 2);
     let s = &r["systems"][0];
     assert_eq!(s["target"], format!("ws://{addr}"));
     check_counts_add_up(s, 1);
