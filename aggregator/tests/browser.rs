@@ -64,6 +64,85 @@ async fn dashboard_renders_live_data_in_headless_chromium() {
     eprintln!("browser test took {:.1?}", started.elapsed());
 }
 
+/// Starts a server on `addr` (a free port when `None`); returns it, where it listens, and the
+/// token that stops it.
+async fn start_server(addr: Option<SocketAddr>) -> (Server, SocketAddr, CancellationToken) {
+    let settings = Settings::local();
+    let shutdown = CancellationToken::new();
+    let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
+    let listeners = Listeners {
+        plain: Some(TcpListener::bind(bind).await.expect("bind")),
+        tls: None,
+        limits: settings.edge.conn,
+    };
+    let server = Server::start(settings, listeners, shutdown.clone()).expect("server starts");
+    let addr = server.running.plain_addr.expect("plain listener");
+    (server, addr, shutdown)
+}
+
+/// System 2 keeps nothing across a restart, so what must survive one is the clients' own
+/// doing: the page and the (simulated) agents see the server go away (1001) and reconnect by
+/// themselves with backoff; the page then shows new live samples. Windows start empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_and_agents_reconnect_by_themselves_after_a_restart() {
+    let binary = chromium_binary();
+    let (server, addr, stop_first) = start_server(None).await;
+    let agents = CancellationToken::new();
+    let _stop_agents = agents.clone().drop_guard();
+    tokio::spawn(aggregator::simulate::run(
+        addr,
+        2,
+        20.0,
+        None,
+        agents.clone(),
+    ));
+    let browser = Chromium::launch(&binary);
+    let outcome = tokio::time::timeout(TEST_BUDGET, async {
+        let mut cdp = Cdp::connect(browser.devtools_url().await?).await?;
+        let page = cdp.open(&format!("http://{addr}/")).await?;
+        page.wait_for_state(&mut cdp, STATE, "live data before the restart", |s| {
+            s["state"] == "connected" && count(s, "samples") > 10
+        })
+        .await?;
+
+        // Stopped: every socket is closed (1001) and the port refuses connections.
+        stop_first.cancel();
+        server.wait().await;
+        let s = page
+            .wait_for_state(
+                &mut cdp,
+                STATE,
+                "the page noticing the server is gone",
+                |s| s["state"] != "connected",
+            )
+            .await?;
+        let before = count(&s, "samples");
+
+        // Started again on the same port: nobody is told; page and agents come back alone.
+        let (_again, _, stop_again) = start_server(Some(addr)).await;
+        let _stop_again = stop_again.drop_guard();
+        let s = page
+            .wait_for_state(&mut cdp, STATE, "new live samples after the restart", |s| {
+                s["state"] == "connected" && count(s, "samples") > before + 10
+            })
+            .await?;
+        check(
+            has(&s["options"], "sim-01") && has(&s["options"], "sim-02"),
+            "both agents are back",
+            &s,
+        )?;
+        check(
+            s["errors"] == json!([]),
+            "a restart is not reported as an error",
+            &s,
+        )?;
+        let _ = cdp.call(None, "Browser.close", json!({})).await;
+        Ok(())
+    })
+    .await;
+    browser.finish(outcome);
+}
+
 async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
     let mut cdp = Cdp::connect(browser.devtools_url().await?).await?;
     let base = format!("http://{addr}/?token={TOKEN}");
