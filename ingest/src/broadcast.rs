@@ -145,7 +145,10 @@ pub async fn run(
     let mut backoff = Backoff::default();
     let mut marks: Option<Marks> = None;
     while !shutdown.is_cancelled() {
-        match link.subscribe_once(&shutdown, &mut backoff, &mut marks).await {
+        match link
+            .subscribe_once(&shutdown, &mut backoff, &mut marks)
+            .await
+        {
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "Pub/Sub connection lost; reconnecting"),
         }
@@ -389,7 +392,12 @@ impl Link<'_> {
         let client = redis::Client::open(self.url)?;
         let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
             .await
-            .map_err(|_| io_error(std::io::ErrorKind::TimedOut, "connecting to Redis timed out"))??;
+            .map_err(|_| {
+                io_error(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to Redis timed out",
+                )
+            })??;
         pubsub
             .subscribe(&[self.keys.channel.as_str(), self.probe.as_str()])
             .await?;

@@ -143,7 +143,10 @@ fn load(
     prefix: &str,
     tasks: usize,
     per_task: usize,
-) -> (Arc<Mutex<HashSet<String>>>, Vec<tokio::task::JoinHandle<()>>) {
+) -> (
+    Arc<Mutex<HashSet<String>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let handles = (0..tasks)
         .map(|t| {
@@ -164,7 +167,10 @@ fn load(
 async fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + limit;
     while !ok() {
-        assert!(tokio::time::Instant::now() < end, "{what}: not within {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{what}: not within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -320,9 +326,11 @@ async fn broadcaster_recovers_out_of_order_samples_and_windows_after_losing_its_
     // The slow worker takes sample "early" and holds it for 6 s before publishing it.
     let _slow = worker(&redis, "slow", 60_000, &[("INGEST_FAULT_PAUSE_MS", "6000")]);
     post_accepted(front.addr, &Transport::Http1, sample("early", 1.0)).await;
-    wait_until("the slow worker took the early sample", Duration::from_secs(10), || {
-        pending(&redis) == 1
-    })
+    wait_until(
+        "the slow worker took the early sample",
+        Duration::from_secs(10),
+        || pending(&redis) == 1,
+    )
     .await;
     // A second worker publishes later samples meanwhile: positions arrive out of order.
     let _fast = worker(&redis, "fast", 60_000, &[]);
@@ -400,8 +408,288 @@ async fn broadcaster_recovers_out_of_order_samples_and_windows_after_losing_its_
         acked.len(),
         missed_windows.len()
     );
-    assert!(missing.is_empty(), "never reached the dashboard: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "never reached the dashboard: {missing:?}"
+    );
     // No worker re-published anything (no claims: --claim-idle-ms 60000), and the
     // broadcaster relays each position once, catch-up or live.
     assert_eq!(repeats, 0, "samples relayed twice: {:?}", got.samples);
+}
+
+/// Every entry's samples in the stream, by server id.
+fn stream_servers(redis: &Redis) -> HashSet<String> {
+    let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg("metrics:samples")
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .expect("XRANGE");
+    entries
+        .iter()
+        .flat_map(|(_, f)| {
+            let text = String::from_utf8_lossy(&f["e"]).into_owned();
+            text.lines()
+                .skip(1)
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).expect("stored sample");
+                    v["serverId"].as_str().expect("server").to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn join(posters: Vec<tokio::task::JoinHandle<()>>) {
+    for p in posters {
+        p.await.expect("poster");
+    }
+}
+
+fn snapshot(acked: &Arc<Mutex<HashSet<String>>>) -> HashSet<String> {
+    acked.lock().expect("lock").clone()
+}
+
+/// Redis SIGKILLed under load and started again on its data directory, with
+/// `appendfsync always`: every sample acknowledged before, during or after reaches a
+/// dashboard that reconnects with `?since=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_with_aof_always_loses_no_acknowledged_sample() {
+    let mut redis = Redis::start_aof("always");
+    let system = start(settings(&redis)).await;
+    let mut dash = connect(system.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let mut got = Received::default();
+    let (acked, posters) = load(system.addr, "a", 4, 75);
+    got.read_until(&mut dash, |g| g.samples.len() >= 60).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    join(posters).await;
+    let before = snapshot(&acked).len();
+    // Load again once the front door answers: those acknowledged count too.
+    let (again, posters) = load(system.addr, "c", 4, 25);
+    join(posters).await;
+    let mut acked = snapshot(&acked);
+    let after = snapshot(&again);
+    assert!(!after.is_empty(), "the front door recovers with Redis");
+    acked.extend(after);
+    println!(
+        "{before} acknowledged around the Redis kill, {} in all",
+        acked.len()
+    );
+    // The dashboard goes away and comes back with the last id it saw.
+    drop(dash);
+    let since = got.max_id.expect("samples seen").to_string();
+    let mut dash = connect(system.addr, &format!("/ws?since={since}"))
+        .await
+        .expect("dashboard again");
+    got.read_until(&mut dash, |g| g.has_all(&acked)).await;
+    let (repeats, missing) = got.repeats_and_missing(&acked);
+    println!(
+        "{} acknowledged across a Redis restart; {repeats} received twice (a worker's batch published but not yet acknowledged when Redis died is published again)",
+        acked.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
+
+/// The broadcaster process SIGKILLed under load and started again: a dashboard that
+/// reconnects with `?since=` the last id it saw gets every sample, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcaster_killed_and_restarted_dashboards_resume_with_since_each_sample_once() {
+    let redis = Redis::start();
+    let s = settings(&redis);
+    let front = start_role(s.clone(), Role::Front).await;
+    // One worker: samples are published in stream order, so "the last id seen" is a cursor.
+    let _worker = start_role(s, Role::Worker).await;
+    let (url, listen) = (redis.url(), format!("127.0.0.1:{}", free_port()));
+    let args = ["broadcaster", "--listen", &listen, "--redis-url", &url];
+    let mut b = Proc::start(&args, &[], true);
+    let mut dash = connect(b.addr(), "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let mut got = Received::default();
+    let (acked, posters) = load(front.addr, "b", 4, 60);
+    got.read_until(&mut dash, |g| g.samples.len() >= 40).await;
+    b.kill();
+    // What was already on its way to the dashboard still counts.
+    while let Ok(Some(Incoming::Event(e))) =
+        tokio::time::timeout(Duration::from_secs(5), dash.rx.recv()).await
+    {
+        got.take(e);
+    }
+    let b = Proc::start(&args, &[], true);
+    join(posters).await;
+    let acked = snapshot(&acked);
+    assert_eq!(
+        acked.len(),
+        240,
+        "the front door acknowledged every request"
+    );
+    let since = got.max_id.expect("samples seen").to_string();
+    let mut dash = connect(b.addr(), &format!("/ws?since={since}"))
+        .await
+        .expect("dashboard again");
+    got.read_until(&mut dash, |g| g.has_all(&acked)).await;
+    post_accepted(front.addr, &Transport::Http1, sample("last", 1.0)).await;
+    got.read_until(&mut dash, |g| g.samples.contains_key("last"))
+        .await;
+    let (repeats, missing) = got.repeats_and_missing(&acked);
+    assert!(
+        missing.is_empty(),
+        "never reached the dashboard: {missing:?}"
+    );
+    assert_eq!(repeats, 0, "samples received twice");
+}
+
+/// `ingest all` SIGTERMed under load: every `202` is in the stream and reaches a worker
+/// started afterwards, dashboards get 1001, the process exits within `--drain-ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_keeps_every_acknowledged_sample_and_closes_dashboards_with_1001() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let drain_ms = 3_000u64;
+    let drain = drain_ms.to_string();
+    let mut system = Proc::start(
+        &[
+            "all",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &url,
+            "--drain-ms",
+            &drain,
+        ],
+        &[],
+        true,
+    );
+    let addr = system.addr();
+    let mut dash = connect(addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let (acked, posters) = load(addr, "t", 8, 400);
+    wait_until("requests acknowledged", Duration::from_secs(20), || {
+        acked.lock().expect("lock").len() >= 100
+    })
+    .await;
+    system.signal("-TERM");
+    let exited = tokio::task::spawn_blocking(move || {
+        let ok = system.exited_within(Duration::from_millis(drain_ms) + Duration::from_secs(10));
+        (ok, system)
+    });
+    assert_eq!(
+        dash.close_code().await,
+        Some(1001),
+        "dashboard closed as going away"
+    );
+    let (ok, _system) = exited.await.expect("waiter");
+    assert!(ok, "the process exits within --drain-ms (+10 s)");
+    join(posters).await;
+    let acked = snapshot(&acked);
+    let stored = stream_servers(&redis);
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "202'd but not in the stream: {lost:?}");
+    // A worker started afterwards processes every one of them.
+    let _worker = start_role(settings(&redis), Role::Worker).await;
+    wait_until(
+        "a new worker processed the stream",
+        Duration::from_secs(20),
+        || unfinished(&redis) == 0,
+    )
+    .await;
+    println!(
+        "{} acknowledged before SIGTERM, all stored and processed",
+        acked.len()
+    );
+}
+
+/// The window leader SIGKILLed: another worker takes the lease; per-server windows count
+/// each sample at most once, and exactly once when its window closed before the death or it
+/// arrived after the takeover. Samples reach dashboards either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_leader_killed_windows_count_each_sample_at_most_once() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.edge.windows = metrics_model::window::WindowSpec::parse_list("200ms").expect("windows");
+    let front = start_role(s.clone(), Role::Front).await;
+    let dashboards = start_role(s, Role::Broadcaster).await;
+    let mut dash = connect(dashboards.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let mut leader = worker(&redis, "w1", 500, &[]);
+    let leader_is = |name: &str| {
+        redis::cmd("GET")
+            .arg("metrics:windows:leader")
+            .query::<Option<String>>(&mut redis.conn())
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(name)
+    };
+    wait_until("w1 leads", Duration::from_secs(10), || leader_is("w1")).await;
+    let _other = worker(&redis, "w2", 500, &[]);
+
+    // Counted per server: each server sends one sample.
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut got = Received::default();
+    let names = |p: &str| {
+        (0..20)
+            .map(|i| format!("{p}{i}"))
+            .collect::<HashSet<String>>()
+    };
+    let (before, at_death, after) = (names("p"), names("k"), names("q"));
+    let has_windows = |counts: &HashMap<String, u64>, set: &HashSet<String>| {
+        set.iter().all(|s| counts.contains_key(s))
+    };
+    for s in &before {
+        post_accepted(front.addr, &Transport::Http1, sample(s, 1.0)).await;
+    }
+    let read = |got: &mut Received, counts: &mut HashMap<String, u64>, e: Value| {
+        if e["type"] == "window" {
+            let n = e["stats"]["cpu"]["count"].as_u64().expect("count");
+            *counts
+                .entry(e["serverId"].as_str().expect("server").to_string())
+                .or_default() += n;
+        }
+        got.take(e);
+    };
+    while !has_windows(&counts, &before) {
+        match dash.next().await {
+            Incoming::Event(e) => read(&mut got, &mut counts, e),
+            other => panic!("{other:?}"),
+        }
+    }
+    for s in &at_death {
+        post_accepted(front.addr, &Transport::Http1, sample(s, 1.0)).await;
+    }
+    leader.kill();
+    for s in &after {
+        post_accepted(front.addr, &Transport::Http1, sample(s, 1.0)).await;
+    }
+    let all: HashSet<String> = before
+        .iter()
+        .chain(&at_death)
+        .chain(&after)
+        .cloned()
+        .collect();
+    while !(has_windows(&counts, &after) && got.has_all(&all)) {
+        match dash.next().await {
+            Incoming::Event(e) => read(&mut got, &mut counts, e),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(leader_is("w2"), "w2 took the lease");
+    for s in before.iter().chain(&after) {
+        assert_eq!(counts[s], 1, "{s} counted once");
+    }
+    let lost = at_death.iter().filter(|s| !counts.contains_key(*s)).count();
+    for s in &at_death {
+        assert!(
+            counts.get(s).copied().unwrap_or(0) <= 1,
+            "{s} counted twice"
+        );
+    }
+    println!(
+        "{lost} of {} samples in windows open at the leader's death went uncounted",
+        at_death.len()
+    );
+    let (_, missing) = got.repeats_and_missing(&all);
+    assert!(missing.is_empty(), "samples reach dashboards: {missing:?}");
 }

@@ -50,10 +50,8 @@ impl Redis {
     /// directory of its own, which a [`Redis::restart`] after a [`Redis::stop`] reads back.
     pub fn start_aof(fsync: &str) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "ingest-test-redis-{}-{port}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ingest-test-redis-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("redis data dir");
         let mut r = Self {
