@@ -5,7 +5,11 @@
 //! (it spreads entries over workers), hence one leader at a time. A new leader first claims
 //! what the previous one left pending. The roll-up state of windows still open when a leader
 //! dies is lost; the next leader starts fresh windows (samples are not lost: they still reach
-//! dashboards through the sample loop).
+//! dashboards through the sample loop). So a leader change costs the window counts of the
+//! samples the dead leader had acknowledged into windows not yet closed (at most one window
+//! length of each); samples it had not acknowledged are counted by the next leader. A sample is
+//! counted twice only if the leader died between publishing a batch's windows and
+//! acknowledging the batch (two consecutive round trips).
 //!
 //! Each batch of closed windows is appended to the window log (`{prefix}:windows:log`, capped
 //! at about `--window-log-len` batches) and published, in one script, so both happen at the
