@@ -31,7 +31,7 @@
 //! through on this connection. A probe not back within [`PROBE_TIMEOUT`] ends the connection
 //! (a silently dead link is not waited on forever).
 //!
-//! After every (re)subscription the broadcaster first reads both logs back from `W` (samples
+//! After every resubscription the broadcaster first reads both logs back from `W` (samples
 //! from the stream, as the `?since` replay does, [`crate::replay`]; windows from the window
 //! log), then goes on live. Subscribed first, then caught up: messages published meanwhile wait
 //! in the subscription. An event is relayed only if it is above `W` and not yet in the set,
@@ -39,8 +39,9 @@
 //! not what the catch-up read ahead of the workers (their live copies are skipped), not what was
 //! relayed live before the link died (the catch-up skips it), not a batch a re-claiming worker
 //! publishes again. Nothing is dropped: only positions at or below `W` (relayed, by the
-//! invariant) or already in the set (relayed) are skipped. The invariant holds by induction: a
-//! new `W` was confirmed on a live link; below it, an event is below the old `W` (relayed), or
+//! invariant) or already in the set (relayed) are skipped. The invariant holds by induction:
+//! the first `W` is read before the first subscription (so everything below it was published
+//! before), and there is no catch-up then; a new `W` was confirmed on a live link; below it, an event is below the old `W` (relayed), or
 //! was in its log when the catch-up read it (relayed), or was published after that read and
 //! before the probe (received).
 //!
@@ -379,8 +380,10 @@ impl Link<'_> {
             ReplayError::Pool(e) => io_error(std::io::ErrorKind::NotConnected, &e.to_string()),
         };
         // First subscription of this process: what was published before it is not ours to
-        // relay (dashboards that were connected elsewhere reconnect with `?since=`).
-        if marks.is_none() {
+        // relay (dashboards that were connected elsewhere reconnect with `?since=`), so the
+        // watermarks start where the logs are now, and there is nothing to catch up.
+        let first = marks.is_none();
+        if first {
             let c = self.read_marks("0").await.map_err(io)?;
             let mut m = Marks::default();
             m.advance(c);
@@ -406,7 +409,9 @@ impl Link<'_> {
         tracing::info!(channel = %self.keys.channel, "subscribed");
         // Subscribed first, then caught up: messages published meanwhile wait in the
         // subscription and are filtered against what the catch-up sent.
-        self.catch_up(marks).await.map_err(io)?;
+        if !first {
+            self.catch_up(marks).await.map_err(io)?;
+        }
         let mut messages = pubsub.on_message();
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
