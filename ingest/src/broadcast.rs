@@ -1,29 +1,109 @@
-//! The broadcaster: Redis Pub/Sub in, dashboards out, with replay from the stream.
+//! The broadcaster: Redis Pub/Sub in, dashboards out, with catch-up from Redis after a lost
+//! link.
 //!
 //! It subscribes to the events channel (reconnecting by itself with backoff when Redis goes
 //! away) and hands each published batch to the same dashboard hub System 2 uses, so `/ws`, the
 //! filter, the token and the slow-consumer policy are identical. Batches arrive as lines of
 //! `kind TAB server TAB position TAB json`; the JSON is sliced out, never parsed.
 //!
-//! Pub/Sub drops whatever is published while nobody listens, so after a reconnect the
-//! broadcaster first reads back from the stream what it missed (the same read as a dashboard's
-//! `?since=` replay, [`crate::replay`]).
+//! # Nothing published while the link was down is lost
+//!
+//! Pub/Sub drops whatever is published while nobody listens, and workers publish out of order
+//! (several workers, a batch re-claimed from a dead one, a slow batch), so "the highest position
+//! relayed" says nothing about what was missed below it. The broadcaster keeps instead a **low
+//! watermark** `W` per log, with this invariant: every event at or below `W` has been relayed
+//! (or was published before this broadcaster first subscribed). Above `W` it remembers the
+//! positions it relayed (a set, pruned below `W` as `W` moves up).
+//!
+//! - Samples: `W` comes from the workers' consumer group. Below the smallest pending entry
+//!   (or, with none pending, up to the group's last-delivered id) every entry was acknowledged,
+//!   and a worker acknowledges a batch in the pipeline that publishes it, after the `PUBLISH`:
+//!   so every sample below it was published.
+//! - Windows: the window leader appends each batch of closed windows to the window log and
+//!   publishes it in one script (`worker::windows`), the message led by a mark line naming the
+//!   log entry. Every log entry up to the log's last id was published.
+//!
+//! Published is not yet relayed: the link may have died before. So every [`PROBE_EVERY`] the
+//! broadcaster reads both candidates *and* publishes a probe on its own probe channel, in one
+//! script (one instant); the candidates become `W` only when the probe comes back on the
+//! subscription. Redis writes a subscriber's messages in the order it executes the `PUBLISH`es,
+//! so receiving the probe proves every event published before the candidates were read came
+//! through on this connection. A probe not back within [`PROBE_TIMEOUT`] ends the connection
+//! (a silently dead link is not waited on forever).
+//!
+//! After every resubscription the broadcaster first reads both logs back from `W` (samples
+//! from the stream, as the `?since` replay does, [`crate::replay`]; windows from the window
+//! log), then goes on live. Subscribed first, then caught up: messages published meanwhile wait
+//! in the subscription. An event is relayed only if it is above `W` and not yet in the set,
+//! whether it comes from a catch-up or live, so nothing comes twice through this broadcaster:
+//! not what the catch-up read ahead of the workers (their live copies are skipped), not what was
+//! relayed live before the link died (the catch-up skips it), not a batch a re-claiming worker
+//! publishes again. Nothing is dropped: only positions at or below `W` (relayed, by the
+//! invariant) or already in the set (relayed) are skipped. The invariant holds by induction:
+//! the first `W` is read before the first subscription (so everything below it was published
+//! before), and there is no catch-up then; a new `W` was confirmed on a live link; below it, an event is below the old `W` (relayed), or
+//! was in its log when the catch-up read it (relayed), or was published after that read and
+//! before the probe (received).
+//!
+//! The set holds at most [`MAX_SEEN`] positions; past that the lowest are forgotten, which can
+//! only let a late duplicate through, never drop an event. Entries trimmed by retention before
+//! a catch-up reads them are gone (logged); the window log keeps about `--window-log-len`
+//! batches.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::redis;
+use deadpool_redis::redis::{self, Value};
 use deadpool_redis::Pool;
 use futures_util::StreamExt;
 use metrics_edge::backoff::Backoff;
-use metrics_edge::hub::Hub;
+use metrics_edge::hub::{Event, Hub};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::{Keys, Position};
+use crate::keys::{Keys, Position, WORKERS_GROUP};
 use crate::replay::{Pages, ReplayError};
-use crate::wire::parse_batch;
+use crate::wire::{batch_mark, parse_batch, raw_entries, ENTRY_FIELD};
+
+/// How often the broadcaster probes its link and moves its watermarks up.
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// A probe not back on the subscription within this ends the connection.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most positions remembered above a watermark (per log).
+pub const MAX_SEEN: usize = 1 << 20;
+
+/// Window-log entries per `XRANGE` page of a catch-up.
+const LOG_PAGE: usize = 100;
+
+/// Reads the watermark candidates and publishes a probe, atomically. `KEYS`: the sample
+/// stream, the window log, the probe channel; `ARGV`: the workers' group, the probe's payload.
+/// Returns `{samples, windows}`: `P<id>` (smallest pending entry) or `D<id>` (nothing pending;
+/// the group's last-delivered id) or empty (no group); the window log's last id or empty.
+const WATERMARKS: &str = r"
+local samples, windows = '', ''
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name == ARGV[1] then
+      local p = redis.call('XPENDING', KEYS[1], ARGV[1])
+      if p[1] > 0 then samples = 'P' .. p[2] else samples = 'D' .. last end
+    end
+  end
+end
+local w = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #w > 0 then windows = w[1][1] end
+redis.call('PUBLISH', KEYS[3], ARGV[2])
+return {samples, windows}
+";
 
 /// Broadcaster counters and state.
 #[derive(Debug, Default)]
@@ -32,15 +112,14 @@ pub struct BroadcastStats {
     pub batches: AtomicU64,
     pub events: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Events relayed from a catch-up (samples and windows).
+    pub caught_up: AtomicU64,
+    /// Events not relayed because this broadcaster had relayed them already.
+    pub skipped: AtomicU64,
 }
 
-/// Relays Pub/Sub to `hub` until `shutdown`, reconnecting with backoff.
-///
-/// Pub/Sub drops whatever is published while nobody listens, so after a reconnect the
-/// broadcaster first reads back from the stream every sample after the last one it relayed
-/// (as the `?since` replay does for a dashboard), then goes on live, skipping what the
-/// catch-up already covered: a Redis restart or a network blip costs dashboards no sample
-/// that is still in the stream.
+/// Relays Pub/Sub to `hub` until `shutdown`, reconnecting with backoff and catching up from
+/// Redis after each (re)subscription (see the module doc).
 pub async fn run(
     url: String,
     pool: Pool,
@@ -49,18 +128,26 @@ pub async fn run(
     stats: Arc<BroadcastStats>,
     shutdown: CancellationToken,
 ) {
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let link = Link {
+        url: &url,
+        pool: &pool,
+        keys: &keys,
+        hub: &hub,
+        stats: &stats,
+        probe: keys.probe(&token),
+    };
     let mut backoff = Backoff::default();
-    let mut last: Option<Position> = None;
+    let mut marks: Option<Marks> = None;
     while !shutdown.is_cancelled() {
-        let link = Link {
-            url: &url,
-            pool: &pool,
-            keys: &keys,
-            hub: &hub,
-            stats: &stats,
-        };
         match link
-            .subscribe_once(&shutdown, &mut backoff, &mut last)
+            .subscribe_once(&shutdown, &mut backoff, &mut marks)
             .await
         {
             Ok(()) => {}
@@ -75,84 +162,341 @@ pub async fn run(
     }
 }
 
+/// What was relayed from one log: everything at or below `through`, and `seen` above it.
+#[derive(Debug)]
+struct Relayed {
+    through: Position,
+    seen: BTreeSet<Position>,
+}
+
+impl Default for Relayed {
+    /// Nothing relayed: the whole log is above the watermark.
+    fn default() -> Self {
+        Self {
+            through: Position {
+                ms: 0,
+                seq: 0,
+                index: 0,
+            },
+            seen: BTreeSet::new(),
+        }
+    }
+}
+
+impl Relayed {
+    /// Whether `p` is to be relayed now (it was not yet), noting it as relayed.
+    fn admit(&mut self, p: Position) -> bool {
+        if p <= self.through || !self.seen.insert(p) {
+            return false;
+        }
+        if self.seen.len() > MAX_SEEN {
+            self.seen.pop_first();
+        }
+        true
+    }
+
+    /// Moves the watermark up to `w` (never down), forgetting positions at or below it.
+    fn advance(&mut self, w: Position) {
+        if w > self.through {
+            self.through = w;
+            self.seen = self.seen.split_off(&w);
+            self.seen.remove(&w);
+        }
+    }
+}
+
+/// The two watermarks.
+#[derive(Debug, Default)]
+struct Marks {
+    samples: Relayed,
+    windows: Relayed,
+}
+
+/// Watermark candidates read at one instant (`None`: nothing known for that log).
+#[derive(Clone, Copy, Debug)]
+struct Candidates {
+    samples: Option<Position>,
+    windows: Option<Position>,
+}
+
+impl Marks {
+    fn advance(&mut self, c: Candidates) {
+        if let Some(w) = c.samples {
+            self.samples.advance(w);
+        }
+        if let Some(w) = c.windows {
+            self.windows.advance(w);
+        }
+    }
+}
+
+/// The position just before entry `id`'s first sample.
+fn before_entry(id: &str) -> Option<Position> {
+    let p = Position::from_entry(id, 0)?;
+    Some(match (p.ms, p.seq) {
+        (0, 0) => p,
+        (ms, 0) => Position {
+            ms: ms - 1,
+            seq: u64::MAX,
+            index: u32::MAX,
+        },
+        (ms, seq) => Position {
+            ms,
+            seq: seq - 1,
+            index: u32::MAX,
+        },
+    })
+}
+
+/// Parses the [`WATERMARKS`] reply.
+fn candidates(reply: Vec<String>) -> Candidates {
+    let samples = reply.first().and_then(|s| match s.split_at_checked(1) {
+        Some(("P", id)) => before_entry(id),
+        Some(("D", id)) => Position::from_entry(id, u32::MAX),
+        _ => None,
+    });
+    let windows = reply.get(1).and_then(|id| Position::from_entry(id, 0));
+    Candidates { samples, windows }
+}
+
+/// An outstanding probe.
+struct Probe {
+    payload: String,
+    sent: Instant,
+    candidates: Candidates,
+}
+
 struct Link<'a> {
     url: &'a str,
     pool: &'a Pool,
     keys: &'a Keys,
     hub: &'a Hub,
     stats: &'a BroadcastStats,
+    /// This process's probe channel.
+    probe: String,
+}
+
+fn io_error(kind: std::io::ErrorKind, what: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(kind, what.to_string()))
 }
 
 impl Link<'_> {
-    /// Relays every sample after `since` read back from the stream, a page at a time;
-    /// returns the last position relayed.
-    async fn catch_up(&self, since: Position) -> Result<Position, ReplayError> {
+    /// Reads the watermark candidates and publishes `payload` on the probe channel.
+    async fn read_marks(&self, payload: &str) -> Result<Candidates, ReplayError> {
+        let mut conn = self.pool.get().await?;
+        let reply: Vec<String> = redis::cmd("EVAL")
+            .arg(WATERMARKS)
+            .arg(3)
+            .arg(&self.keys.stream)
+            .arg(&self.keys.window_log)
+            .arg(&self.probe)
+            .arg(WORKERS_GROUP)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await?;
+        Ok(candidates(reply))
+    }
+
+    /// Relays `events` that were not relayed yet (samples by `samples`; windows as given).
+    fn relay(&self, samples: &mut Relayed, mut events: Vec<Event>) -> usize {
+        let before = events.len();
+        events.retain(|e| e.position.is_none_or(|p| samples.admit(p)));
+        self.stats
+            .skipped
+            .fetch_add((before - events.len()) as u64, Ordering::Relaxed);
+        for chunk in events.chunks(2048) {
+            self.hub.publish(chunk);
+        }
+        events.len()
+    }
+
+    /// Relays every sample above the samples watermark read back from the stream, and every
+    /// window batch above the windows watermark read back from the window log, skipping what
+    /// was relayed already.
+    async fn catch_up(&self, marks: &mut Marks) -> Result<(), ReplayError> {
+        let since = marks.samples.through;
         let mut pages = Pages::new(self.pool, self.keys, since).await?;
         if pages.truncated {
             tracing::warn!(%since, "stream retention dropped samples published while disconnected");
         }
-        let mut count = 0usize;
+        let mut samples = 0usize;
         while let Some(events) = pages.next().await? {
-            count += events.len();
-            for chunk in events.chunks(2048) {
-                self.hub.publish(chunk);
+            samples += self.relay(&mut marks.samples, events);
+        }
+        let mut windows = 0usize;
+        let mut cursor = format!("({}", marks.windows.through.entry());
+        loop {
+            let page: Value = {
+                let mut conn = self.pool.get().await?;
+                redis::cmd("XRANGE")
+                    .arg(&self.keys.window_log)
+                    .arg(&cursor)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(LOG_PAGE)
+                    .query_async(&mut conn)
+                    .await?
+            };
+            let page = raw_entries(page);
+            for e in &page {
+                cursor = format!("({}", e.id);
+                let Some(pos) = Position::from_entry(&e.id, 0) else {
+                    continue;
+                };
+                if !marks.windows.admit(pos) {
+                    continue;
+                }
+                let Some(lines) = e.value.clone() else {
+                    tracing::error!(entry = %e.id, field = ENTRY_FIELD, "window log entry without its field");
+                    continue;
+                };
+                let events = parse_batch(Bytes::from(lines));
+                windows += events.len();
+                self.hub.publish(&events);
+            }
+            if page.len() < LOG_PAGE {
+                break;
             }
         }
-        tracing::info!(count, "caught up from the stream after reconnecting");
-        Ok(pages.last)
+        self.stats
+            .caught_up
+            .fetch_add((samples + windows) as u64, Ordering::Relaxed);
+        tracing::info!(
+            samples,
+            windows,
+            "caught up from Redis after (re)subscribing"
+        );
+        Ok(())
     }
 
     async fn subscribe_once(
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
-        last: &mut Option<Position>,
+        marks: &mut Option<Marks>,
     ) -> redis::RedisResult<()> {
+        let io = |e: ReplayError| match e {
+            ReplayError::Redis(e) => e,
+            ReplayError::Pool(e) => io_error(std::io::ErrorKind::NotConnected, &e.to_string()),
+        };
+        // First subscription of this process: what was published before it is not ours to
+        // relay (dashboards that were connected elsewhere reconnect with `?since=`), so the
+        // watermarks start where the logs are now, and there is nothing to catch up.
+        let first = marks.is_none();
+        if first {
+            let c = self.read_marks("0").await.map_err(io)?;
+            let mut m = Marks::default();
+            m.advance(c);
+            *marks = Some(m);
+        }
+        let Some(marks) = marks.as_mut() else {
+            return Ok(());
+        };
         let client = redis::Client::open(self.url)?;
         let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
             .await
             .map_err(|_| {
-                redis::RedisError::from(std::io::Error::new(
+                io_error(
                     std::io::ErrorKind::TimedOut,
                     "connecting to Redis timed out",
-                ))
+                )
             })??;
-        pubsub.subscribe(&self.keys.channel).await?;
+        pubsub
+            .subscribe(&[self.keys.channel.as_str(), self.probe.as_str()])
+            .await?;
         self.stats.connected.store(true, Ordering::Relaxed);
         backoff.reset();
         tracing::info!(channel = %self.keys.channel, "subscribed");
         // Subscribed first, then caught up: messages published meanwhile wait in the
         // subscription and are filtered against what the catch-up sent.
-        let mut caught_up: Option<Position> = None;
-        if let Some(since) = *last {
-            match self.catch_up(since).await {
-                Ok(to) => {
-                    caught_up = Some(to);
-                    *last = Some(to);
-                }
-                Err(e) => tracing::warn!(error = %e, "could not catch up from the stream"),
-            }
+        if !first {
+            self.catch_up(marks).await.map_err(io)?;
         }
         let mut messages = pubsub.on_message();
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe: Option<Probe> = None;
+        let mut probes = 0u64;
         loop {
             tokio::select! {
-                m = messages.next() => match m {
-                    Some(msg) => {
-                        let mut events = parse_batch(Bytes::copy_from_slice(msg.get_payload_bytes()));
-                        if let Some(c) = caught_up {
-                            events.retain(|e| e.position.is_none_or(|p| p > c));
+                m = messages.next() => {
+                    let Some(msg) = m else {
+                        return Err(io_error(std::io::ErrorKind::ConnectionReset, "Pub/Sub stream ended"));
+                    };
+                    let payload = msg.get_payload_bytes();
+                    if msg.get_channel_name() == self.probe {
+                        if probe.as_ref().is_some_and(|p| p.payload.as_bytes() == payload) {
+                            if let Some(p) = probe.take() {
+                                marks.advance(p.candidates);
+                            }
                         }
-                        if let Some(p) = events.iter().filter_map(|e| e.position).max() {
-                            *last = Some(last.map_or(p, |l| l.max(p)));
-                        }
-                        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                        self.stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
-                        self.hub.publish(&events);
+                        continue;
                     }
-                    None => return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "Pub/Sub stream ended"))),
-                },
+                    if let Some(mark) = batch_mark(payload) {
+                        if !marks.windows.admit(mark) {
+                            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                    let events = parse_batch(Bytes::copy_from_slice(payload));
+                    let n = self.relay(&mut marks.samples, events);
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.events.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                _ = tick.tick() => {
+                    if let Some(p) = &probe {
+                        if p.sent.elapsed() > PROBE_TIMEOUT {
+                            return Err(io_error(std::io::ErrorKind::TimedOut, "a probe did not come back on the subscription"));
+                        }
+                        continue;
+                    }
+                    probes += 1;
+                    let payload = probes.to_string();
+                    let sent = Instant::now();
+                    match self.read_marks(&payload).await {
+                        Ok(candidates) => probe = Some(Probe { payload, sent, candidates }),
+                        Err(e) => tracing::warn!(error = %e, "could not read the watermarks"),
+                    }
+                }
                 _ = shutdown.cancelled() => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(s: &str) -> Position {
+        Position::parse(s).expect("position")
+    }
+
+    #[test]
+    fn relayed_admits_each_position_once_and_nothing_at_or_below_the_watermark() {
+        let mut r = Relayed::default();
+        assert!(r.admit(pos("5-0/0")));
+        assert!(r.admit(pos("3-0/1")), "out of order is still new");
+        assert!(!r.admit(pos("5-0/0")), "a repeat");
+        r.advance(pos("4-0/4294967295"));
+        assert_eq!(r.seen.len(), 1, "pruned below the watermark");
+        assert!(!r.admit(pos("3-0/7")), "at or below the watermark: relayed");
+        assert!(r.admit(pos("4-1/0")));
+        r.advance(pos("2-0/0"));
+        assert_eq!(r.through, pos("4-0/4294967295"), "never moves down");
+    }
+
+    #[test]
+    fn watermark_candidates_parse() {
+        let c = candidates(vec!["P10-0".into(), "7-3".into()]);
+        assert_eq!(c.samples, Some(pos("9-18446744073709551615/4294967295")));
+        assert_eq!(c.windows, Some(pos("7-3/0")));
+        let c = candidates(vec!["P10-2".into(), String::new()]);
+        assert_eq!(c.samples, Some(pos("10-1/4294967295")));
+        assert_eq!(c.windows, None);
+        let c = candidates(vec!["D12-0".into(), String::new()]);
+        assert_eq!(c.samples, Some(pos("12-0/4294967295")));
+        let c = candidates(vec![String::new(), String::new()]);
+        assert_eq!(c.samples, None);
     }
 }

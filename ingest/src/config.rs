@@ -74,6 +74,10 @@ pub struct Args {
     /// Milliseconds the window leader's lease lasts without renewal.
     #[arg(long, default_value_t = 3_000, global = true)]
     pub lease_ms: u64,
+    /// Batches of closed windows kept in `{prefix}:windows:log` (about), from which a
+    /// broadcaster that lost its Pub/Sub link recovers the windows published meanwhile.
+    #[arg(long, default_value_t = 1_000, global = true)]
+    pub window_log_len: u64,
     /// Fault injection (tests only): a worker sleeps this many ms between reading a batch and
     /// publishing it.
     #[arg(long, hide = true, global = true)]
@@ -111,6 +115,7 @@ pub struct Settings {
     pub worker_batch: usize,
     pub claim_idle: Duration,
     pub lease: Duration,
+    pub window_log_len: u64,
     pub fault_pause: Option<Duration>,
 }
 
@@ -163,6 +168,7 @@ impl ServiceArgs for Args {
             ("claim-idle-ms", self.claim_idle_ms, 100),
             ("lease-ms", self.lease_ms, 300),
             ("snapshot-ttl-ms", self.snapshot_ttl_ms, 1000),
+            ("window-log-len", self.window_log_len, 10),
         ])?;
         if self.redis_timeout_ms <= self.deadline_ms {
             return Err(ConfigError::Timeouts(
@@ -192,6 +198,7 @@ impl ServiceArgs for Args {
             worker_batch: self.worker_batch,
             claim_idle: Duration::from_millis(self.claim_idle_ms),
             lease: Duration::from_millis(self.lease_ms),
+            window_log_len: self.window_log_len,
             fault_pause: self.fault_pause_ms.map(Duration::from_millis),
         })
     }

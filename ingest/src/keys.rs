@@ -16,7 +16,12 @@
 //! - sorted set `{prefix}:servers:seen`: server ids by the time (ms) their latest sample was
 //!   processed; ids silent longer than `--snapshot-ttl-ms` are removed, as their hashes expire
 //!   (`{prefix}:servers`, a plain set of every id ever seen, is no longer written);
-//! - key `{prefix}:windows:leader`: the window leader's lease.
+//! - key `{prefix}:windows:leader`: the window leader's lease;
+//! - stream `{prefix}:windows:log`: every batch of closed windows the leader published (field
+//!   `e`, the same lines as the Pub/Sub message), capped at about `--window-log-len` entries, so
+//!   a broadcaster that lost its Pub/Sub link can read back the windows it missed;
+//! - channel `{prefix}:events:probe:{token}`: one per broadcaster process, which publishes its
+//!   own probes there to learn that its subscription is live (see [`crate::broadcast`]).
 
 /// All key names for one prefix.
 #[derive(Clone, Debug)]
@@ -26,6 +31,8 @@ pub struct Keys {
     pub deadletter: String,
     pub channel: String,
     pub leader: String,
+    /// Closed windows as published, for a broadcaster's catch-up.
+    pub window_log: String,
     /// Server ids by last-seen time (for snapshots of all servers).
     pub servers: String,
     server_prefix: String,
@@ -43,9 +50,15 @@ impl Keys {
             deadletter: format!("{prefix}:deadletter"),
             channel: format!("{prefix}:events"),
             leader: format!("{prefix}:windows:leader"),
+            window_log: format!("{prefix}:windows:log"),
             servers: format!("{prefix}:servers:seen"),
             server_prefix: format!("{prefix}:server:"),
         }
+    }
+
+    /// The probe channel of the broadcaster process identified by `token`.
+    pub fn probe(&self, token: &str) -> String {
+        format!("{}:probe:{token}", self.channel)
     }
 
     /// The snapshot hash of `server`.

@@ -143,6 +143,7 @@ impl Service for Server {
                 lease: settings.lease,
                 maxlen: settings.maxlen,
                 snapshot_ttl: settings.snapshot_ttl,
+                window_log_len: settings.window_log_len,
                 pause_after_read: settings.fault_pause,
             };
             worker::start(
@@ -314,7 +315,7 @@ fn stats(app: &App) -> Response<Body> {
         None => (0, 0, 0, 0),
     };
     let body = format!(
-        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{},\"trimmed\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{}}},{}}}",
+        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{},\"trimmed\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{},\"caughtUp\":{},\"skipped\":{}}},{}}}",
         w.entries.load(Relaxed),
         w.samples.load(Relaxed),
         w.claimed.load(Relaxed),
@@ -328,6 +329,8 @@ fn stats(app: &App) -> Response<Body> {
         b.batches.load(Relaxed),
         b.events.load(Relaxed),
         b.reconnects.load(Relaxed),
+        b.caught_up.load(Relaxed),
+        b.skipped.load(Relaxed),
         stats_members(app.conns.get(), &app.hub),
     );
     h::json(StatusCode::OK, body)

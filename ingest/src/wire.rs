@@ -15,7 +15,10 @@
 //!
 //! **Pub/Sub line**: one message carries a batch of events, one per line:
 //! `KIND TAB SERVER TAB POSITION TAB JSON` (`S` sample or `W` window; the position is empty for
-//! windows), so the broadcaster routes by server without parsing any JSON.
+//! windows), so the broadcaster routes by server without parsing any JSON. A batch of windows
+//! starts with a mark line `M TAB TAB ID/0 TAB` naming its entry in the window log (written by
+//! the leader's script in `worker::windows`; see [`batch_mark`]); readers that do not know the
+//! kind skip the line.
 
 use std::sync::Arc;
 
@@ -198,6 +201,13 @@ pub fn parse_batch(payload: Bytes) -> Vec<Event> {
         start = end + 1;
     }
     out
+}
+
+/// The window-log position named by a batch's mark line, if it starts with one.
+pub fn batch_mark(payload: &[u8]) -> Option<Position> {
+    let rest = payload.strip_prefix(b"M\t\t")?;
+    let end = rest.iter().position(|&b| b == b'\t')?;
+    Position::parse(std::str::from_utf8(&rest[..end]).ok()?)
 }
 
 fn parse_line(payload: &Bytes, start: usize, end: usize) -> Option<Event> {

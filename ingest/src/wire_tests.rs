@@ -144,3 +144,17 @@ fn lines_round_trip_without_parsing_json() {
     assert_eq!(&*events[1].server, "*");
     assert_eq!(events[1].position, None);
 }
+
+#[test]
+fn a_window_batch_mark_names_its_log_entry_and_is_skipped_as_an_event() {
+    let mut batch = b"M\t\t1764349200123-4/0\t\n".to_vec();
+    write_line(&mut batch, EventKind::Window, "*", None, b"{}");
+    assert_eq!(
+        batch_mark(&batch),
+        Some(Position::parse("1764349200123-4/0").expect("pos"))
+    );
+    let events = parse_batch(Bytes::from(batch));
+    assert_eq!(events.len(), 1, "the mark is not an event");
+    assert_eq!(events[0].kind, EventKind::Window);
+    assert_eq!(batch_mark(b"W\t*\t\t{}\n"), None);
+}

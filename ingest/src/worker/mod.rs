@@ -54,6 +54,8 @@ pub struct WorkerOptions {
     pub maxlen: u64,
     /// How long a server's snapshot hash outlives its latest sample.
     pub snapshot_ttl: Duration,
+    /// Batches of closed windows kept in the window log (about).
+    pub window_log_len: u64,
     /// Fault injection for tests: sleep this long between reading a batch and publishing it,
     /// so a test can kill the worker with the batch pending.
     pub pause_after_read: Option<Duration>,

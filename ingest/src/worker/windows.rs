@@ -5,7 +5,17 @@
 //! (it spreads entries over workers), hence one leader at a time. A new leader first claims
 //! what the previous one left pending. The roll-up state of windows still open when a leader
 //! dies is lost; the next leader starts fresh windows (samples are not lost: they still reach
-//! dashboards through the sample loop).
+//! dashboards through the sample loop). So a leader change costs the window counts of the
+//! samples the dead leader had acknowledged into windows not yet closed (at most one window
+//! length of each); samples it had not acknowledged are counted by the next leader. A sample is
+//! counted twice only if the leader died between publishing a batch's windows and
+//! acknowledging the batch (two consecutive round trips).
+//!
+//! Each batch of closed windows is appended to the window log (`{prefix}:windows:log`, capped
+//! at about `--window-log-len` batches) and published, in one script, so both happen at the
+//! same instant: the published message starts with a mark line carrying the log entry's id,
+//! which is how a broadcaster that lost its Pub/Sub link knows which windows it missed and
+//! reads them back from the log (see [`crate::broadcast`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -152,7 +162,8 @@ impl WindowLoop {
         rollup.close_due(now_ms(), CLOSE_GRACE_MS, &mut self.closed);
         if !self.closed.is_empty() {
             let ttl_ms = self.opts.snapshot_ttl.as_millis() as u64;
-            publish_windows(conn, &self.keys, &self.closed, ttl_ms).await?;
+            let log_len = self.opts.window_log_len;
+            publish_windows(conn, &self.keys, &self.closed, ttl_ms, log_len).await?;
             self.stats
                 .windows
                 .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
@@ -178,13 +189,23 @@ fn add_entries(
     }
 }
 
-/// Publishes closed windows in one message, and keeps the last one of each length per server
-/// (and across servers, `*`) in the snapshot hashes.
+/// Appends a batch of closed windows to the window log (`KEYS[1]`, capped at about `ARGV[1]`
+/// entries) and publishes it on the events channel (`KEYS[2]`) behind a mark line naming the
+/// log entry, atomically.
+const LOG_AND_PUBLISH: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
+redis.call('PUBLISH', KEYS[2], 'M\t\t' .. id .. '/0\t\n' .. ARGV[2])
+return id
+";
+
+/// Publishes closed windows in one message (also kept in the window log), and keeps the last
+/// one of each length per server (and across servers, `*`) in the snapshot hashes.
 async fn publish_windows(
     conn: &mut Connection,
     keys: &Keys,
     closed: &[ClosedWindow],
     ttl_ms: u64,
+    log_len: u64,
 ) -> Result<(), WorkerError> {
     let mut lines = Vec::with_capacity(closed.len() * 512);
     let mut pipe = redis::pipe();
@@ -198,7 +219,14 @@ async fn publish_windows(
             .ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
     }
-    pipe.cmd("PUBLISH").arg(&keys.channel).arg(&lines).ignore();
+    pipe.cmd("EVAL")
+        .arg(LOG_AND_PUBLISH)
+        .arg(2)
+        .arg(&keys.window_log)
+        .arg(&keys.channel)
+        .arg(log_len)
+        .arg(&lines)
+        .ignore();
     pipe.query_async::<()>(conn).await?;
     Ok(())
 }

@@ -15,20 +15,60 @@ pub use metrics_edge::testing::*;
 
 use ingest::{Role, Server, Settings};
 
-/// A redis-server child process on its own port.
+/// A redis-server child process on its own port (and, with AOF, its own data directory).
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// Persistence flags, and the data directory they write to.
+    persistence: Vec<String>,
+    dir: Option<std::path::PathBuf>,
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 impl Redis {
+    /// No persistence: a restart starts empty.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut r = Self { port, child: None };
+        let mut r = Self {
+            port: free_port(),
+            child: None,
+            persistence: vec!["--appendonly".into(), "no".into()],
+            dir: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// With the append-only file (`appendfsync` = `fsync`: `always`, `everysec`) in a data
+    /// directory of its own, which a [`Redis::restart`] after a [`Redis::stop`] reads back.
+    pub fn start_aof(fsync: &str) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("ingest-test-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let mut r = Self {
+            port,
+            child: None,
+            persistence: [
+                "--dir",
+                dir.to_str().expect("utf-8 temp dir"),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                fsync,
+            ]
+            .map(String::from)
+            .to_vec(),
+            dir: Some(dir),
+        };
         r.restart();
         r
     }
@@ -47,9 +87,8 @@ impl Redis {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(&self.persistence)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -106,6 +145,9 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
