@@ -19,6 +19,9 @@ use ingest::Role;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+/// An entry as `XRANGE` returns it: id, then field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// Redis's default `client-output-buffer-limit pubsub` hard limit, 32 MB.
 const PUBSUB_HARD_LIMIT: usize = 32 << 20;
 
@@ -94,7 +97,7 @@ async fn a_post_that_flattens_past_the_entry_limit_is_refused_and_agents_go_on()
 async fn a_streamed_chunk_past_the_entry_limit_is_split_into_entries_under_it() {
     let redis = Redis::start();
     let mut s = settings(&redis);
-    // The floor: one wide sample (about 32 KiB stored) per entry at most... two at most.
+    // The floor: one wide sample (about 32 KiB stored) per entry.
     let max_entry = 64 << 10;
     s.max_entry_bytes = max_entry;
     let srv = start(s).await;
@@ -133,7 +136,7 @@ async fn a_streamed_chunk_past_the_entry_limit_is_split_into_entries_under_it() 
     }
     assert_eq!(total, lines, "every line acknowledged: {acks:?}");
 
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg("metrics:samples")
         .arg("-")
         .arg("+")
@@ -267,4 +270,69 @@ async fn a_burst_of_the_largest_entries_never_disconnects_the_broadcaster() {
     );
     // Its count includes window events.
     assert!(b["events"].as_u64().expect("events") >= total, "{b}");
+}
+
+/// While Redis is stalled, the front door's queue to it holds at most `--writer-queue-bytes`:
+/// requests past it get 503 with `Retry-After` at once, naming the flag; once Redis is back,
+/// agents are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_to_redis_is_bounded_in_bytes() {
+    let mut redis = Redis::start();
+    let mut s = settings(&redis);
+    s.role = Role::Front;
+    s.max_entry_bytes = 64 << 10;
+    // Room for one wide sample (about 32 KiB stored), not two.
+    s.writer_queue_bytes = 64 << 10;
+    let srv = start(s).await;
+    post_accepted(srv.addr, &Transport::H2c, wide("before")).await;
+
+    redis.pause();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let addr = srv.addr;
+        tasks.push(tokio::spawn(async move {
+            post(
+                addr,
+                &Transport::H2c,
+                "application/json",
+                wide(&format!("w{i}")),
+            )
+            .await
+        }));
+    }
+    let mut full = 0;
+    for t in tasks {
+        let r = t.await.expect("request");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.headers["retry-after"], "1");
+        if r.body.contains("--writer-queue-bytes") {
+            full += 1;
+        }
+    }
+    assert_eq!(
+        full, 2,
+        "one request held the queue, the other two were refused for it"
+    );
+    redis.resume();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = post(
+            srv.addr,
+            &Transport::H2c,
+            "application/json",
+            sample("after", 1.0),
+        )
+        .await;
+        if r.status == 202 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "served again: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stats(srv.addr).await["front"]["queueFull"], 2);
+    redis.stop();
 }
