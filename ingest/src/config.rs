@@ -65,9 +65,33 @@ pub struct Args {
     /// This process's id in stream entries and as a consumer name. Default: host-pid.
     #[arg(long, global = true)]
     pub node_id: Option<String>,
-    /// Entries a worker reads at once.
+    /// Most entries a worker processes as one batch (read in rounds under
+    /// `--worker-read-bytes`).
     #[arg(long, default_value_t = 256, global = true)]
     pub worker_batch: usize,
+    /// Largest stream entry, in bytes: a request's samples as stored (metric names flattened,
+    /// timestamps filled in). A `POST /metrics` past it gets 413 naming both sizes; the streaming
+    /// endpoint splits a chunk's lines into several entries under it. Every role must agree
+    /// on it: the workers size their reads by it.
+    #[arg(long, default_value_t = 4 << 20, global = true)]
+    pub max_entry_bytes: usize,
+    /// Bytes of entries a worker holds at once: each `XREADGROUP` asks for at most
+    /// (what is left of this) / `--max-entry-bytes` entries.
+    #[arg(long, default_value_t = 64 << 20, global = true)]
+    pub worker_read_bytes: usize,
+    /// Largest Pub/Sub message a worker publishes, in bytes (Redis disconnects a subscriber
+    /// whose output buffer passes `client-output-buffer-limit pubsub`, 32 MB by default).
+    #[arg(long, default_value_t = 1 << 20, global = true)]
+    pub pubsub_message_bytes: usize,
+    /// Bytes of entries queued for (or in) the front door's pipelines to Redis; past it a
+    /// request gets 503 with `Retry-After`.
+    #[arg(long, default_value_t = 64 << 20, global = true)]
+    pub writer_queue_bytes: usize,
+    /// Metric names a server's snapshot hash keeps: samples with further names are still
+    /// stored in the stream and published, but their new names stay out of the snapshot
+    /// (counted as `snapshotFieldsRefused` in /stats, logged once per server).
+    #[arg(long, default_value_t = 1_000, global = true)]
+    pub max_fields_per_server: usize,
     /// Milliseconds after which a pending entry of a silent worker is claimed by another.
     #[arg(long, default_value_t = 5_000, global = true)]
     pub claim_idle_ms: u64,
@@ -113,6 +137,11 @@ pub struct Settings {
     pub snapshot_ttl: Duration,
     pub node_id: String,
     pub worker_batch: usize,
+    pub max_entry_bytes: usize,
+    pub worker_read_bytes: usize,
+    pub pubsub_message_bytes: usize,
+    pub writer_queue_bytes: usize,
+    pub max_fields_per_server: usize,
     pub claim_idle: Duration,
     pub lease: Duration,
     pub window_log_len: u64,
@@ -130,7 +159,20 @@ pub enum ConfigError {
     Prefix,
     #[error("--redis-timeout-ms ({0}) must be above --deadline-ms ({1})")]
     Timeouts(u64, u64),
+    #[error("--{0} ({1}) must be at least --max-entry-bytes ({2}): an entry of the largest size must fit")]
+    BelowEntry(&'static str, usize, usize),
+    #[error("--{0} ({1}) must be at most {2}")]
+    AtMost(&'static str, usize, usize),
 }
+
+/// The smallest `--max-entry-bytes` and `--pubsub-message-bytes`: any one sample fits (at
+/// most 256 metrics of 128-byte names, a 128-byte server id: about 40 KiB encoded), so a
+/// streamed line is never refused for size alone and a Pub/Sub line never split.
+pub const MIN_MESSAGE_BYTES: usize = 64 << 10;
+
+/// The largest `--pubsub-message-bytes`: Redis's soft Pub/Sub output limit (8 MB held for
+/// 60 s) by default.
+pub const MAX_PUBSUB_MESSAGE_BYTES: usize = 8 << 20;
 
 impl ServiceArgs for Args {
     const SERVICE: Service = SERVICE;
@@ -165,6 +207,21 @@ impl ServiceArgs for Args {
             ("max-pipeline", self.max_pipeline as u64, 1),
             ("maxlen", self.maxlen, 1000),
             ("worker-batch", self.worker_batch as u64, 1),
+            (
+                "max-entry-bytes",
+                self.max_entry_bytes as u64,
+                MIN_MESSAGE_BYTES as u64,
+            ),
+            (
+                "pubsub-message-bytes",
+                self.pubsub_message_bytes as u64,
+                MIN_MESSAGE_BYTES as u64,
+            ),
+            (
+                "max-fields-per-server",
+                self.max_fields_per_server as u64,
+                1,
+            ),
             ("claim-idle-ms", self.claim_idle_ms, 100),
             ("lease-ms", self.lease_ms, 300),
             ("snapshot-ttl-ms", self.snapshot_ttl_ms, 1000),
@@ -175,6 +232,27 @@ impl ServiceArgs for Args {
                 self.redis_timeout_ms,
                 self.deadline_ms,
             ));
+        }
+        for (flag, v) in [
+            ("worker-read-bytes", self.worker_read_bytes),
+            ("writer-queue-bytes", self.writer_queue_bytes),
+        ] {
+            if v < self.max_entry_bytes {
+                return Err(ConfigError::BelowEntry(flag, v, self.max_entry_bytes));
+            }
+        }
+        for (flag, v, max) in [
+            (
+                "pubsub-message-bytes",
+                self.pubsub_message_bytes,
+                MAX_PUBSUB_MESSAGE_BYTES,
+            ),
+            // Entry sizes are counted as semaphore permits (u32) in the writer.
+            ("max-entry-bytes", self.max_entry_bytes, 1 << 30),
+        ] {
+            if v > max {
+                return Err(ConfigError::AtMost(flag, v, max));
+            }
         }
         let node_id = self.node_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
@@ -196,6 +274,11 @@ impl ServiceArgs for Args {
             snapshot_ttl: Duration::from_millis(self.snapshot_ttl_ms),
             node_id,
             worker_batch: self.worker_batch,
+            max_entry_bytes: self.max_entry_bytes,
+            worker_read_bytes: self.worker_read_bytes,
+            pubsub_message_bytes: self.pubsub_message_bytes,
+            writer_queue_bytes: self.writer_queue_bytes,
+            max_fields_per_server: self.max_fields_per_server,
             claim_idle: Duration::from_millis(self.claim_idle_ms),
             lease: Duration::from_millis(self.lease_ms),
             window_log_len: self.window_log_len,
@@ -205,6 +288,12 @@ impl ServiceArgs for Args {
 }
 
 impl Settings {
+    /// Entries one `XREADGROUP` may ask for: as many as `--worker-read-bytes` holds at
+    /// `--max-entry-bytes` each, at most `--worker-batch`.
+    pub fn read_count(&self) -> usize {
+        (self.worker_read_bytes / self.max_entry_bytes).clamp(1, self.worker_batch)
+    }
+
     /// The Redis URL with its password, if any, replaced by `***`: for logs.
     pub fn redis_url_redacted(&self) -> String {
         redact_url(&self.redis_url)
@@ -286,5 +375,31 @@ mod tests {
         assert!(matches!(e, ConfigError::Edge(EdgeConfigError::TlsPair)));
         let e = args(&["--maxlen", "10"]).validate().unwrap_err();
         assert_eq!(e.to_string(), "--maxlen must be at least 1000");
+        let e = args(&["--worker-read-bytes", "1000000"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("--worker-read-bytes"), "{e}");
+        let e = args(&["--writer-queue-bytes", "1000000"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("--writer-queue-bytes"), "{e}");
+        let e = args(&["--pubsub-message-bytes", "1000"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("--pubsub-message-bytes"), "{e}");
+        let e = args(&["--pubsub-message-bytes", "33554432"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("--pubsub-message-bytes"), "{e}");
+    }
+
+    #[test]
+    fn reads_are_sized_by_the_largest_entry() {
+        let s = args(&[]).validate().expect("valid");
+        assert_eq!(s.read_count(), 16, "64 MiB / 4 MiB");
+        let s = args(&["--max-entry-bytes", "65536"])
+            .validate()
+            .expect("valid");
+        assert_eq!(s.read_count(), 256, "capped by --worker-batch");
     }
 }

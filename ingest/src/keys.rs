@@ -6,7 +6,8 @@
 //!   (the window roll-up; read by the current leader only);
 //! - hash `{prefix}:server:{serverId}` (expires `--snapshot-ttl-ms` after the server's latest
 //!   sample): latest value of each metric, plus `_timestamp`,
-//!   `_arrival`, `_node` (the front door that accepted it), `_id`, and `_window:{label}` (the
+//!   `_arrival`, `_node` (the front door that accepted it), `_id`, `_fields` (how many fields
+//!   the workers wrote, for `--max-fields-per-server`), and `_window:{label}` (the
 //!   last closed window of each length); hash `{prefix}:server:*` holds the across-servers
 //!   windows;
 //! - channel `{prefix}:events`: batches of dashboard events (Pub/Sub lines);

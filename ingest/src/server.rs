@@ -117,6 +117,7 @@ impl Service for Server {
                     writers: settings.writers,
                     max_pipeline: settings.max_pipeline,
                     node: settings.node_id.clone(),
+                    queue_bytes: settings.writer_queue_bytes,
                 },
                 &life,
             );
@@ -127,6 +128,7 @@ impl Service for Server {
                     max_body: settings.max_body,
                     deadline: settings.deadline,
                     body_timeout: settings.edge.conn.body_timeout,
+                    max_entry: settings.max_entry_bytes,
                     limits: settings.edge.limits,
                 },
                 life: life.clone(),
@@ -136,7 +138,12 @@ impl Service for Server {
         if worker_on {
             let opts = WorkerOptions {
                 name: settings.node_id.clone(),
-                batch: settings.worker_batch,
+                batch: settings.read_count(),
+                fill: settings.worker_batch,
+                read_bytes: settings.worker_read_bytes,
+                max_entry: settings.max_entry_bytes,
+                pubsub_message_bytes: settings.pubsub_message_bytes,
+                max_fields: settings.max_fields_per_server,
                 claim_idle: settings.claim_idle,
                 windows: settings.edge.windows.clone(),
                 max_series: settings.edge.max_series,
@@ -302,7 +309,7 @@ fn dashboard_stream(app: &Arc<App>, req: Request<Incoming>) -> Answer {
 fn stats(app: &App) -> Response<Body> {
     let w = &app.worker_stats;
     let b = &app.broadcast_stats;
-    let (pipelines, entries, samples, failures) = match &app.front {
+    let (pipelines, entries, samples, failures, queue_full, too_large) = match &app.front {
         Some(f) => {
             let s = f.writer.stats();
             (
@@ -310,12 +317,14 @@ fn stats(app: &App) -> Response<Body> {
                 s.entries.load(Relaxed),
                 s.samples.load(Relaxed),
                 s.failures.load(Relaxed),
+                s.queue_full.load(Relaxed),
+                s.too_large.load(Relaxed),
             )
         }
-        None => (0, 0, 0, 0),
+        None => (0, 0, 0, 0, 0, 0),
     };
     let body = format!(
-        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{},\"trimmed\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{},\"caughtUp\":{},\"skipped\":{}}},{}}}",
+        "{{\"front\":{{\"pipelines\":{pipelines},\"entries\":{entries},\"samples\":{samples},\"failures\":{failures},\"queueFull\":{queue_full},\"tooLarge\":{too_large}}},\"worker\":{{\"entries\":{},\"samples\":{},\"claimed\":{},\"publishes\":{},\"windows\":{},\"errors\":{},\"deadLettered\":{},\"trimmedPending\":{},\"trimmed\":{},\"largestMessage\":{},\"snapshotFieldsRefused\":{},\"serversAtFieldLimit\":{}}},\"broadcaster\":{{\"connected\":{},\"batches\":{},\"events\":{},\"reconnects\":{},\"caughtUp\":{},\"skipped\":{}}},{}}}",
         w.entries.load(Relaxed),
         w.samples.load(Relaxed),
         w.claimed.load(Relaxed),
@@ -325,6 +334,9 @@ fn stats(app: &App) -> Response<Body> {
         w.dead_lettered.load(Relaxed),
         w.trimmed_pending.load(Relaxed),
         w.trimmed.load(Relaxed),
+        w.largest_message.load(Relaxed),
+        w.fields_refused.load(Relaxed),
+        w.servers_at_field_limit.load(Relaxed),
         b.connected.load(Relaxed),
         b.batches.load(Relaxed),
         b.events.load(Relaxed),

@@ -12,6 +12,12 @@
 //! would double the Redis traffic of a single-sample request. A writer drops its connection
 //! (instead of returning it) after any error, so a broken connection is never reused.
 //!
+//! The queue is bounded in bytes as well as in entries (`--writer-queue-bytes`): an entry holds
+//! its size in permits of a semaphore from the moment it is queued until its pipeline has been
+//! answered, so what waits for Redis and what is in flight to it together never pass the
+//! budget. A request that finds it full gets 503 with `Retry-After` at once rather than
+//! waiting: the queue is full only when Redis is far behind.
+//!
 //! redis 1.x async connections time out responses after 500 ms by default; here the response
 //! timeout is set deliberately (`--redis-timeout`), above the request deadline, so a slow Redis
 //! surfaces as a 503 at the deadline and a dead connection is replaced soon after.
@@ -23,7 +29,7 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Connection, Manager, Pool, Runtime};
 use metrics_edge::lifecycle::Lifecycle;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::keys::Keys;
 use crate::wire;
@@ -37,6 +43,12 @@ pub enum StoreError {
     Redis(String),
     #[error("the writer is shutting down")]
     Closed,
+    #[error("the queue to Redis holds {queued} bytes and cannot take this entry's {entry} bytes within its limit of {max} bytes (--writer-queue-bytes)")]
+    QueueFull {
+        queued: usize,
+        entry: usize,
+        max: usize,
+    },
 }
 
 /// Pool settings.
@@ -99,13 +111,16 @@ async fn ping_now(pool: &Pool) -> Result<(), StoreError> {
 pub struct Entry {
     /// Samples in `value`.
     pub count: usize,
-    /// The entry's value, from [`wire::encode_entry`].
+    /// The entry's value, from [`wire::EntryWriter`].
     pub value: Vec<u8>,
 }
 
 struct Job {
     entry: Entry,
     reply: oneshot::Sender<Result<String, StoreError>>,
+    /// The entry's bytes in the queue's budget, given back when the job is dropped (after its
+    /// pipeline was answered).
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// Writer settings.
@@ -117,6 +132,8 @@ pub struct WriterOptions {
     pub max_pipeline: usize,
     /// This front door's id, stored with each entry.
     pub node: String,
+    /// Bytes of entries queued or in flight (`--writer-queue-bytes`).
+    pub queue_bytes: usize,
 }
 
 /// Counters of the writer.
@@ -126,6 +143,10 @@ pub struct WriterStats {
     pub entries: AtomicU64,
     pub samples: AtomicU64,
     pub failures: AtomicU64,
+    /// Entries refused because the queue's byte budget was spent.
+    pub queue_full: AtomicU64,
+    /// Requests refused because their entry would pass `--max-entry-bytes`.
+    pub too_large: AtomicU64,
 }
 
 /// The outcome of a queued write.
@@ -137,6 +158,8 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
     stats: Arc<WriterStats>,
     node: Arc<str>,
+    bytes: Arc<Semaphore>,
+    queue_bytes: usize,
 }
 
 impl Writer {
@@ -148,6 +171,8 @@ impl Writer {
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(WriterStats::default());
         let node = Arc::from(opts.node.as_str());
+        let queue_bytes = opts.queue_bytes.min(Semaphore::MAX_PERMITS);
+        let bytes = Arc::new(Semaphore::new(queue_bytes));
         for _ in 0..opts.writers.max(1) {
             life.spawn(run_writer(
                 pool.clone(),
@@ -157,7 +182,13 @@ impl Writer {
                 stats.clone(),
             ));
         }
-        Self { tx, stats, node }
+        Self {
+            tx,
+            stats,
+            node,
+            bytes,
+            queue_bytes,
+        }
     }
 
     /// Writes one entry; returns its stream id once Redis has it.
@@ -170,10 +201,28 @@ impl Writer {
 
     /// Queues one entry; the receiver yields its stream id once Redis has it. Lets a caller
     /// keep several writes in flight and collect the acknowledgements in order.
+    /// An entry that does not fit in what is left of the queue's byte budget is refused at
+    /// once ([`StoreError::QueueFull`]).
     pub async fn submit(&self, entry: Entry) -> Result<Pending, StoreError> {
+        let size = entry.value.len();
+        let permit = u32::try_from(size)
+            .ok()
+            .and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok());
+        let Some(permit) = permit else {
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::QueueFull {
+                queued: self.queue_bytes - self.bytes.available_permits(),
+                entry: size,
+                max: self.queue_bytes,
+            });
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { entry, reply })
+            .send(Job {
+                entry,
+                reply,
+                _bytes: permit,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)

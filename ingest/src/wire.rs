@@ -11,7 +11,10 @@
 //!
 //! An entry holds what the front door accepted under its own limits (`--max-batch` per request,
 //! any number of lines per streamed chunk), so readers decode entries with no sample-count
-//! limit: an accepted sample is never refused on the way out.
+//! limit: an accepted sample is never refused on the way out. Its size is bounded in bytes
+//! instead ([`EntryWriter`], `--max-entry-bytes`): flattening repeats a group's name in every
+//! leaf, so a body can grow about seventeen-fold on the way in, and the workers size their
+//! reads by this bound.
 //!
 //! **Pub/Sub line**: one message carries a batch of events, one per line:
 //! `KIND TAB SERVER TAB POSITION TAB JSON` (`S` sample or `W` window; the position is empty for
@@ -44,6 +47,76 @@ pub fn encode_entry(arrival_ms: u64, node: &str, samples: &[Sample]) -> Vec<u8> 
         out.push(b'\n');
     }
     out
+}
+
+/// A stream entry being encoded under a size limit: samples are appended one at a time, and one
+/// that would take the entry past the limit is left out, so the limit is checked at the cost
+/// of one comparison per sample, on bytes already being written.
+pub struct EntryWriter {
+    buf: Vec<u8>,
+    count: usize,
+    max: usize,
+}
+
+impl EntryWriter {
+    /// An entry with its header line, room reserved for about `samples` samples.
+    pub fn new(arrival_ms: u64, node: &str, max: usize, samples: usize) -> Self {
+        let mut buf = Vec::with_capacity((32 + samples.saturating_mul(160)).min(max));
+        event::write_u64(&mut buf, arrival_ms);
+        buf.push(b' ');
+        buf.extend_from_slice(node.as_bytes());
+        buf.push(b'\n');
+        Self { buf, count: 0, max }
+    }
+
+    /// Appends `s`, or, if the entry would then pass the limit, leaves the entry as it was
+    /// and returns the size it would have had.
+    pub fn push(&mut self, s: &Sample) -> Result<(), usize> {
+        let before = self.buf.len();
+        event::agent_sample(&mut self.buf, s);
+        self.buf.push(b'\n');
+        let after = self.buf.len();
+        if after > self.max {
+            self.buf.truncate(before);
+            return Err(after);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Samples in the entry.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The entry's size so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True while no sample has been appended.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The entry's value.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Bytes `samples` take in an entry, measured one sample at a time in a scratch buffer (for
+/// the refusal message of an entry over the limit; nothing the size of the entry is built).
+pub fn encoded_len(samples: &[Sample]) -> usize {
+    let mut scratch = Vec::with_capacity(4096);
+    samples
+        .iter()
+        .map(|s| {
+            scratch.clear();
+            event::agent_sample(&mut scratch, s);
+            scratch.len() + 1
+        })
+        .sum()
 }
 
 /// A stream entry as read back: its id and the value of its field, if present.

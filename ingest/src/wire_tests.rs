@@ -158,3 +158,100 @@ fn a_window_batch_mark_names_its_log_entry_and_is_skipped_as_an_event() {
     assert_eq!(events[0].kind, EventKind::Window);
     assert_eq!(batch_mark(b"W\t*\t\t{}\n"), None);
 }
+
+#[test]
+fn entry_writer_writes_what_encode_entry_does_and_stops_at_the_limit() {
+    let samples = decode_front(
+        r#"[{"serverId":"a","metrics":{"cpu":1}},{"serverId":"b","metrics":{"cpu":2}}]"#,
+        Limits::default(),
+    );
+    let whole = encode_entry(5, "n", &samples);
+    let mut w = EntryWriter::new(5, "n", whole.len(), 2);
+    assert!(w.push(&samples[0]).is_ok());
+    assert!(w.push(&samples[1]).is_ok());
+    assert_eq!(w.finish(), whole);
+
+    let mut w = EntryWriter::new(5, "n", whole.len() - 1, 2);
+    assert!(w.push(&samples[0]).is_ok());
+    let len = w.len();
+    assert_eq!(
+        w.push(&samples[1]),
+        Err(whole.len()),
+        "the size it would have had"
+    );
+    assert_eq!(
+        (w.len(), w.count()),
+        (len, 1),
+        "the entry is left as it was"
+    );
+    let header = "5 n\n".len();
+    assert_eq!(header + encoded_len(&samples), whole.len());
+}
+
+/// The floor of `--max-entry-bytes` and `--pubsub-message-bytes` holds the widest sample the
+/// decoder accepts, as an entry and as a Pub/Sub line: a streamed line is never refused for its
+/// size alone, and a Pub/Sub line never needs splitting.
+#[test]
+fn the_widest_sample_fits_the_floor_of_the_byte_limits() {
+    let name = |i: usize| format!("{i:0>128}");
+    let metrics: Vec<String> = (0..Limits::default().max_metrics)
+        .map(|i| format!("\"{}\":-1.2345678901234567e-300", name(i)))
+        .collect();
+    let body = format!(
+        r#"{{"serverId":"{}","timestamp":18446744073709551615,"metrics":{{{}}}}}"#,
+        "s".repeat(128),
+        metrics.join(",")
+    );
+    let samples = decode_front(&body, Limits::default());
+    let entry = encode_entry(u64::MAX, &"n".repeat(128), &samples);
+    assert!(
+        entry.len() < crate::config::MIN_MESSAGE_BYTES,
+        "{}",
+        entry.len()
+    );
+    let pos = Position::parse("18446744073709551615-18446744073709551615/4294967295").expect("pos");
+    let mut json = Vec::new();
+    sample_event(&mut json, &samples[0], pos);
+    let mut line = Vec::new();
+    write_line(
+        &mut line,
+        EventKind::Sample,
+        &samples[0].server_id,
+        Some(pos),
+        &json,
+    );
+    assert!(
+        line.len() < crate::config::MIN_MESSAGE_BYTES,
+        "{}",
+        line.len()
+    );
+}
+
+/// `--max-entry-bytes`'s default leaves room for a full `--max-body` of ordinary samples (the
+/// API's example sample, grouped metrics included), while the seventeen-fold blow-up of one
+/// long group name over many short leaves does not fit.
+#[test]
+fn the_default_entry_limit_fits_ordinary_bodies_and_not_the_blow_up() {
+    let max_entry = 4 << 20;
+    let max_body = 1 << 20;
+    let one = r#"{"serverId":"server-1","timestamp":1764349200123,"metrics":{"cpu":42.5,"memory":61.2,"disk":70.1,"network":{"in":812,"out":230}}}"#;
+    let n = max_body / (one.len() + 1);
+    let body = format!("[{}]", vec![one; n].join(","));
+    assert!(body.len() <= max_body);
+    let samples = decode_front(&body, Limits::default());
+    let ordinary = encode_entry(1_764_349_200_123, "host-12345", &samples).len();
+    assert!(ordinary * 2 < max_entry, "{ordinary}");
+
+    let group = "g".repeat(120);
+    let leaves: Vec<String> = (0..256).map(|i| format!("\"{i:x}\":1")).collect();
+    let one = format!(
+        r#"{{"serverId":"s","metrics":{{"{group}":{{{}}}}}}}"#,
+        leaves.join(",")
+    );
+    let n = max_body / (one.len() + 1);
+    let body = format!("[{}]", vec![one.as_str(); n].join(","));
+    let samples = decode_front(&body, Limits::default());
+    let blown = encode_entry(1_764_349_200_123, "host-12345", &samples).len();
+    assert!(blown > 12 * body.len(), "{blown} from {}", body.len());
+    assert!(blown > max_entry);
+}

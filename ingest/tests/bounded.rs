@@ -1,6 +1,7 @@
 //! Redis does not grow without bound with the number of servers ever seen: a server's
 //! snapshot hash expires `--snapshot-ttl-ms` after its latest sample, and it leaves the set of
-//! servers that snapshots read.
+//! servers that snapshots read; nor with the number of metric names one server sends: its
+//! snapshot hash keeps at most `--max-fields-per-server` of them.
 
 mod common;
 
@@ -69,4 +70,85 @@ async fn snapshots_of_silent_servers_expire() {
         .filter_map(|s| s["serverId"].as_str())
         .collect();
     assert_eq!(ids, ["alive"]);
+}
+
+fn metric_fields(redis: &Redis, key: &str) -> Vec<String> {
+    let mut names: Vec<String> = redis::cmd("HKEYS")
+        .arg(key)
+        .query::<Vec<String>>(&mut redis.conn())
+        .expect("HKEYS")
+        .into_iter()
+        .filter(|f| !f.starts_with('_'))
+        .collect();
+    names.sort();
+    names
+}
+
+async fn worker_stats(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (_, body) = http_get(addr, "/stats", "").await;
+    serde_json::from_str::<serde_json::Value>(&body).expect("stats")["worker"].clone()
+}
+
+/// A server's snapshot hash keeps at most `--max-fields-per-server` metric names, the first
+/// ones seen; samples with further names are still stored and published whole, and the
+/// names left out are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_snapshot_keeps_at_most_max_fields_names() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.max_fields_per_server = 10;
+    let srv = start(s).await;
+    let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    // Five samples of eight new names each, one at a time (a batch writes only a server's
+    // latest sample into its hash).
+    for round in 0..5u64 {
+        let metrics: Vec<String> = (0..8).map(|i| format!("\"m{round}{i}\":{i}")).collect();
+        let body = format!(
+            r#"{{"serverId":"many","metrics":{{{}}}}}"#,
+            metrics.join(",")
+        );
+        post_accepted(srv.addr, &Transport::H2c, body).await;
+        let e = dash.next_of("sample").await;
+        assert_eq!(
+            e["metrics"].as_object().expect("metrics").len(),
+            8,
+            "published whole: {e}"
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while worker_stats(srv.addr).await["samples"] != round + 1 {
+            assert!(tokio::time::Instant::now() < deadline, "processed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let kept = metric_fields(&redis, "metrics:server:many");
+    let first: Vec<String> = (0..8)
+        .map(|i| format!("m0{i}"))
+        .chain(["m10".into(), "m11".into()])
+        .collect();
+    assert_eq!(kept, first, "the first ten names seen");
+    // A known name is still updated.
+    post_accepted(
+        srv.addr,
+        &Transport::H2c,
+        r#"{"serverId":"many","metrics":{"m00":42,"new":1}}"#,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg("metrics:server:many")
+            .arg("m00")
+            .query(&mut redis.conn())
+            .expect("HGET");
+        if v.as_deref() == Some("42") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "m00 updated: {v:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric_fields(&redis, "metrics:server:many"), first);
+    let w = worker_stats(srv.addr).await;
+    assert_eq!(w["snapshotFieldsRefused"], 6 + 8 + 8 + 8 + 1, "{w}");
+    assert_eq!(w["serversAtFieldLimit"], 1, "{w}");
 }

@@ -5,14 +5,16 @@
 //! problem: 400 (malformed or invalid, with the sample's index or line), 401 (not the agent
 //! token: a dashboard's token does not write), 413 (body over
 //! the limit, checked against `Content-Length` before reading and against the decoded size of
-//! compressed bodies), 408 (body not received within `--body-timeout-ms`: a client trickling
+//! compressed bodies; and samples whose stream entry would pass `--max-entry-bytes`, naming
+//! both sizes, since flattening can make an entry many times its body), 408 (body not received within `--body-timeout-ms`: a client trickling
 //! or stalling its body would otherwise hold the request, and its buffer, for as long as it
 //! likes), 415 (content type or encoding), 503 with `Retry-After` (Redis down or
-//! slower than the deadline).
+//! slower than the deadline, or the writer's queue at `--writer-queue-bytes`).
 
 mod stream;
 
 use std::io::Read;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ pub struct FrontOptions {
     pub deadline: Duration,
     /// How long a request's body may take to arrive before it gets 408.
     pub body_timeout: Duration,
+    /// Largest stream entry (`--max-entry-bytes`).
+    pub max_entry: usize,
     pub limits: Limits,
 }
 
@@ -103,7 +107,7 @@ pub async fn post_metrics(front: &Arc<Front>, req: Request<Incoming>) -> Answer 
 
 /// Writes `samples` as one entry and waits for Redis, at most the deadline.
 async fn store(front: &Front, samples: &[Sample], arrival_ms: u64) -> Result<(), Refusal> {
-    let entry = entry(front, samples, arrival_ms);
+    let entry = entry(front, samples, arrival_ms)?;
     match tokio::time::timeout(front.opts.deadline, front.writer.write(entry)).await {
         Ok(Ok(_id)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
@@ -114,11 +118,28 @@ async fn store(front: &Front, samples: &[Sample], arrival_ms: u64) -> Result<(),
     }
 }
 
-fn entry(front: &Front, samples: &[Sample], arrival_ms: u64) -> Entry {
-    Entry {
-        count: samples.len(),
-        value: wire::encode_entry(arrival_ms, front.writer.node(), samples),
+/// `samples` as one entry, or 413 if it would pass `--max-entry-bytes` (nothing is stored).
+fn entry(front: &Front, samples: &[Sample], arrival_ms: u64) -> Result<Entry, Refusal> {
+    let max = front.opts.max_entry;
+    let mut w = wire::EntryWriter::new(arrival_ms, front.writer.node(), max, samples.len());
+    for (i, s) in samples.iter().enumerate() {
+        if let Err(so_far) = w.push(s) {
+            front
+                .writer
+                .stats()
+                .too_large
+                .fetch_add(1, Ordering::Relaxed);
+            let size = so_far + wire::encoded_len(&samples[i + 1..]);
+            return Err(Refusal::TooLarge(format!(
+                "the request's {} samples take {size} bytes as stored (metric names flattened, timestamps filled in), over the limit of {max} bytes (--max-entry-bytes); send fewer samples per request or shorter metric names",
+                samples.len()
+            )));
+        }
     }
+    Ok(Entry {
+        count: w.count(),
+        value: w.finish(),
+    })
 }
 
 /// The token, the content type and encoding, and the declared length.

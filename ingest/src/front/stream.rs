@@ -3,7 +3,8 @@
 //!
 //! Two tasks per request, tracked by the process's lifecycle: the reader splits the body into
 //! lines ([`Lines`]), decodes each, and writes the complete lines of each body chunk as one
-//! stream entry; the acknowledger answers, in the order the lines came, `{"acked":N,"total":T}`
+//! stream entry (several when they would pass `--max-entry-bytes`: a chunk is split, never
+//! refused, for its size); the acknowledger answers, in the order the lines came, `{"acked":N,"total":T}`
 //! once Redis has an entry, or `{"error":M,"line":L}` for a refused line. A bad line is refused
 //! alone; the stream goes on.
 
@@ -22,8 +23,9 @@ use metrics_model::decode::with_decoder;
 use metrics_model::{event, now_ms, Sample};
 use tokio::sync::mpsc;
 
-use super::{check_headers, entry, Encoding, Front};
-use crate::store::Pending;
+use super::{check_headers, Encoding, Front};
+use crate::store::{Entry, Pending};
+use crate::wire;
 
 /// `POST /metrics/stream`.
 pub fn post_stream(front: &Arc<Front>, req: Request<Incoming>) -> Answer {
@@ -119,18 +121,41 @@ async fn read_lines(front: Arc<Front>, mut body: Incoming, acks: mpsc::Sender<Ac
     submit(&front, &acks, &mut parsed, arrival).await;
 }
 
-/// Queues the refusals of `parsed` in place and its samples as one entry; false once the
-/// acknowledger is gone (the client left).
+/// Queues the refusals of `parsed` in place and its samples as entries, each under
+/// `--max-entry-bytes` (a chunk whose samples would pass it becomes several entries, each
+/// acknowledged on its own); false once the acknowledger is gone (the client left).
 async fn submit(
     front: &Front,
     acks: &mpsc::Sender<Ack>,
     parsed: &mut Vec<Parsed>,
     arrival_ms: u64,
 ) -> bool {
-    let mut samples = Vec::new();
+    let max = front.opts.max_entry;
+    let new_entry = |n| wire::EntryWriter::new(arrival_ms, front.writer.node(), max, n);
+    let mut entry = new_entry(parsed.len());
     for p in parsed.drain(..) {
         match p {
-            Parsed::Sample(s) => samples.push(s),
+            Parsed::Sample(s) => {
+                if entry.push(&s).is_ok() {
+                    continue;
+                }
+                if !entry.is_empty() {
+                    let full = std::mem::replace(&mut entry, new_entry(1));
+                    if !write(front, acks, full).await {
+                        return false;
+                    }
+                }
+                if let Err(size) = entry.push(&s) {
+                    // Only a node id of kilobytes leaves no room for one sample.
+                    let message = format!(
+                        "a sample of server {} takes {size} bytes as stored, over the limit of {max} bytes (--max-entry-bytes)",
+                        s.server_id
+                    );
+                    if acks.send(Ack::Refused { line: 0, message }).await.is_err() {
+                        return false;
+                    }
+                }
+            }
             Parsed::Refused { line, message } => {
                 if acks.send(Ack::Refused { line, message }).await.is_err() {
                     return false;
@@ -138,15 +163,17 @@ async fn submit(
             }
         }
     }
-    if samples.is_empty() {
-        return true;
-    }
-    let count = samples.len();
-    let ack = match front
-        .writer
-        .submit(entry(front, &samples, arrival_ms))
-        .await
-    {
+    entry.is_empty() || write(front, acks, entry).await
+}
+
+/// Hands one entry to the writer and its acknowledgement to the acknowledger.
+async fn write(front: &Front, acks: &mpsc::Sender<Ack>, entry: wire::EntryWriter) -> bool {
+    let count = entry.count();
+    let entry = Entry {
+        count,
+        value: entry.finish(),
+    };
+    let ack = match front.writer.submit(entry).await {
         Ok(pending) => Ack::Written { pending, count },
         Err(e) => Ack::Refused {
             line: 0,

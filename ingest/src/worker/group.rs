@@ -54,17 +54,44 @@ pub async fn read(
         .arg(">")
         .query_async(conn)
         .await?;
-    // `[[stream, entries]]`, or nil when BLOCK timed out.
+    // nil when BLOCK timed out.
+    Ok(entries_of(reply))
+}
+
+/// `XREADGROUP ... STREAMS stream >` without waiting; empty when nothing is new.
+pub async fn read_now(
+    conn: &mut Connection,
+    keys: &Keys,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<RawEntry>> {
+    let reply: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(&keys.stream)
+        .arg(">")
+        .query_async(conn)
+        .await?;
+    Ok(entries_of(reply))
+}
+
+/// The entries of an `XREADGROUP` reply (`[[stream, entries]]`, or nil).
+fn entries_of(reply: Value) -> Vec<RawEntry> {
     let Value::Array(streams) = reply else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    Ok(streams
+    streams
         .into_iter()
         .flat_map(|s| match s {
             Value::Array(mut kv) if kv.len() == 2 => kv.pop().map(raw_entries).unwrap_or_default(),
             _ => Vec::new(),
         })
-        .collect())
+        .collect()
 }
 
 /// What one `XAUTOCLAIM` returned.

@@ -42,8 +42,20 @@ pub use samples::MAX_EVENTS_PER_MESSAGE;
 pub struct WorkerOptions {
     /// Consumer name, unique per worker process.
     pub name: String,
-    /// Entries per read.
+    /// Entries per read: at most `read_bytes / max_entry`, so that one read of entries of the
+    /// largest size stays within `read_bytes` (the window loop and claims read this many).
     pub batch: usize,
+    /// Most entries the sample loop gathers into one batch, in rounds of reads each sized by
+    /// what is left of `read_bytes` (`--worker-batch`).
+    pub fill: usize,
+    /// Bytes of entries a batch may hold (`--worker-read-bytes`).
+    pub read_bytes: usize,
+    /// Largest entry the front doors write (`--max-entry-bytes`).
+    pub max_entry: usize,
+    /// Largest Pub/Sub message (`--pubsub-message-bytes`).
+    pub pubsub_message_bytes: usize,
+    /// Metric names a server's snapshot hash keeps (`--max-fields-per-server`).
+    pub max_fields: usize,
     /// Pending entries idle this long are claimed from their (presumably dead) consumer.
     pub claim_idle: Duration,
     pub windows: Vec<WindowSpec>,
@@ -76,6 +88,13 @@ pub struct WorkerStats {
     pub trimmed_pending: AtomicU64,
     /// Entries trimmed from the stream once processed.
     pub trimmed: AtomicU64,
+    /// The largest Pub/Sub message published so far, in bytes.
+    pub largest_message: AtomicU64,
+    /// Metric values left out of snapshot hashes at `--max-fields-per-server` (they were
+    /// stored in the stream and published all the same).
+    pub fields_refused: AtomicU64,
+    /// Servers this worker found at `--max-fields-per-server` (each logged once).
+    pub servers_at_field_limit: AtomicU64,
 }
 
 impl WorkerStats {
@@ -121,6 +140,7 @@ pub fn start(
         last_trim: tokio::time::Instant::now(),
         last_backlog_log: None,
         refreshed: samples::Refreshed::default(),
+        script: None,
     };
     life.spawn(reconnecting(
         sample_loop,

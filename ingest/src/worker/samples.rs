@@ -1,9 +1,22 @@
 //! The sample loop of a worker: read (or claim) a batch from the `workers` group, publish its
 //! `sample` events, update the per-server snapshot hashes, acknowledge, all in one pipeline.
 //!
-//! Per batch: one `HSET` per server in the batch, `SADD`, one `PUBLISH` per
-//! [`MAX_EVENTS_PER_MESSAGE`] events, and one `XACK` after them. Every half `--claim-idle-ms`
-//! the loop first claims entries left pending that long by a silent (presumably dead) worker.
+//! Per batch: one snapshot update per server in the batch ([`SNAPSHOT_SCRIPT`]), one `PUBLISH`
+//! per message, and one `XACK` after them. Every half `--claim-idle-ms` the loop first claims
+//! entries left pending that long by a silent (presumably dead) worker.
+//!
+//! Everything is bounded in bytes, because an entry can be large (`--max-entry-bytes`):
+//! - a batch is read in rounds, each `XREADGROUP` asking for no more entries than what is left
+//!   of `--worker-read-bytes` holds at the largest entry size, so a batch never holds more than
+//!   that budget, while a backlog of small entries still fills batches of `--worker-batch`;
+//! - a message holds at most [`MAX_EVENTS_PER_MESSAGE`] events and `--pubsub-message-bytes`
+//!   bytes (a line is never split: one sample's line is at most about 40 KiB, and the flag's
+//!   floor is 64 KiB), so no single message can take the broadcaster past Redis's
+//!   `client-output-buffer-limit pubsub` (32 MB), which would disconnect it;
+//! - a server's snapshot hash keeps at most `--max-fields-per-server` metric names: the first
+//!   ones seen stay, later new names are left out of the hash (their samples are stored and
+//!   published as usual), counted, and logged once per server. This is decided in the
+//!   worker, not at the front door, because only Redis knows which names a hash already has.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -33,6 +46,45 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Approximate cap of the dead-letter stream, in entries.
 const DEAD_LETTER_MAXLEN: u64 = 10_000;
 
+/// Writes a server's latest values into its snapshot hash, keeping at most `ARGV[1]` fields
+/// written by this script. `ARGV[2..]` are field/value pairs, the four reserved fields first
+/// (so they are always kept). The hash counts what the script added in `_fields`, so the
+/// usual case costs one `HGET` and one `HSET`; only near the bound is each field checked with
+/// `HEXISTS`: present fields are updated, new ones admitted while there is room, the rest
+/// left out. Returns how many were left out. Never fails on what an agent sent: a metric
+/// that happens to be named `_fields` is overwritten by the count.
+pub const SNAPSHOT_SCRIPT: &str = r#"
+local key, limit = KEYS[1], tonumber(ARGV[1])
+local n = tonumber(redis.call('HGET', key, '_fields')) or 0
+if n + (#ARGV - 1) / 2 <= limit then
+  local added = redis.call('HSET', key, unpack(ARGV, 2))
+  redis.call('HSET', key, '_fields', n + added)
+  return 0
+end
+local kept, dropped = {}, 0
+for i = 2, #ARGV, 2 do
+  local keep = redis.call('HEXISTS', key, ARGV[i]) == 1
+  if not keep and n < limit then
+    n = n + 1
+    keep = true
+  end
+  if keep then
+    kept[#kept + 1] = ARGV[i]
+    kept[#kept + 1] = ARGV[i + 1]
+  else
+    dropped = dropped + 1
+  end
+end
+if #kept > 0 then
+  redis.call('HSET', key, unpack(kept))
+end
+redis.call('HSET', key, '_fields', n)
+return dropped
+"#;
+
+/// Fields of a snapshot hash besides the metrics that [`SNAPSHOT_SCRIPT`] writes and counts.
+const RESERVED_FIELDS: usize = 4;
+
 /// One worker's sample loop.
 pub(super) struct SampleLoop {
     pub pool: Pool,
@@ -48,24 +100,38 @@ pub(super) struct SampleLoop {
     pub last_backlog_log: Option<Instant>,
     /// When this worker last refreshed each server's snapshot expiry.
     pub refreshed: Refreshed,
+    /// The SHA1 of [`SNAPSHOT_SCRIPT`], once loaded on this connection.
+    pub script: Option<String>,
 }
 
-/// When each server's snapshot expiry was last refreshed by this worker (ms).
+/// When each server's snapshot expiry was last refreshed by this worker (ms), and whether its
+/// hash was found at `--max-fields-per-server` (logged once).
 #[derive(Default)]
-pub(super) struct Refreshed(HashMap<String, u64>);
+pub(super) struct Refreshed(HashMap<String, (u64, bool)>);
 
 impl Refreshed {
     /// Whether `server`'s expiry is due for a refresh at `now` (a tenth of the TTL after the
     /// last one), noting it as refreshed if so.
     fn due(&mut self, server: &str, now: u64, ttl: u64) -> bool {
         match self.0.get_mut(server) {
-            Some(last) if now.saturating_sub(*last) < ttl / 10 => false,
-            Some(last) => {
+            Some((last, _)) if now.saturating_sub(*last) < ttl / 10 => false,
+            Some((last, _)) => {
                 *last = now;
                 true
             }
             None => {
-                self.0.insert(server.to_string(), now);
+                self.0.insert(server.to_string(), (now, false));
+                true
+            }
+        }
+    }
+
+    /// Notes `server` as at the field limit; true the first time.
+    fn first_at_limit(&mut self, server: &str) -> bool {
+        match self.0.get_mut(server) {
+            Some((_, at)) => !std::mem::replace(at, true),
+            None => {
+                self.0.insert(server.to_string(), (0, true));
                 true
             }
         }
@@ -73,7 +139,7 @@ impl Refreshed {
 
     /// Forgets servers last refreshed before `t`.
     fn forget_before(&mut self, t: u64) {
-        self.0.retain(|_, last| *last >= t);
+        self.0.retain(|_, (last, _)| *last >= t);
     }
 }
 
@@ -87,6 +153,7 @@ impl Session for SampleLoop {
     fn begin(&mut self) {
         self.last_claim = Instant::now();
         self.last_trim = Instant::now();
+        self.script = None;
     }
 
     /// One batch: claimed entries first when it is time, else new ones. An error leaves the
@@ -119,15 +186,51 @@ impl Session for SampleLoop {
         }
         if entries.is_empty() {
             entries = group::read(conn, keys, WORKERS_GROUP, &opts.name, opts.batch, 1000).await?;
+            fill(conn, keys, opts, &mut entries).await?;
         }
         if entries.is_empty() {
             return Ok(());
+        }
+        if self.script.is_none() {
+            // Loaded per connection: a restarted Redis has forgotten it.
+            let sha = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(SNAPSHOT_SCRIPT)
+                .query_async::<String>(conn)
+                .await?;
+            self.script = Some(sha);
         }
         if let Some(pause) = opts.pause_after_read {
             tokio::time::sleep(pause).await;
         }
         self.publish_batch(conn, &mut entries).await
     }
+}
+
+/// While the last read came back full (a backlog), reads more into `entries`, each round asking
+/// for as many entries as what is left of `--worker-read-bytes` holds at `--max-entry-bytes`,
+/// up to `--worker-batch` in all.
+async fn fill(
+    conn: &mut Connection,
+    keys: &Keys,
+    opts: &WorkerOptions,
+    entries: &mut Vec<RawEntry>,
+) -> Result<(), WorkerError> {
+    let size = |e: &RawEntry| e.value.as_ref().map_or(0, Vec::len);
+    let mut held: usize = entries.iter().map(size).sum();
+    let mut asked = opts.batch;
+    while entries.len() >= asked && entries.len() < opts.fill {
+        let room = opts.read_bytes.saturating_sub(held) / opts.max_entry;
+        let n = room.min(opts.fill - entries.len());
+        if n == 0 {
+            break;
+        }
+        let more = group::read_now(conn, keys, WORKERS_GROUP, &opts.name, n).await?;
+        held += more.iter().map(size).sum::<usize>();
+        asked = entries.len() + n;
+        entries.extend(more);
+    }
+    Ok(())
 }
 
 impl SampleLoop {
@@ -172,6 +275,7 @@ impl SampleLoop {
         // Latest sample per server in this batch, for the snapshot hashes.
         let mut latest: HashMap<String, Latest> = HashMap::new();
         let mut n = 0u64;
+        let (max_message, mut in_message) = (self.opts.pubsub_message_bytes, 0u64);
         let mut json = Vec::with_capacity(256);
         let mut undecodable = Vec::new();
         for e in entries.iter_mut() {
@@ -190,6 +294,7 @@ impl SampleLoop {
                 };
                 json.clear();
                 wire::sample_event(&mut json, &s, pos);
+                let before = lines.len();
                 wire::write_line(
                     &mut lines,
                     EventKind::Sample,
@@ -198,8 +303,16 @@ impl SampleLoop {
                     &json,
                 );
                 n += 1;
-                if n.is_multiple_of(MAX_EVENTS_PER_MESSAGE) {
+                if lines.len() > max_message && before > 0 {
+                    // The line goes on into the next message.
+                    let line = lines.split_off(before);
+                    messages.push(std::mem::replace(&mut lines, line));
+                    in_message = 0;
+                }
+                in_message += 1;
+                if in_message == MAX_EVENTS_PER_MESSAGE {
                     messages.push(std::mem::take(&mut lines));
+                    in_message = 0;
                 }
                 let latest_of_server = Latest {
                     sample: s,
@@ -215,9 +328,12 @@ impl SampleLoop {
             metrics_model::now_ms(),
             self.opts.snapshot_ttl.as_millis() as u64,
         );
+        let limit = self.opts.max_fields + RESERVED_FIELDS;
+        let sha = self.script.as_deref().unwrap_or_default();
         for (server, l) in &latest {
             let key = keys.server(server);
-            pipe.add_command(l.hset(&key)).ignore();
+            // Not ignored: each answers how many fields it left out.
+            pipe.add_command(l.snapshot_cmd(sha, &key, limit));
             // The expiry and the last-seen time are refreshed a few times per TTL, not per
             // batch: two more commands per server per batch would show in Redis's CPU.
             if self.refreshed.due(server, now, ttl) {
@@ -232,7 +348,9 @@ impl SampleLoop {
         if !lines.is_empty() {
             messages.push(lines);
         }
+        let mut largest = 0;
         for m in &messages {
+            largest = largest.max(m.len());
             pipe.cmd("PUBLISH").arg(&keys.channel).arg(m).ignore();
         }
         if !undecodable.is_empty() {
@@ -240,7 +358,24 @@ impl SampleLoop {
         }
         pipe.add_command(ack_cmd(keys, WORKERS_GROUP, entries))
             .ignore();
-        pipe.query_async::<()>(conn).await?;
+        let left_out: Vec<u64> = pipe.query_async(conn).await?;
+        for ((server, _), dropped) in latest.iter().zip(left_out) {
+            if dropped == 0 {
+                continue;
+            }
+            stats.fields_refused.fetch_add(dropped, Ordering::Relaxed);
+            if self.refreshed.first_at_limit(server) {
+                stats.servers_at_field_limit.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    server = %server,
+                    max_fields = self.opts.max_fields,
+                    "a server's snapshot hash is at --max-fields-per-server; its new metric names are stored and published but left out of its snapshot (logged once per server)"
+                );
+            }
+        }
+        stats
+            .largest_message
+            .fetch_max(largest as u64, Ordering::Relaxed);
         stats
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -299,10 +434,14 @@ struct Latest {
 }
 
 impl Latest {
-    /// `HSET` of the latest values and where they came from.
-    fn hset(&self, key: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(key)
+    /// The [`SNAPSHOT_SCRIPT`] call writing the latest values and where they came from, at
+    /// most `limit` fields.
+    fn snapshot_cmd(&self, sha: &str, key: &str, limit: usize) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
+            .arg(1)
+            .arg(key)
+            .arg(limit)
             .arg("_timestamp")
             .arg(self.sample.timestamp)
             .arg("_arrival")
