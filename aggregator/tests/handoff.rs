@@ -15,6 +15,7 @@ async fn concurrent_producers_lose_nothing() {
         sample_cap: 16,
         other_cap: 1 << 20,
         max_bytes: usize::MAX,
+        ..QueueLimits::default()
     });
     let dash = hub.register(Audience::Dashboard, None);
     let agg = Aggregator::start(
