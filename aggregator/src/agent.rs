@@ -91,6 +91,7 @@ impl MessageHandler for AgentHandler {
                     .submit(Batch {
                         arrival_ms: arrival,
                         samples,
+                        from: Some(client.clone()),
                     })
                     .await;
             }

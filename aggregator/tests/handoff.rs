@@ -23,6 +23,7 @@ async fn concurrent_producers_lose_nothing() {
             windows: WindowSpec::parse_list("50ms").expect("window"),
             ring_capacity: 4,
             max_series: 10_000,
+            ..AggregatorOptions::default()
         },
         hub.clone(),
     )
@@ -50,6 +51,7 @@ async fn concurrent_producers_lose_nothing() {
                 agg.submit(Batch {
                     arrival_ms: now_ms(),
                     samples,
+                    from: None,
                 })
                 .await;
             }
