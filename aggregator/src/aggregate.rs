@@ -286,9 +286,9 @@ impl State {
             let mut did = 0usize;
             while let Some(Queued { batch, bytes }) = ring.pop() {
                 self.stats.ring_bytes.fetch_sub(bytes, Ordering::AcqRel);
-                let added = self
-                    .rollup
-                    .add(batch.arrival_ms, &batch.samples, &mut self.closed);
+                let added =
+                    self.rollup
+                        .add_reporting(batch.arrival_ms, &batch.samples, &mut self.closed);
                 if let (Some((server, n)), Some(from)) = (added.refused, &batch.from) {
                     from.send(event::to_vec(|b| {
                         event::error(b, &refused_message(&server, n, self.max_servers))

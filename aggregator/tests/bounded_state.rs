@@ -77,7 +77,10 @@ async fn a_register_with_too_many_ids_is_refused_and_agents_still_go_end_to_end(
         .await;
     agent.next_of("registered").await;
     agent.send_text(&sample("web-7", 5.0)).await;
-    assert_eq!(dash.next_for("sample", "web-7").await["metrics"]["cpu"], 5.0);
+    assert_eq!(
+        dash.next_for("sample", "web-7").await["metrics"]["cpu"],
+        5.0
+    );
     assert_eq!(
         agent.next_for("window", "web-7").await["stats"]["cpu"]["max"],
         5.0
@@ -146,7 +149,9 @@ async fn the_all_servers_snapshot_stays_right_with_many_servers() {
     let mut agent = connect(srv.addr, "/ingest").await.expect("agent");
     const N: usize = 500;
     // One frame of N samples, one per server, cpu = the server's number.
-    let frame: Vec<String> = (0..N).map(|i| sample(&format!("m-{i:04}"), i as f64)).collect();
+    let frame: Vec<String> = (0..N)
+        .map(|i| sample(&format!("m-{i:04}"), i as f64))
+        .collect();
     agent.send_text(&format!("[{}]", frame.join(","))).await;
     agent.next_for("window", "m-0000").await;
     agent.send_text(r#"{"type":"snapshot.request"}"#).await;

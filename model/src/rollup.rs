@@ -14,7 +14,7 @@
 //! Both what the roll-up keeps per server and per series are budgeted, and the budget is
 //! checked before anything is created: at most `max_series` series and at most `max_servers`
 //! servers (see [`Rollup::with_max_servers`]). A sample of a new server past the server budget
-//! is not aggregated, and [`Rollup::add`] says so ([`Added::refused`]) so the caller can tell
+//! is not aggregated, and [`Rollup::add_reporting`] says so ([`Added::refused`]) so the caller can tell
 //! the sender; servers silent for two of the longest windows are forgotten, which frees room.
 //!
 //! # Snapshots
@@ -242,9 +242,15 @@ impl Rollup {
             .unwrap_or(u64::MAX)
     }
 
-    /// Adds samples that arrived at `arrival_ms`; windows it closes go to `out`. What it
-    /// refused for the server budget comes back.
-    pub fn add(
+    /// Adds samples that arrived at `arrival_ms`; windows it closes go to `out`. Samples
+    /// refused for the server budget are only counted (see [`Rollup::add_reporting`]).
+    pub fn add(&mut self, arrival_ms: u64, samples: &[Sample], out: &mut Vec<ClosedWindow>) {
+        self.add_reporting(arrival_ms, samples, out);
+    }
+
+    /// [`Rollup::add`], returning what it refused for the server budget, so the caller can
+    /// tell the sender.
+    pub fn add_reporting(
         &mut self,
         arrival_ms: u64,
         samples: &[Sample],
