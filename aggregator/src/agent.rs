@@ -26,6 +26,8 @@ pub struct AgentHandler {
     events: Vec<Event>,
     /// The last server id seen on this socket, to skip re-allocating it per sample.
     last_server: Option<Arc<str>>,
+    /// Whether this socket was told its filter is full (told once, not per sample).
+    told_full: bool,
 }
 
 impl AgentHandler {
@@ -37,6 +39,7 @@ impl AgentHandler {
             limits,
             events: Vec::new(),
             last_server: None,
+            told_full: false,
         }
     }
 
@@ -46,7 +49,11 @@ impl AgentHandler {
             _ => {
                 let s: Arc<str> = Arc::from(id);
                 if client.audience() == Audience::Agent {
-                    self.hub.note_server(client, id);
+                    if let Err(e) = self.hub.note_server(client, id) {
+                        if !std::mem::replace(&mut self.told_full, true) {
+                            client.send(event::to_vec(|b| event::error(b, &e.to_string())));
+                        }
+                    }
                 }
                 self.last_server = Some(s.clone());
                 s
@@ -84,6 +91,7 @@ impl MessageHandler for AgentHandler {
                     .submit(Batch {
                         arrival_ms: arrival,
                         samples,
+                        from: Some(client.clone()),
                     })
                     .await;
             }

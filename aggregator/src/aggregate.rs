@@ -10,6 +10,21 @@
 //! run at full single-core speed with no synchronisation per sample. When the ring is full the
 //! pushing connection waits (and so does its agent, through TCP): samples are never dropped.
 //!
+//! # Bounded
+//! The ring is bounded in batches (`--ring`) and in bytes (`--ring-bytes`): a batch reserves
+//! its in-memory size ([`Sample::mem_bytes`]) before it is pushed and the aggregator returns
+//! it when it pops the batch, so queued samples never hold more than `--ring-bytes` (plus one
+//! batch, which an empty ring always takes so a batch larger than the budget still goes
+//! through). The roll-up keeps at most `--max-series` series and `--max-servers` servers, and
+//! checks both budgets before it creates any state; the agent whose samples name a server
+//! past the budget gets an `error` event naming `--max-servers` (the refused samples are
+//! counted in `/stats` as `serversRefused`).
+//!
+//! # Snapshots
+//! A snapshot request costs this thread only a copy of what the snapshot shows (reference
+//! counts and numbers, [`Rollup::snapshot_view`]); sorting and JSON encoding, the bulk of the
+//! work with many servers, run on a blocking-pool thread of the requesting session.
+//!
 //! Sample events go from the connection straight to the dashboard hub, not through this thread,
 //! so the aggregator adds nothing to ingest-to-dashboard latency.
 //!
@@ -19,7 +34,7 @@
 //! `CLOSE_GRACE_MS` after its end, so samples still in the ring at the boundary are counted; the
 //! rare sample that arrives later still counts in the next window (`late`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
@@ -28,10 +43,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use metrics_edge::dashboard::SnapshotError;
-use metrics_edge::hub::{Event, EventKind, Hub};
-use metrics_model::rollup::{ClosedWindow, Rollup};
+use metrics_edge::hub::{Client, Event, EventKind, Hub};
+use metrics_model::rollup::{ClosedWindow, Rollup, SnapshotView, UnknownServer};
 use metrics_model::window::WindowSpec;
-use metrics_model::{now_ms, Sample};
+use metrics_model::{event, now_ms, Sample};
+
+/// The default of `--ring-bytes`.
+pub const DEFAULT_RING_BYTES: usize = 256 << 20;
+
+/// The default of `--max-servers`.
+pub const DEFAULT_MAX_SERVERS: usize = 100_000;
 
 /// Time after a window's end before the timer closes it.
 pub const CLOSE_GRACE_MS: u64 = 5;
@@ -40,6 +61,23 @@ pub const CLOSE_GRACE_MS: u64 = 5;
 pub struct Batch {
     pub arrival_ms: u64,
     pub samples: Vec<Sample>,
+    /// The sender, told with an `error` event when samples are refused for `--max-servers`.
+    pub from: Option<Arc<Client>>,
+}
+
+impl Batch {
+    /// Bytes the batch holds in memory: what it costs the ring's byte budget.
+    pub fn mem_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + (self.samples.capacity() - self.samples.len()) * std::mem::size_of::<Sample>()
+            + self.samples.iter().map(Sample::mem_bytes).sum::<usize>()
+    }
+}
+
+/// A batch in the ring, with the bytes it reserved.
+struct Queued {
+    batch: Batch,
+    bytes: usize,
 }
 
 /// Aggregator settings.
@@ -48,8 +86,13 @@ pub struct AggregatorOptions {
     pub windows: Vec<WindowSpec>,
     /// Batches the hand-off ring holds.
     pub ring_capacity: usize,
+    /// Bytes of batches the hand-off ring holds ([`Batch::mem_bytes`]).
+    pub ring_bytes: usize,
     /// Most (server, metric) series kept; past it, new series are not aggregated (counted).
     pub max_series: usize,
+    /// Most servers kept; past it, samples of new servers are not aggregated (counted, and
+    /// the sender is told).
+    pub max_servers: usize,
 }
 
 impl Default for AggregatorOptions {
@@ -57,7 +100,9 @@ impl Default for AggregatorOptions {
         Self {
             windows: metrics_model::window::default_windows(),
             ring_capacity: 65_536,
+            ring_bytes: DEFAULT_RING_BYTES,
             max_series: 1_000_000,
+            max_servers: DEFAULT_MAX_SERVERS,
         }
     }
 }
@@ -71,19 +116,27 @@ pub struct AggregatorStats {
     pub windows_emitted: AtomicU64,
     pub series: AtomicU64,
     pub series_refused: AtomicU64,
+    /// Servers with state now.
+    pub servers: AtomicU64,
+    /// Samples not aggregated because their server was new past `--max-servers`.
+    pub servers_refused: AtomicU64,
+    /// Times a connection waited for room in the ring (batches or bytes).
     pub ring_full_waits: AtomicU64,
+    /// Bytes of batches in the ring now.
+    pub ring_bytes: AtomicUsize,
 }
 
 enum Command {
     Snapshot {
         server: Option<String>,
-        reply: tokio::sync::oneshot::Sender<Result<Bytes, SnapshotError>>,
+        reply: tokio::sync::oneshot::Sender<Result<SnapshotView, UnknownServer>>,
     },
 }
 
 /// Handle to the aggregator thread.
 pub struct Aggregator {
-    ring: Arc<ArrayQueue<Batch>>,
+    ring: Arc<ArrayQueue<Queued>>,
+    ring_bytes: usize,
     commands: Mutex<mpsc::Sender<Command>>,
     thread: Thread,
     join: Mutex<Option<JoinHandle<()>>>,
@@ -95,6 +148,7 @@ impl Aggregator {
     /// Starts the aggregator thread; window events go to `hub`.
     pub fn start(opts: AggregatorOptions, hub: Arc<Hub>) -> std::io::Result<Arc<Self>> {
         let ring = Arc::new(ArrayQueue::new(opts.ring_capacity.max(1)));
+        let ring_bytes = opts.ring_bytes;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(AggregatorStats::default());
@@ -105,6 +159,7 @@ impl Aggregator {
             .spawn(move || state.run(&r, &rx, &s))?;
         Ok(Arc::new(Self {
             ring,
+            ring_bytes,
             commands: Mutex::new(tx),
             thread: join.thread().clone(),
             join: Mutex::new(Some(join)),
@@ -113,25 +168,45 @@ impl Aggregator {
         }))
     }
 
-    /// Hands a batch to the aggregator, waiting while the ring is full.
-    pub async fn submit(&self, mut batch: Batch) {
+    /// Hands a batch to the aggregator, waiting while the ring is full (in batches or in
+    /// bytes).
+    pub async fn submit(&self, batch: Batch) {
+        let bytes = batch.mem_bytes();
+        // Reserve the bytes first: an empty ring takes any batch, so one larger than the
+        // budget is never stuck.
+        let budget = self.ring_bytes;
+        let reserve = |used: usize| (used == 0 || used + bytes <= budget).then_some(used + bytes);
+        while self
+            .stats
+            .ring_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, reserve)
+            .is_err()
+        {
+            self.wait_for_room().await;
+        }
+        let mut item = Queued { batch, bytes };
         loop {
-            match self.ring.push(batch) {
+            match self.ring.push(item) {
                 Ok(()) => {
                     self.thread.unpark();
                     return;
                 }
-                Err(b) => {
-                    batch = b;
-                    self.stats.ring_full_waits.fetch_add(1, Ordering::Relaxed);
-                    self.thread.unpark();
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                Err(back) => {
+                    item = back;
+                    self.wait_for_room().await;
                 }
             }
         }
     }
 
-    /// The latest values and closed windows of one server, or of all.
+    async fn wait_for_room(&self) {
+        self.stats.ring_full_waits.fetch_add(1, Ordering::Relaxed);
+        self.thread.unpark();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    /// The latest values and closed windows of one server, or of all: copied on the aggregator
+    /// thread, encoded here on a blocking-pool thread.
     pub async fn snapshot(&self, server: Option<String>) -> Result<Bytes, SnapshotError> {
         let stopped = || SnapshotError::Unavailable("the aggregator is shutting down".into());
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -144,7 +219,16 @@ impl Aggregator {
             return Err(stopped());
         }
         self.thread.unpark();
-        rx.await.unwrap_or_else(|_| Err(stopped()))
+        let view = match rx.await {
+            Ok(v) => v?,
+            Err(_) => return Err(stopped()),
+        };
+        if view.len() <= 1 {
+            return Ok(Bytes::from(view.encode(now_ms())));
+        }
+        tokio::task::spawn_blocking(move || Bytes::from(view.encode(now_ms())))
+            .await
+            .map_err(|_| stopped())
     }
 
     /// Counters.
@@ -172,6 +256,7 @@ impl Drop for Aggregator {
 
 struct State {
     rollup: Rollup,
+    max_servers: usize,
     hub: Arc<Hub>,
     stats: Arc<AggregatorStats>,
     closed: Vec<ClosedWindow>,
@@ -181,7 +266,9 @@ struct State {
 impl State {
     fn new(opts: AggregatorOptions, hub: Arc<Hub>, stats: Arc<AggregatorStats>) -> Self {
         Self {
-            rollup: Rollup::new(opts.windows, opts.max_series, now_ms()),
+            rollup: Rollup::new(opts.windows, opts.max_series, now_ms())
+                .with_max_servers(opts.max_servers),
+            max_servers: opts.max_servers,
             hub,
             stats,
             closed: Vec::new(),
@@ -191,15 +278,22 @@ impl State {
 
     fn run(
         &mut self,
-        ring: &ArrayQueue<Batch>,
+        ring: &ArrayQueue<Queued>,
         commands: &mpsc::Receiver<Command>,
         stop: &AtomicBool,
     ) {
         loop {
             let mut did = 0usize;
-            while let Some(batch) = ring.pop() {
-                self.rollup
-                    .add(batch.arrival_ms, &batch.samples, &mut self.closed);
+            while let Some(Queued { batch, bytes }) = ring.pop() {
+                self.stats.ring_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                let added =
+                    self.rollup
+                        .add_reporting(batch.arrival_ms, &batch.samples, &mut self.closed);
+                if let (Some((server, n)), Some(from)) = (added.refused, &batch.from) {
+                    from.send(event::to_vec(|b| {
+                        event::error(b, &refused_message(&server, n, self.max_servers))
+                    }));
+                }
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 did += 1;
                 if did.is_multiple_of(1024) {
@@ -209,8 +303,7 @@ impl State {
             while let Ok(cmd) = commands.try_recv() {
                 match cmd {
                     Command::Snapshot { server, reply } => {
-                        let snap = self.rollup.snapshot(server.as_deref(), now_ms());
-                        let _ = reply.send(snap.map(Bytes::from).map_err(SnapshotError::from));
+                        let _ = reply.send(self.rollup.snapshot_view(server.as_deref()));
                     }
                 }
             }
@@ -237,6 +330,10 @@ impl State {
         self.stats
             .series_refused
             .store(c.series_refused, Ordering::Relaxed);
+        self.stats.servers.store(c.servers, Ordering::Relaxed);
+        self.stats
+            .servers_refused
+            .store(c.servers_refused, Ordering::Relaxed);
         if self.closed.is_empty() {
             return;
         }
@@ -252,4 +349,13 @@ impl State {
         self.hub.publish(&self.events);
         self.events.clear();
     }
+}
+
+/// What an agent is told when samples of a new server are refused for `--max-servers`.
+fn refused_message(server: &str, samples: usize, max: usize) -> String {
+    format!(
+        "server `{server}`: {samples} sample(s) not aggregated: the aggregator already keeps \
+         {max} servers (--max-servers); they still went to dashboards as sample events, and \
+         room frees up when servers fall silent for two of the longest windows"
+    )
 }

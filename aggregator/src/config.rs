@@ -6,7 +6,7 @@
 use clap::Parser;
 use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service, ServiceArgs};
 
-use crate::aggregate::AggregatorOptions;
+use crate::aggregate::{AggregatorOptions, DEFAULT_MAX_SERVERS, DEFAULT_RING_BYTES};
 
 /// System 2's defaults and environment prefix.
 pub const SERVICE: Service = Service {
@@ -25,6 +25,15 @@ pub struct Args {
     /// Batches the connection-to-aggregator ring holds before connections wait.
     #[arg(long, default_value_t = 65_536)]
     pub ring: usize,
+    /// Bytes of decoded samples the connection-to-aggregator ring holds before connections
+    /// wait (an empty ring always takes one batch, however large).
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES)]
+    pub ring_bytes: usize,
+    /// Most servers the aggregator keeps state for; samples of a new server past it are not
+    /// aggregated (counted in /stats as serversRefused; the agent gets an `error` event).
+    /// Servers silent for two of the longest windows are forgotten.
+    #[arg(long, default_value_t = DEFAULT_MAX_SERVERS)]
+    pub max_servers: usize,
     /// Built-in simulated agents to start (0: none). They connect over the plaintext listener.
     #[arg(long, default_value_t = 0)]
     pub simulate: usize,
@@ -38,6 +47,8 @@ pub struct Args {
 pub struct Settings {
     pub edge: EdgeSettings,
     pub ring: usize,
+    pub ring_bytes: usize,
+    pub max_servers: usize,
     pub simulate: usize,
     pub simulate_rate: f64,
 }
@@ -70,7 +81,11 @@ impl ServiceArgs for Args {
         if edge.no_listener() {
             return Err(ConfigError::NoListener);
         }
-        config::at_least(&[("ring", self.ring as u64, 16)])?;
+        config::at_least(&[
+            ("ring", self.ring as u64, 16),
+            ("ring-bytes", self.ring_bytes as u64, 1 << 20),
+            ("max-servers", self.max_servers as u64, 1),
+        ])?;
         if self.simulate > 0 && edge.listen.is_none() {
             return Err(ConfigError::SimulateNeedsPlain);
         }
@@ -80,6 +95,8 @@ impl ServiceArgs for Args {
         Ok(Settings {
             edge,
             ring: self.ring,
+            ring_bytes: self.ring_bytes,
+            max_servers: self.max_servers,
             simulate: self.simulate,
             simulate_rate: self.simulate_rate,
         })
@@ -100,7 +117,9 @@ impl Settings {
         AggregatorOptions {
             windows: self.edge.windows.clone(),
             ring_capacity: self.ring,
+            ring_bytes: self.ring_bytes,
             max_series: self.edge.max_series,
+            max_servers: self.max_servers,
         }
     }
 }
@@ -120,6 +139,8 @@ mod tests {
         assert!(s.edge.tls.is_none());
         assert_eq!(s.edge.window_labels(), ["1s", "10s", "60s"]);
         assert_eq!(s.ring, 65_536);
+        assert_eq!(s.ring_bytes, 256 << 20);
+        assert_eq!(s.max_servers, 100_000);
     }
 
     #[test]
@@ -130,6 +151,10 @@ mod tests {
         assert!(matches!(e, ConfigError::NoListener));
         let e = args(&["--ring", "10"]).validate().unwrap_err();
         assert_eq!(e.to_string(), "--ring must be at least 16");
+        let e = args(&["--max-servers", "0"]).validate().unwrap_err();
+        assert_eq!(e.to_string(), "--max-servers must be at least 1");
+        let e = args(&["--ring-bytes", "1000"]).validate().unwrap_err();
+        assert_eq!(e.to_string(), "--ring-bytes must be at least 1048576");
         let e = args(&["--listen", "off", "--simulate", "2"]).validate();
         assert!(matches!(e, Err(ConfigError::NoListener)), "{e:?}");
     }

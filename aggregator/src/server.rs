@@ -210,14 +210,17 @@ fn stats(app: &App) -> Response<Body> {
     let s = app.aggregator.stats();
     let hub = &app.ctx.hub;
     let body = format!(
-        "{{\"samples\":{},\"batches\":{},\"late\":{},\"windowEvents\":{},\"series\":{},\"seriesRefused\":{},\"ringFullWaits\":{},\"dashboards\":{},\"agents\":{},\"eventsPublished\":{},{}}}",
+        "{{\"samples\":{},\"batches\":{},\"late\":{},\"windowEvents\":{},\"series\":{},\"seriesRefused\":{},\"servers\":{},\"serversRefused\":{},\"ringFullWaits\":{},\"ringBytes\":{},\"dashboards\":{},\"agents\":{},\"eventsPublished\":{},{}}}",
         s.samples.load(Relaxed),
         s.batches.load(Relaxed),
         s.late.load(Relaxed),
         s.windows_emitted.load(Relaxed),
         s.series.load(Relaxed),
         s.series_refused.load(Relaxed),
+        s.servers.load(Relaxed),
+        s.servers_refused.load(Relaxed),
         s.ring_full_waits.load(Relaxed),
+        s.ring_bytes.load(Relaxed),
         hub.count(Audience::Dashboard),
         hub.count(Audience::Agent),
         hub.published(),

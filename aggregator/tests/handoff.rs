@@ -1,5 +1,6 @@
 //! The lock-free hand-off under concurrent producers: many tasks on several threads push into a
-//! deliberately tiny ring (so it is full most of the time) and every sample is aggregated once.
+//! deliberately tiny ring (so it is full most of the time) and every sample is aggregated once;
+//! the same with room for many batches but a byte budget of less than one batch.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,17 +12,32 @@ use metrics_model::{now_ms, Metrics, Sample};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_producers_lose_nothing() {
+    lose_nothing(4, usize::MAX).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ring_full_in_bytes_makes_producers_wait_and_loses_nothing() {
+    // Room for 65,536 batches but bytes for less than one: one batch at a time goes in.
+    lose_nothing(65_536, 1).await;
+}
+
+/// Eight producers push 500 batches each through a ring of `ring_capacity` batches and
+/// `ring_bytes` bytes; every sample is aggregated once and the ring was full at times.
+async fn lose_nothing(ring_capacity: usize, ring_bytes: usize) {
     let hub = Hub::new(QueueLimits {
         sample_cap: 16,
         other_cap: 1 << 20,
         max_bytes: usize::MAX,
+        ..QueueLimits::default()
     });
     let dash = hub.register(Audience::Dashboard, None);
     let agg = Aggregator::start(
         AggregatorOptions {
             windows: WindowSpec::parse_list("50ms").expect("window"),
-            ring_capacity: 4,
+            ring_capacity,
+            ring_bytes,
             max_series: 10_000,
+            ..AggregatorOptions::default()
         },
         hub.clone(),
     )
@@ -49,6 +65,7 @@ async fn concurrent_producers_lose_nothing() {
                 agg.submit(Batch {
                     arrival_ms: now_ms(),
                     samples,
+                    from: None,
                 })
                 .await;
             }
@@ -80,6 +97,7 @@ async fn concurrent_producers_lose_nothing() {
         }
     }
     assert_eq!(counted, total);
+    assert_eq!(agg.stats().ring_bytes.load(Ordering::Relaxed), 0);
     assert_eq!(agg.stats().samples.load(Ordering::Relaxed), total);
     assert_eq!(per_server.len() as u64, producers);
     assert!(

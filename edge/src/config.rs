@@ -95,6 +95,12 @@ pub struct EdgeArgs {
     /// events alone pass it is closed (1008).
     #[arg(long, default_value_t = 16 << 20, global = true)]
     pub dashboard_queue_bytes: usize,
+    /// Most server ids in one client's filter: a `register` or `subscribe` message or a
+    /// `?serverId=` naming more is refused whole (an `error` event; a 400 at the upgrade) and
+    /// changes nothing; an agent socket gets windows back for at most this many of the
+    /// servers it sends (told once with an `error` event; the samples are still aggregated).
+    #[arg(long, default_value_t = QueueLimits::DEFAULT_MAX_IDS, global = true)]
+    pub max_filter_ids: usize,
     /// Milliseconds of silence before the server pings a WebSocket peer.
     #[arg(long, default_value_t = 15_000, global = true)]
     pub ping_interval_ms: u64,
@@ -224,6 +230,7 @@ impl EdgeArgs {
                 self.dashboard_queue_bytes as u64,
                 65_536,
             ),
+            ("max-filter-ids", self.max_filter_ids as u64, 1),
             ("ping-interval-ms", self.ping_interval_ms, 10),
             ("ping-timeout-ms", self.ping_timeout_ms, 10),
             ("write-timeout-ms", self.write_timeout_ms, 10),
@@ -263,6 +270,7 @@ impl EdgeArgs {
                 // Window and control events are never shed; past this a client is cut off.
                 other_cap: (self.dashboard_queue * 16).max(65_536),
                 max_bytes: self.dashboard_queue_bytes,
+                max_ids: self.max_filter_ids,
             },
             windows: WindowSpec::parse_list(&self.windows)?,
             max_series: self.max_series,

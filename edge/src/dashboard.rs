@@ -109,6 +109,9 @@ where
         )
         .into_response();
     }
+    if let Err(e) = ctx.hub.check_filter(filter.as_deref()) {
+        return Refusal::BadRequest(format!("serverId: {e}")).into_response();
+    }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(e) => return Refusal::BadRequest(ws::upgrade_error(&e)).into_response(),
@@ -183,25 +186,28 @@ pub async fn handle_control(ctx: &DashboardContext, client: &Arc<Client>, c: Con
         client.send(event::to_vec(|b| event::error(b, message)));
         return;
     }
+    let refuse = |e: crate::hub::FilterError| {
+        client.send(event::to_vec(|b| event::error(b, &e.to_string())));
+    };
     match c {
-        Control::Subscribe { filter } => {
-            ctx.hub.set_filter(client, filter.clone());
-            client.send(event::to_vec(|b| event::subscribed(b, filter.as_deref())));
-        }
-        Control::Register { role, filter } => match role {
-            metrics_model::decode::Role::Dashboard => {
-                ctx.hub
-                    .set_audience(client, Audience::Dashboard, filter.clone());
-                client.send(ctx.hello(filter.as_deref()));
-            }
-            metrics_model::decode::Role::Agent => {
-                ctx.hub.set_audience(client, Audience::Agent, None);
-                if let Some(ids) = filter {
-                    ids.iter().for_each(|s| ctx.hub.note_server(client, s));
-                }
-                client.send(event::to_vec(event::registered_agent));
-            }
+        Control::Subscribe { filter } => match ctx.hub.set_filter(client, filter.clone()) {
+            Ok(()) => client.send(event::to_vec(|b| event::subscribed(b, filter.as_deref()))),
+            Err(e) => refuse(e),
         },
+        Control::Register { role, filter } => {
+            let audience = match role {
+                metrics_model::decode::Role::Dashboard => Audience::Dashboard,
+                metrics_model::decode::Role::Agent => Audience::Agent,
+            };
+            // An agent's ids are the servers it will send: its windows come back for them.
+            match ctx.hub.set_audience(client, audience, filter.clone()) {
+                Err(e) => refuse(e),
+                Ok(()) if audience == Audience::Dashboard => {
+                    client.send(ctx.hello(filter.as_deref()))
+                }
+                Ok(()) => client.send(event::to_vec(event::registered_agent)),
+            }
+        }
         Control::SnapshotRequest { server_id } => match client.snapshot_slot() {
             SnapshotTurn::Build => match ctx.snapshots.snapshot(server_id).await {
                 Ok(json) => client.send_snapshot(json),

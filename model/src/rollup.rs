@@ -9,6 +9,19 @@
 //! its arrival time at the ingest edge. A window closes when a sample from a later window is
 //! added, or when [`Rollup::close_due`] runs after its end; a sample arriving for an already
 //! closed window counts in the current one and is reported as `late`.
+//!
+//! # Bounded state
+//! Both what the roll-up keeps per server and per series are budgeted, and the budget is
+//! checked before anything is created: at most `max_series` series and at most `max_servers`
+//! servers (see [`Rollup::with_max_servers`]). A sample of a new server past the server budget
+//! is not aggregated, and [`Rollup::add_reporting`] says so ([`Added::refused`]) so the caller can tell
+//! the sender; servers silent for two of the longest windows are forgotten, which frees room.
+//!
+//! # Snapshots
+//! [`Rollup::snapshot_view`] copies what a snapshot shows: per series a shared name and a
+//! number, per window a shared, already encoded event, so the copy is reference counts and
+//! floats. [`SnapshotView::encode`] (sorting and JSON) can then run on another thread than the
+//! one that owns the roll-up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +51,60 @@ pub struct RollupCounts {
     pub late: u64,
     pub series: u64,
     pub series_refused: u64,
+    /// Servers with state now.
+    pub servers: u64,
+    /// Samples not aggregated because their server was new and the server budget was spent.
+    pub servers_refused: u64,
+}
+
+/// What one [`Rollup::add`] could not take.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Added {
+    /// The first server refused for the server budget, and how many of the samples were
+    /// refused for it (`0`: none).
+    pub refused: Option<(Arc<str>, usize)>,
+}
+
+/// What a `snapshot` event shows, copied out of a [`Rollup`] to be encoded elsewhere.
+pub struct SnapshotView {
+    server: Option<String>,
+    servers: Vec<ServerView>,
+    all: Vec<Arc<[u8]>>,
+}
+
+struct ServerView {
+    id: Arc<str>,
+    last_ts: u64,
+    metrics: Vec<(Arc<str>, f64)>,
+    windows: Vec<Arc<[u8]>>,
+}
+
+impl SnapshotView {
+    /// Servers in the view.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// True when the view has no server.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// The `snapshot` event (see [`event::SnapshotEncoder`]), servers sorted by id.
+    pub fn encode(mut self, now_ms: u64) -> Vec<u8> {
+        self.servers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let mut snap = event::SnapshotEncoder::new(self.server.as_deref(), now_ms);
+        for s in &self.servers {
+            snap.server(
+                &s.id,
+                Some(s.last_ts),
+                None,
+                s.metrics.iter().map(|(name, v)| (&**name, *v)),
+                s.windows.iter().map(|w| &w[..]),
+            );
+        }
+        snap.finish(self.all.iter().map(|w| &w[..]))
+    }
 }
 
 struct Series {
@@ -45,11 +112,11 @@ struct Series {
     last: f64,
 }
 
-/// Series in first-seen order, found by name.
+/// Series in first-seen order, found by name (shared with snapshot views).
 #[derive(Default)]
 struct SeriesSet {
-    index: HashMap<Box<str>, usize>,
-    list: Vec<(Box<str>, Series)>,
+    index: HashMap<Arc<str>, usize>,
+    list: Vec<(Arc<str>, Series)>,
 }
 
 impl SeriesSet {
@@ -65,9 +132,10 @@ impl SeriesSet {
         if !budget.take() {
             return None;
         }
-        self.index.insert(name.into(), self.list.len());
+        let name: Arc<str> = Arc::from(name);
+        self.index.insert(name.clone(), self.list.len());
         self.list.push((
-            name.into(),
+            name,
             Series {
                 stats: (0..windows).map(|_| WindowStats::default()).collect(),
                 last: 0.0,
@@ -113,7 +181,7 @@ struct ServerState {
     last_arrival: u64,
     series: SeriesSet,
     /// The last `window` event of each window length, for snapshots.
-    last_windows: Vec<Option<Vec<u8>>>,
+    last_windows: Vec<Option<Arc<[u8]>>>,
 }
 
 /// Window state for a set of servers.
@@ -124,14 +192,16 @@ pub struct Rollup {
     current: Vec<u64>,
     servers: HashMap<Arc<str>, ServerState>,
     global: SeriesSet,
-    global_last: Vec<Option<Vec<u8>>>,
+    global_last: Vec<Option<Arc<[u8]>>>,
     series_left: usize,
+    max_servers: usize,
     counts: RollupCounts,
     star: Arc<str>,
 }
 
 impl Rollup {
-    /// A roll-up over `windows`, keeping at most `max_series` series, starting at `now_ms`.
+    /// A roll-up over `windows`, keeping at most `max_series` series (and as many servers,
+    /// unless [`Rollup::with_max_servers`] says otherwise), starting at `now_ms`.
     pub fn new(windows: Vec<WindowSpec>, max_series: usize, now_ms: u64) -> Self {
         let n = windows.len();
         Self {
@@ -145,9 +215,16 @@ impl Rollup {
             global: SeriesSet::default(),
             global_last: vec![None; n],
             series_left: max_series,
+            max_servers: max_series,
             counts: RollupCounts::default(),
             star: Arc::from("*"),
         }
+    }
+
+    /// Keeps state for at most `max_servers` servers at once.
+    pub fn with_max_servers(mut self, max_servers: usize) -> Self {
+        self.max_servers = max_servers;
+        self
     }
 
     /// Counters so far.
@@ -165,8 +242,20 @@ impl Rollup {
             .unwrap_or(u64::MAX)
     }
 
-    /// Adds samples that arrived at `arrival_ms`; windows it closes go to `out`.
+    /// Adds samples that arrived at `arrival_ms`; windows it closes go to `out`. Samples
+    /// refused for the server budget are only counted (see [`Rollup::add_reporting`]).
     pub fn add(&mut self, arrival_ms: u64, samples: &[Sample], out: &mut Vec<ClosedWindow>) {
+        self.add_reporting(arrival_ms, samples, out);
+    }
+
+    /// [`Rollup::add`], returning what it refused for the server budget, so the caller can
+    /// tell the sender.
+    pub fn add_reporting(
+        &mut self,
+        arrival_ms: u64,
+        samples: &[Sample],
+        out: &mut Vec<ClosedWindow>,
+    ) -> Added {
         let t = arrival_ms;
         for w in 0..self.windows.len() {
             if t >= self.current[w] + self.windows[w].millis {
@@ -180,7 +269,19 @@ impl Rollup {
             left: &mut self.series_left,
             counts: &mut self.counts,
         };
+        let mut added = Added::default();
         for s in samples {
+            // The budget is checked before any state is made (the look-up only when full).
+            if self.servers.len() >= self.max_servers
+                && !self.servers.contains_key(s.server_id.as_str())
+            {
+                budget.counts.servers_refused += 1;
+                match &mut added.refused {
+                    Some((_, n)) => *n += 1,
+                    None => added.refused = Some((Arc::from(s.server_id.as_str()), 1)),
+                }
+                continue;
+            }
             let server = match self.servers.get_mut(s.server_id.as_str()) {
                 Some(x) => x,
                 None => {
@@ -212,6 +313,8 @@ impl Rollup {
             }
         }
         self.counts.samples += samples.len() as u64;
+        self.counts.servers = self.servers.len() as u64;
+        added
     }
 
     /// Closes every window whose end plus `grace_ms` is at or before `now_ms`.
@@ -234,7 +337,7 @@ impl Rollup {
                 continue;
             }
             let json = event::to_vec(|b| event::window(b, label, &server.id, start, end, stats));
-            server.last_windows[w] = Some(json.clone());
+            server.last_windows[w] = Some(Arc::from(&json[..]));
             out.push(ClosedWindow {
                 server: server.id.clone(),
                 label: self.labels[w].clone(),
@@ -245,7 +348,7 @@ impl Rollup {
         let stats = self.global.summaries(w);
         if !stats.is_empty() {
             let json = event::to_vec(|b| event::window(b, label, "*", start, end, stats));
-            self.global_last[w] = Some(json.clone());
+            self.global_last[w] = Some(Arc::from(&json[..]));
             out.push(ClosedWindow {
                 server: self.star.clone(),
                 label: self.labels[w].clone(),
@@ -272,36 +375,44 @@ impl Rollup {
         });
         self.series_left += freed;
         self.counts.series -= freed as u64;
+        self.counts.servers = self.servers.len() as u64;
     }
 
     /// The `snapshot` event (see [`event::SnapshotEncoder`]): latest value of every metric
     /// and the last closed window of each length, for `server` or for all.
     pub fn snapshot(&self, server: Option<&str>, now_ms: u64) -> Result<Vec<u8>, UnknownServer> {
-        let mut servers: Vec<&ServerState> = match server {
+        Ok(self.snapshot_view(server)?.encode(now_ms))
+    }
+
+    /// What [`Rollup::snapshot`] shows, copied (reference counts and numbers) to be encoded
+    /// with [`SnapshotView::encode`], on another thread if need be.
+    pub fn snapshot_view(&self, server: Option<&str>) -> Result<SnapshotView, UnknownServer> {
+        let view = |s: &ServerState| ServerView {
+            id: s.id.clone(),
+            last_ts: s.last_ts,
+            metrics: s
+                .series
+                .list
+                .iter()
+                .map(|(name, series)| (name.clone(), series.last))
+                .collect(),
+            windows: s.last_windows.iter().flatten().cloned().collect(),
+        };
+        let servers = match server {
             Some(id) => match self.servers.get(id) {
-                Some(s) => vec![s],
+                Some(s) => vec![view(s)],
                 None => return Err(UnknownServer(id.to_string())),
             },
-            None => self.servers.values().collect(),
+            None => self.servers.values().map(view).collect(),
         };
-        servers.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut snap = event::SnapshotEncoder::new(server, now_ms);
-        for s in servers {
-            snap.server(
-                &s.id,
-                Some(s.last_ts),
-                None,
-                s.series
-                    .list
-                    .iter()
-                    .map(|(name, series)| (&**name, series.last)),
-                s.last_windows.iter().flatten().map(Vec::as_slice),
-            );
-        }
         let all = match server {
-            None => &self.global_last[..],
-            Some(_) => &[],
+            None => self.global_last.iter().flatten().cloned().collect(),
+            Some(_) => Vec::new(),
         };
-        Ok(snap.finish(all.iter().flatten().map(Vec::as_slice)))
+        Ok(SnapshotView {
+            server: server.map(str::to_string),
+            servers,
+            all,
+        })
     }
 }

@@ -42,6 +42,11 @@ impl Metrics {
         self.entries.is_empty()
     }
 
+    /// Bytes these metrics hold on the heap (what a queued sample costs beyond its struct).
+    pub fn heap_bytes(&self) -> usize {
+        self.names.capacity() + self.entries.capacity() * std::mem::size_of::<(u32, f64)>()
+    }
+
     /// The `i`-th metric name.
     pub fn name(&self, i: usize) -> &str {
         let start = if i == 0 {
@@ -82,6 +87,13 @@ impl Metrics {
             let mut seen = std::collections::HashSet::with_capacity(n);
             self.iter().map(|(k, _)| k).find(|k| !seen.insert(*k))
         }
+    }
+}
+
+impl Sample {
+    /// Bytes this sample holds in memory, its struct included.
+    pub fn mem_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.server_id.capacity() + self.metrics.heap_bytes()
     }
 }
 

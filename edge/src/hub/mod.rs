@@ -11,11 +11,16 @@
 //! - `registry`: who wants what: dashboards in a list every publish visits, agents indexed by
 //!   server id, so a publish costs O(dashboards + agents of its windows' servers) and never
 //!   scales with the number of connected agents; a batch without windows touches no agent;
+//!   each client's filter is a set, so whether it wants an event is O(1) however long the
+//!   filter;
 //! - `position`: [`LogPosition`], where an event sits in a durable log.
 //!
 //! The registry sits behind an `RwLock` that publishers only read (once per publish):
 //! registering, leaving and changing a client's audience or filter (rare) take the write side,
-//! which keeps the index in step with what every client wants. Each client's queue has its own
+//! which keeps the index in step with what every client wants. A filter holds at most
+//! [`QueueLimits::max_ids`] servers (`--max-filter-ids`): a longer one is refused before any
+//! lock is taken, and the new filter's set is built (deduplicated) before the write lock, so
+//! the lock is held for O(ids of the old and new filter), at most a few thousand steps. Each client's queue has its own
 //! short mutex, contended only by publishers and that client's writer.
 //!
 //! Lock order: the registry lock, then a client's filter lock, then that client's queue mutex
@@ -28,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
+use metrics_model::decode::MAX_NAME_LEN;
 
 mod outbox;
 mod position;
@@ -70,7 +76,7 @@ pub enum Audience {
     Agent = 1,
 }
 
-/// Limits of one client's queue.
+/// Limits of one client: its queue and its filter.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
     pub sample_cap: usize,
@@ -78,6 +84,9 @@ pub struct QueueLimits {
     /// Bytes of events queued per client, both kinds together: past it the oldest samples
     /// are shed, and if window and control events alone pass it the client is cut off.
     pub max_bytes: usize,
+    /// Server ids in one client's filter: a dashboard's `?serverId=`, `subscribe` or
+    /// `register`, an agent's `register`, and the servers an agent gets windows back for.
+    pub max_ids: usize,
 }
 
 impl Default for QueueLimits {
@@ -86,8 +95,33 @@ impl Default for QueueLimits {
             sample_cap: 16_384,
             other_cap: 65_536,
             max_bytes: 16 << 20,
+            max_ids: QueueLimits::DEFAULT_MAX_IDS,
         }
     }
+}
+
+impl QueueLimits {
+    /// The default of [`QueueLimits::max_ids`]: a filter of this many ids of the longest kind
+    /// costs the hub about 0.5 MiB and a change of filter a few hundred microseconds under
+    /// its write lock (BENCHMARKS.md).
+    pub const DEFAULT_MAX_IDS: usize = 1_000;
+
+    /// The most bytes of ids one filter keeps (what `max_ids` bounds).
+    pub fn max_filter_bytes(&self) -> usize {
+        self.max_ids * MAX_NAME_LEN
+    }
+}
+
+/// Why the hub refused to change a client's filter. The text is what the peer sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// A message (or `?serverId=`) named more servers than a filter may hold; nothing changed.
+    #[error("{given} server ids is over the limit of {max} per filter (--max-filter-ids); nothing was changed")]
+    TooManyIds { given: usize, max: usize },
+    /// An agent sent a server past its filter's limit: its windows do not come back on this
+    /// socket (its samples are aggregated as usual).
+    #[error("this socket already gets the windows of {max} servers (--max-filter-ids): windows of `{server}` and of further new servers are not sent back on it (their samples are still aggregated); subscribe with serverId null for every server's windows")]
+    AgentFull { server: String, max: usize },
 }
 
 /// One connected socket, as the hub sees it: who it is, what it wants, and its queue.
@@ -130,11 +164,20 @@ impl Client {
         }
     }
 
-    /// The current filter.
+    /// The current filter, sorted.
     pub fn filter(&self) -> Option<Vec<String>> {
+        read(&self.filter).as_ref().map(|ids| {
+            let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            v.sort_unstable();
+            v
+        })
+    }
+
+    /// Whether this client's filter lets `server`'s events through: O(1).
+    pub fn wants_server(&self, server: &str) -> bool {
         read(&self.filter)
             .as_ref()
-            .map(|ids| ids.iter().map(|s| s.to_string()).collect())
+            .is_none_or(|ids| ids.contains(server))
     }
 
     /// Queues the events this client wants; returns how many.
@@ -260,12 +303,33 @@ impl Hub {
     }
 
     /// Adds a client; it leaves when the registration is dropped.
+    ///
+    /// # Panics
+    /// When `filter` has more than [`QueueLimits::max_ids`] ids: check with
+    /// [`Hub::check_filter`] first (the sessions refuse such a request before upgrading).
     pub fn register(
         self: &Arc<Self>,
         audience: Audience,
         filter: Option<Vec<String>>,
     ) -> Registration {
         self.register_with(audience, filter, false)
+    }
+
+    /// The limits of this hub's clients.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Refuses a filter of more than [`QueueLimits::max_ids`] ids (counted as given, repeats
+    /// included, so the check costs nothing whatever the message holds).
+    pub fn check_filter(&self, filter: Option<&[String]>) -> Result<(), FilterError> {
+        match filter {
+            Some(ids) if ids.len() > self.limits.max_ids => Err(FilterError::TooManyIds {
+                given: ids.len(),
+                max: self.limits.max_ids,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Like [`Hub::register`]; with `held`, published events wait aside from the first one on
@@ -277,6 +341,10 @@ impl Hub {
         filter: Option<Vec<String>>,
         held: bool,
     ) -> Registration {
+        assert!(
+            self.check_filter(filter.as_deref()).is_ok(),
+            "filter over --max-filter-ids: check_filter before register"
+        );
         let client = Arc::new(Client {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             hub: self.id,
@@ -305,15 +373,33 @@ impl Hub {
         registry.remove(client, &read(&client.filter));
     }
 
-    /// Turns `client` into a dashboard with `filter`, or back into an agent (whose list of
-    /// noted servers starts over).
-    pub fn set_audience(&self, client: &Client, audience: Audience, filter: Option<Vec<String>>) {
-        self.reroute(client, Some(audience), initial_filter(audience, filter));
+    /// Turns `client` into a dashboard with `filter`, or into an agent whose set of noted
+    /// servers starts over from `filter` (`None`: none). A filter over the limit changes
+    /// nothing.
+    pub fn set_audience(
+        &self,
+        client: &Client,
+        audience: Audience,
+        filter: Option<Vec<String>>,
+    ) -> Result<(), FilterError> {
+        self.check_filter(filter.as_deref())?;
+        // Built here, before `reroute` takes the write lock.
+        let filter = initial_filter(audience, filter);
+        self.reroute(client, Some(audience), filter);
+        Ok(())
     }
 
-    /// Replaces `client`'s server filter (`None`: every server).
-    pub fn set_filter(&self, client: &Client, filter: Option<Vec<String>>) {
-        self.reroute(client, None, to_filter(filter));
+    /// Replaces `client`'s server filter (`None`: every server). A filter over the limit
+    /// changes nothing.
+    pub fn set_filter(
+        &self,
+        client: &Client,
+        filter: Option<Vec<String>>,
+    ) -> Result<(), FilterError> {
+        self.check_filter(filter.as_deref())?;
+        let filter = to_filter(filter);
+        self.reroute(client, None, filter);
+        Ok(())
     }
 
     /// Sets `client`'s audience (`None`: keeps it) and filter, and re-files it in the registry
@@ -335,24 +421,32 @@ impl Hub {
         }
     }
 
-    /// Adds `server` to an agent's filter, so its windows come back on its socket.
-    pub fn note_server(&self, client: &Client, server: &str) {
-        let noted = |f: &Filter| {
-            f.as_ref()
-                .is_none_or(|ids| ids.iter().any(|s| &**s == server))
-        };
+    /// Adds `server` to an agent's filter, so its windows come back on its socket: O(1), and
+    /// nothing when it is noted already. An agent whose filter is full gets
+    /// [`FilterError::AgentFull`] and its filter stays as it is.
+    pub fn note_server(&self, client: &Client, server: &str) -> Result<(), FilterError> {
+        let noted = |f: &Filter| f.as_ref().is_none_or(|ids| ids.contains(server));
         if client.hub != self.id || noted(&read(&client.filter)) {
-            return;
+            return Ok(());
         }
+        let server: Arc<str> = Arc::from(server);
         let mut registry = write(&self.registry);
         let mut f = write(&client.filter);
         if noted(&f) {
-            return;
+            return Ok(());
         }
-        let Some(ids) = f.as_mut() else { return };
-        let server: Arc<str> = Arc::from(server);
-        ids.push(server.clone());
+        let Some(ids) = f.as_mut() else {
+            return Ok(());
+        };
+        if ids.len() >= self.limits.max_ids {
+            return Err(FilterError::AgentFull {
+                server: server.to_string(),
+                max: self.limits.max_ids,
+            });
+        }
+        ids.insert(server.clone());
         registry.index(client, server);
+        Ok(())
     }
 
     /// Offers `events` to every dashboard, and their windows to the agents that want them.
@@ -380,7 +474,7 @@ impl Hub {
                 continue;
             }
             if let Some(list) = registry.by_server.get(&e.server) {
-                routed.extend(list.iter().map(|c| (c.id, i, c)));
+                routed.extend(list.values().map(|c| (c.id, i, c)));
             }
         }
         routed.sort_unstable_by_key(|&(id, i, _)| (id, i));

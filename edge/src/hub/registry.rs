@@ -7,6 +7,12 @@
 //! O(dashboards + agents of its windows' servers) and never scales with the number of connected
 //! agents.
 //!
+//! A filter is a [`ServerSet`]: whether a client wants a server is one hash look-up (a scan of
+//! at most [`FEW`] ids for small filters, which is faster than hashing), never a scan of a list
+//! as long as the filter, so a dashboard with a large filter costs a publish O(1) per event.
+//! Filters are capped ([`super::QueueLimits::max_ids`]) and built, deduplicated, before the
+//! hub takes its write lock: under the lock a change costs O(ids of the old and new filter).
+//!
 //! The registry does no locking of its own: the hub holds it behind its `RwLock`, and changes
 //! it only while it also holds the write side of the changed client's filter lock, which is how
 //! the index always agrees with the filters (see the lock order in the hub's module doc).
@@ -16,20 +22,89 @@ use std::sync::Arc;
 
 use super::{Audience, Client, Event, EventKind};
 
-/// The servers a client wants: `None` for every server. Agents start with an empty list and
-/// grow it as they send.
-pub(super) type Filter = Option<Vec<Arc<str>>>;
+/// Up to this many ids a filter is a list scanned in order: comparing a few short strings is
+/// cheaper than hashing one.
+pub(super) const FEW: usize = 8;
 
-/// The filter a client of `audience` starts with: a dashboard's own, an agent's empty list.
+/// A set of server ids, each once.
+#[derive(Clone, Debug)]
+pub(super) enum ServerSet {
+    Few(Vec<Arc<str>>),
+    Many(HashSet<Arc<str>>),
+}
+
+impl Default for ServerSet {
+    fn default() -> Self {
+        ServerSet::Few(Vec::new())
+    }
+}
+
+impl ServerSet {
+    /// The distinct ids of `ids`.
+    pub(super) fn from_ids(ids: impl IntoIterator<Item = Arc<str>>) -> Self {
+        let mut set = ServerSet::default();
+        for s in ids {
+            set.insert(s);
+        }
+        set
+    }
+
+    #[inline]
+    pub(super) fn contains(&self, server: &str) -> bool {
+        match self {
+            ServerSet::Few(v) => v.iter().any(|s| &**s == server),
+            ServerSet::Many(h) => h.contains(server),
+        }
+    }
+
+    /// Adds `server`; false when it was there already.
+    pub(super) fn insert(&mut self, server: Arc<str>) -> bool {
+        match self {
+            ServerSet::Few(v) if v.contains(&server) => false,
+            ServerSet::Few(v) if v.len() < FEW => {
+                v.push(server);
+                true
+            }
+            ServerSet::Few(v) => {
+                let mut h: HashSet<Arc<str>> = v.drain(..).collect();
+                h.insert(server);
+                *self = ServerSet::Many(h);
+                true
+            }
+            ServerSet::Many(h) => h.insert(server),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            ServerSet::Few(v) => v.len(),
+            ServerSet::Many(h) => h.len(),
+        }
+    }
+
+    pub(super) fn iter(&self) -> Box<dyn Iterator<Item = &Arc<str>> + '_> {
+        match self {
+            ServerSet::Few(v) => Box::new(v.iter()),
+            ServerSet::Many(h) => Box::new(h.iter()),
+        }
+    }
+}
+
+/// The servers a client wants: `None` for every server. Agents start with the servers they
+/// registered with (usually none) and grow the set as they send.
+pub(super) type Filter = Option<ServerSet>;
+
+/// The filter a client of `audience` starts with: a dashboard's own (`None`: every server),
+/// an agent's set of the servers it named (`None`: none yet).
 pub(super) fn initial_filter(audience: Audience, filter: Option<Vec<String>>) -> Filter {
     match audience {
         Audience::Dashboard => to_filter(filter),
-        Audience::Agent => Some(Vec::new()),
+        Audience::Agent => Some(to_filter(filter).unwrap_or_default()),
     }
 }
 
 pub(super) fn to_filter(filter: Option<Vec<String>>) -> Filter {
-    filter.map(|ids| ids.into_iter().map(Arc::from).collect())
+    filter.map(|ids| ServerSet::from_ids(ids.into_iter().map(Arc::from)))
 }
 
 /// Whether a client of `audience` with `filter` wants `e`: agents only windows, and everyone
@@ -54,15 +129,10 @@ pub(super) struct Registry {
     pub(super) agents: HashMap<u64, Arc<Client>>,
     /// Agents whose filter is `None` (a `subscribe` to every server): offered every window.
     pub(super) all_windows: Vec<Arc<Client>>,
-    /// Server id -> the agents whose filter lists it, each once: the only agents a window
-    /// of that server is offered to.
-    pub(super) by_server: HashMap<Arc<str>, Vec<Arc<Client>>>,
-}
-
-/// Each server of `ids` once.
-pub(super) fn distinct(ids: &[Arc<str>]) -> impl Iterator<Item = &Arc<str>> {
-    let mut seen = HashSet::new();
-    ids.iter().filter(move |s| seen.insert(*s))
+    /// Server id -> the agents whose filter lists it, by client id: the only agents a window
+    /// of that server is offered to. A map, so an agent leaves each of its servers in O(1)
+    /// however many agents send that server.
+    pub(super) by_server: HashMap<Arc<str>, HashMap<u64, Arc<Client>>>,
 }
 
 /// Takes client `id` out of `list`.
@@ -81,8 +151,11 @@ impl Registry {
         match filter {
             None => self.all_windows.push(c.clone()),
             Some(ids) => {
-                for s in distinct(ids) {
-                    self.by_server.entry(s.clone()).or_default().push(c.clone());
+                for s in ids.iter() {
+                    self.by_server
+                        .entry(s.clone())
+                        .or_default()
+                        .insert(c.id, c.clone());
                 }
             }
         }
@@ -101,9 +174,9 @@ impl Registry {
                 take(&mut self.all_windows, c.id);
             }
             Some(ids) => {
-                for s in distinct(ids) {
+                for s in ids.iter() {
                     if let Some(list) = self.by_server.get_mut(s) {
-                        take(list, c.id);
+                        list.remove(&c.id);
                         if list.is_empty() {
                             self.by_server.remove(s);
                         }
@@ -114,13 +187,16 @@ impl Registry {
         Some(me)
     }
 
-    /// Files registered agent `c` under `server`, just added to its filter list.
+    /// Files registered agent `c` under `server`, just added to its filter.
     pub(super) fn index(&mut self, c: &Client, server: Arc<str>) {
         if c.audience() != Audience::Agent {
             return;
         }
         if let Some(me) = self.agents.get(&c.id) {
-            self.by_server.entry(server).or_default().push(me.clone());
+            self.by_server
+                .entry(server)
+                .or_default()
+                .insert(c.id, me.clone());
         }
     }
 }
