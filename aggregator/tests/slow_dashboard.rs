@@ -79,4 +79,8 @@ async fn a_stalled_dashboard_does_not_hold_back_a_live_one() {
         total,
         "every sample either delivered or counted as dropped"
     );
+    // And the operator sees the same count in /stats.
+    let (_, stats) = http_get(srv.addr, "/stats", "").await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats JSON");
+    assert_eq!(stats["samplesShed"], dropped, "{stats}");
 }

@@ -113,16 +113,17 @@ pub struct ConnStats {
 }
 
 impl ConnStats {
-    /// The counters as JSON members for `/stats`, with the hub's count of WebSocket peers
-    /// dropped for not taking a write in time:
-    /// `"connectionsRefused":N,"connectionsTimedOut":N,"connectionsIdleClosed":N,"writeTimeouts":N`.
-    pub fn json_members(&self, write_timeouts: u64) -> String {
+    /// The counters as JSON members for `/stats`, with the hub's counts of WebSocket peers
+    /// dropped for not taking a write in time and of sample events shed for slow readers:
+    /// `"connectionsRefused":N,"connectionsTimedOut":N,"connectionsIdleClosed":N,"writeTimeouts":N,"samplesShed":N`.
+    pub fn json_members(&self, write_timeouts: u64, samples_shed: u64) -> String {
         format!(
-            "\"connectionsRefused\":{},\"connectionsTimedOut\":{},\"connectionsIdleClosed\":{},\"writeTimeouts\":{}",
+            "\"connectionsRefused\":{},\"connectionsTimedOut\":{},\"connectionsIdleClosed\":{},\"writeTimeouts\":{},\"samplesShed\":{}",
             self.refused.load(Ordering::Relaxed),
             self.timed_out.load(Ordering::Relaxed),
             self.idle_closed.load(Ordering::Relaxed),
-            write_timeouts
+            write_timeouts,
+            samples_shed
         )
     }
 }

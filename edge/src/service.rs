@@ -86,7 +86,7 @@ pub trait Service: Sized + Send + 'static {
 /// The listeners' counters (`None` before they serve) and the hub's, as `/stats` members.
 pub fn stats_members(conns: Option<&Arc<crate::listener::ConnStats>>, hub: &Hub) -> String {
     match conns {
-        Some(c) => c.json_members(hub.write_timeouts()),
-        None => crate::listener::ConnStats::default().json_members(hub.write_timeouts()),
+        Some(c) => c.json_members(hub.write_timeouts(), hub.shed()),
+        None => crate::listener::ConnStats::default().json_members(hub.write_timeouts(), hub.shed()),
     }
 }

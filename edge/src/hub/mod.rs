@@ -139,6 +139,8 @@ pub struct Client {
     left: AtomicBool,
     /// The hub's count of peers dropped for not taking a write in time.
     write_timeouts: Arc<AtomicU64>,
+    /// The hub's count of sample events shed for slow clients.
+    shed: Arc<AtomicU64>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -237,7 +239,11 @@ impl Client {
 
     /// Takes everything queued, events in publication order.
     pub fn drain(&self) -> Drained {
-        self.outbox.drain()
+        let d = self.outbox.drain();
+        if d.dropped > 0 {
+            self.shed.fetch_add(d.dropped, Ordering::Relaxed);
+        }
+        d
     }
 
     /// Sample events shed so far.
@@ -268,6 +274,7 @@ pub struct Hub {
     limits: QueueLimits,
     published: AtomicU64,
     write_timeouts: Arc<AtomicU64>,
+    shed: Arc<AtomicU64>,
 }
 
 /// Removes its client from the hub when dropped.
@@ -299,6 +306,7 @@ impl Hub {
             limits,
             published: AtomicU64::new(0),
             write_timeouts: Arc::new(AtomicU64::new(0)),
+            shed: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -353,6 +361,7 @@ impl Hub {
             outbox: Outbox::new(self.limits),
             left: AtomicBool::new(false),
             write_timeouts: self.write_timeouts.clone(),
+            shed: self.shed.clone(),
         });
         if held {
             client.hold();
@@ -501,5 +510,10 @@ impl Hub {
     /// Peers dropped so far because a write to them did not complete within the write timeout.
     pub fn write_timeouts(&self) -> u64 {
         self.write_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Sample events shed so far for clients that read too slowly, all clients together.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
     }
 }
