@@ -10,7 +10,7 @@
 //! likes), 415 (content type or encoding), 503 with `Retry-After` (Redis down or
 //! slower than the deadline).
 
-mod stream;
+pub mod stream;
 
 use std::io::Read;
 use std::sync::Arc;

@@ -158,14 +158,14 @@ async fn submit(
 
 /// One line of the stream, decoded or refused.
 #[derive(Debug)]
-enum Parsed {
+pub enum Parsed {
     Sample(Sample),
     Refused { line: usize, message: String },
 }
 
 /// Splits a byte stream into numbered lines (from 1) under a length limit, decoding each. A
 /// line over the limit is refused once and skipped to its end; blank lines are skipped.
-struct Lines {
+pub struct Lines {
     buf: BytesMut,
     line_no: usize,
     /// Inside a line already refused as too long.
@@ -174,7 +174,7 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(max_line: usize) -> Self {
+    pub fn new(max_line: usize) -> Self {
         Self {
             buf: BytesMut::new(),
             line_no: 0,
@@ -184,7 +184,7 @@ impl Lines {
     }
 
     /// Takes a chunk; appends what its complete lines hold to `out`.
-    fn feed(&mut self, chunk: &[u8], arrival_ms: u64, out: &mut Vec<Parsed>) {
+    pub fn feed(&mut self, chunk: &[u8], arrival_ms: u64, out: &mut Vec<Parsed>) {
         self.buf.extend_from_slice(chunk);
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
             let mut line = self.buf.split_to(pos + 1);
@@ -210,7 +210,7 @@ impl Lines {
     }
 
     /// The end of the stream: a last line without a newline.
-    fn finish(&mut self, arrival_ms: u64, out: &mut Vec<Parsed>) {
+    pub fn finish(&mut self, arrival_ms: u64, out: &mut Vec<Parsed>) {
         if self.skipping || self.buf.iter().all(u8::is_ascii_whitespace) {
             return;
         }
