@@ -193,20 +193,32 @@ impl Lines {
                 continue;
             }
             self.line_no += 1;
+            if pos > self.max_line {
+                // Over the limit however the body was chunked, not only when cut mid-line.
+                self.refuse_long(out);
+                continue;
+            }
             self.decode(&mut line[..pos], arrival_ms, out);
         }
         if self.buf.len() > self.max_line {
-            self.line_no += 1;
-            out.push(Parsed::Refused {
-                line: self.line_no,
-                message: format!(
-                    "line {}: over the limit of {} bytes",
-                    self.line_no, self.max_line
-                ),
-            });
+            // A line already refused may pass the limit again before its end: once is enough.
+            if !self.skipping {
+                self.line_no += 1;
+                self.refuse_long(out);
+            }
             self.buf.clear();
             self.skipping = true;
         }
+    }
+
+    fn refuse_long(&self, out: &mut Vec<Parsed>) {
+        out.push(Parsed::Refused {
+            line: self.line_no,
+            message: format!(
+                "line {}: over the limit of {} bytes",
+                self.line_no, self.max_line
+            ),
+        });
     }
 
     /// The end of the stream: a last line without a newline.
