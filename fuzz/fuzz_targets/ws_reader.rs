@@ -48,10 +48,11 @@ async fn session(data: &[u8]) {
     };
     let (client, server) = tokio::io::duplex(1 << 16);
     let (up_tx, up_rx) = oneshot::channel();
-    let mut up_tx = Some(up_tx);
+    // hyper's services are `Fn`: the sender is taken out from behind a lock, once.
+    let up_tx = std::sync::Mutex::new(Some(up_tx));
     let service = service_fn(move |mut req: Request<Incoming>| {
         let answer = fastwebsockets::upgrade::upgrade(&mut req).map(|(response, fut)| {
-            if let Some(tx) = up_tx.take() {
+            if let Some(tx) = up_tx.lock().ok().and_then(|mut t| t.take()) {
                 let _ = tx.send(fut);
             }
             let (parts, _) = response.into_parts();
@@ -74,10 +75,11 @@ async fn session(data: &[u8]) {
     let mut wire = UPGRADE.to_vec();
     wire.extend_from_slice(data);
     client_wr.write_all(&wire).await.expect("duplex write");
-    client_wr.shutdown().await.expect("duplex shutdown");
 
     let fut = up_rx.await.expect("the upgrade request is valid");
     let upgraded = fut.await.expect("upgrade").into_inner().into_inner();
+    // End of stream only now: hyper cancels an upgrade whose peer closed before it completed.
+    client_wr.shutdown().await.expect("duplex shutdown");
     let hub = Hub::new(QueueLimits::default());
     let reg = hub.register(Audience::Dashboard, None);
     let (mut reader, writer, _, _) = ws::split(upgraded, &cfg);
@@ -103,9 +105,11 @@ async fn session(data: &[u8]) {
             }
         }
     }
-    drop((reader, writer));
+    // Wind everything down inside this run: a task left on the shared runtime would hold this
+    // input's buffers into the next one (and show as a leak).
+    drop((reader, writer, client_wr));
     let _ = conn.await;
-    drain.abort();
+    let _ = drain.await;
 }
 
 fuzz_target!(|data: &[u8]| {
