@@ -122,11 +122,14 @@ def main(path):
         if r is None:
             continue
         cmd = [interpolate(a) for a in s["command"]]
-        for f_ in s.get("env_file") or []:
+        files = s.get("env_file") or []
+        files = [files] if isinstance(files, str) else files
+        files = [f if isinstance(f, str) else f["path"] for f in files]
+        for f_ in files:
             if not os.path.isfile(os.path.join(base, f_)):
                 fail(f"{name}: env_file {f_} does not exist")
         envs = {}
-        for f_ in s.get("env_file") or []:
+        for f_ in files:
             p = os.path.join(base, f_)
             if os.path.isfile(p):
                 envs.update(env_file(p))
