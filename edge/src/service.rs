@@ -87,6 +87,8 @@ pub trait Service: Sized + Send + 'static {
 pub fn stats_members(conns: Option<&Arc<crate::listener::ConnStats>>, hub: &Hub) -> String {
     match conns {
         Some(c) => c.json_members(hub.write_timeouts(), hub.shed()),
-        None => crate::listener::ConnStats::default().json_members(hub.write_timeouts(), hub.shed()),
+        None => {
+            crate::listener::ConnStats::default().json_members(hub.write_timeouts(), hub.shed())
+        }
     }
 }
