@@ -1,11 +1,13 @@
 //! Test helpers shared by both systems' test suites (feature `test-util`): a WebSocket peer
 //! whose frames are read by a task into a channel (frame reads are not cancel-safe, channel
 //! receives are), a bare HTTP/1.1 GET, listeners on free loopback ports, and for the browser
-//! tests a headless Chromium ([`chromium`]) driven over the DevTools protocol ([`cdp`]).
+//! tests a headless Chromium ([`chromium`]) driven over the DevTools protocol ([`cdp`]), and the
+//! deployment files read and run ([`deploy`]).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod cdp;
 pub mod chromium;
+pub mod deploy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
