@@ -159,12 +159,16 @@ impl WindowLoop {
         )
         .await?;
         add_entries(rollup, &mut self.decoder, &mut entries, &mut self.closed);
+        let started = Instant::now();
         rollup.close_due(now_ms(), CLOSE_GRACE_MS, &mut self.closed);
         if !self.closed.is_empty() {
             let ttl_ms = self.opts.snapshot_ttl.as_millis() as u64;
             let log_len = self.opts.window_log_len;
             let max_message = self.opts.pubsub_message_bytes;
             publish_windows(conn, &self.keys, &self.closed, ttl_ms, log_len, max_message).await?;
+            self.stats
+                .window_close
+                .observe(started.elapsed().as_micros() as u64);
             self.stats
                 .windows
                 .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
