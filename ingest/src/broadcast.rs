@@ -45,6 +45,16 @@
 //! was in its log when the catch-up read it (relayed), or was published after that read and
 //! before the probe (received).
 //!
+//! # The resume history
+//!
+//! Each time the samples watermark moves up, the broadcaster appends `(its token, the greatest
+//! position it has relayed, W)` to `{prefix}:broadcaster:resume` (capped at about
+//! `--resume-history` entries), and before its first subscription it appends its first `W`
+//! marked as its start. A dashboard's `?since=X` replay starts from the `W` of the latest entry
+//! whose greatest relayed position was below `X`, so samples published out of order below `X`
+//! reach it too (the argument is in [`crate::replay`]). An entry that cannot be written is
+//! logged and skipped: the older entries stay valid, a replay only starts lower.
+//!
 //! The set holds at most [`MAX_SEEN`] positions; past that the lowest are forgotten, which can
 //! only let a late duplicate through, never drop an event. Entries trimmed by retention before
 //! a catch-up reads them are gone (logged); the window log keeps about `--window-log-len`
@@ -126,6 +136,7 @@ pub async fn run(
     keys: Keys,
     hub: Arc<Hub>,
     stats: Arc<BroadcastStats>,
+    resume_history: u64,
     shutdown: CancellationToken,
 ) {
     let token = format!(
@@ -142,6 +153,8 @@ pub async fn run(
         hub: &hub,
         stats: &stats,
         probe: keys.probe(&token),
+        token: &token,
+        resume_history,
     };
     let mut backoff = Backoff::default();
     let mut marks: Option<Marks> = None;
@@ -167,6 +180,8 @@ pub async fn run(
 struct Relayed {
     through: Position,
     seen: BTreeSet<Position>,
+    /// The greatest position relayed (zero: none).
+    max: Position,
 }
 
 impl Default for Relayed {
@@ -179,6 +194,11 @@ impl Default for Relayed {
                 index: 0,
             },
             seen: BTreeSet::new(),
+            max: Position {
+                ms: 0,
+                seq: 0,
+                index: 0,
+            },
         }
     }
 }
@@ -192,6 +212,7 @@ impl Relayed {
         if self.seen.len() > MAX_SEEN {
             self.seen.pop_first();
         }
+        self.max = self.max.max(p);
         true
     }
 
@@ -274,6 +295,10 @@ struct Link<'a> {
     stats: &'a BroadcastStats,
     /// This process's probe channel.
     probe: String,
+    /// This process's name in the resume history.
+    token: &'a str,
+    /// Entries kept (about) in the resume history.
+    resume_history: u64,
 }
 
 fn io_error(kind: std::io::ErrorKind, what: &str) -> redis::RedisError {
@@ -295,6 +320,28 @@ impl Link<'_> {
             .query_async(&mut conn)
             .await?;
         Ok(candidates(reply))
+    }
+
+    /// Appends `(token, relayed, watermark)` to the resume history (see the module doc).
+    async fn record(&self, relayed: &Relayed, start: bool) -> Result<(), ReplayError> {
+        let mut conn = self.pool.get().await?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.keys.resume)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.resume_history)
+            .arg("*")
+            .arg("g")
+            .arg(self.token)
+            .arg("m")
+            .arg(relayed.max.to_string())
+            .arg("w")
+            .arg(relayed.through.to_string());
+        if start {
+            cmd.arg("s").arg("1");
+        }
+        let _: Value = cmd.query_async(&mut conn).await?;
+        Ok(())
     }
 
     /// Relays `events` that were not relayed yet (samples by `samples`; windows as given).
@@ -387,6 +434,8 @@ impl Link<'_> {
             let c = self.read_marks("0").await.map_err(io)?;
             let mut m = Marks::default();
             m.advance(c);
+            // Written before anything is relayed: a replay must know this broadcaster exists.
+            self.record(&m.samples, true).await.map_err(io)?;
             *marks = Some(m);
         }
         let Some(marks) = marks.as_mut() else {
@@ -427,7 +476,13 @@ impl Link<'_> {
                     if msg.get_channel_name() == self.probe {
                         if probe.as_ref().is_some_and(|p| p.payload.as_bytes() == payload) {
                             if let Some(p) = probe.take() {
+                                let before = marks.samples.through;
                                 marks.advance(p.candidates);
+                                if marks.samples.through > before {
+                                    if let Err(e) = self.record(&marks.samples, false).await {
+                                        tracing::warn!(error = %e, "could not append to the resume history");
+                                    }
+                                }
                             }
                         }
                         continue;
