@@ -31,7 +31,7 @@
 //! through on this connection. A probe not back within [`PROBE_TIMEOUT`] ends the connection
 //! (a silently dead link is not waited on forever).
 //!
-//! After every resubscription the broadcaster first reads both logs back from `W` (samples
+//! After every subscription, the first included, the broadcaster first reads both logs back from `W` (samples
 //! from the stream, as the `?since` replay does, [`crate::replay`]; windows from the window
 //! log), then goes on live. Subscribed first, then caught up: messages published meanwhile wait
 //! in the subscription. An event is relayed only if it is above `W` and not yet in the set,
@@ -41,7 +41,9 @@
 //! publishes again. Nothing is dropped: only positions at or below `W` (relayed, by the
 //! invariant) or already in the set (relayed) are skipped. The invariant holds by induction:
 //! the first `W` is read before the first subscription (so everything below it was published
-//! before), and there is no catch-up then; a new `W` was confirmed on a live link; below it, an event is below the old `W` (relayed), or
+//! before), and the first catch-up reads what is above it (without it, a sample published
+//! between that read and the subscription would be neither relayed nor above the next `W`:
+//! the Redis-restart test lost one so about 1 run in 5); a new `W` was confirmed on a live link; below it, an event is below the old `W` (relayed), or
 //! was in its log when the catch-up read it (relayed), or was published after that read and
 //! before the probe (received).
 //!
@@ -360,15 +362,18 @@ impl Link<'_> {
     /// Relays every sample above the samples watermark read back from the stream, and every
     /// window batch above the windows watermark read back from the window log, skipping what
     /// was relayed already.
-    async fn catch_up(&self, marks: &mut Marks) -> Result<(), ReplayError> {
+    /// Without `read_samples` only the window log is read (no sample was ever published).
+    async fn catch_up(&self, marks: &mut Marks, read_samples: bool) -> Result<(), ReplayError> {
         let since = marks.samples.through;
-        let mut pages = Pages::new(self.pool, self.keys, since).await?;
-        if pages.truncated {
-            tracing::warn!(%since, "stream retention dropped samples published while disconnected");
-        }
         let mut samples = 0usize;
-        while let Some(events) = pages.next().await? {
-            samples += self.relay(&mut marks.samples, events);
+        if read_samples {
+            let mut pages = Pages::new(self.pool, self.keys, since).await?;
+            if pages.truncated {
+                tracing::warn!(%since, "stream retention dropped samples published while disconnected");
+            }
+            while let Some(events) = pages.next().await? {
+                samples += self.relay(&mut marks.samples, events);
+            }
         }
         let mut windows = 0usize;
         let mut cursor = format!("({}", marks.windows.through.entry());
@@ -426,12 +431,15 @@ impl Link<'_> {
             ReplayError::Redis(e) => e,
             ReplayError::Pool(e) => io_error(std::io::ErrorKind::NotConnected, &e.to_string()),
         };
-        // First subscription of this process: what was published before it is not ours to
-        // relay (dashboards that were connected elsewhere reconnect with `?since=`), so the
-        // watermarks start where the logs are now, and there is nothing to catch up.
+        // First subscription of this process: what was published before the watermarks are
+        // read is not ours to relay (dashboards that were connected elsewhere reconnect with
+        // `?since=`), so the watermarks start where the logs are now.
         let first = marks.is_none();
+        // Whether the workers' group existed when the first watermarks were read.
+        let mut grouped = true;
         if first {
             let c = self.read_marks("0").await.map_err(io)?;
+            grouped = c.samples.is_some();
             let mut m = Marks::default();
             m.advance(c);
             // Written before anything is relayed: a replay must know this broadcaster exists.
@@ -453,14 +461,21 @@ impl Link<'_> {
         pubsub
             .subscribe(&[self.keys.channel.as_str(), self.probe.as_str()])
             .await?;
-        self.stats.connected.store(true, Ordering::Relaxed);
         backoff.reset();
         tracing::info!(channel = %self.keys.channel, "subscribed");
         // Subscribed first, then caught up: messages published meanwhile wait in the
         // subscription and are filtered against what the catch-up sent.
-        if !first {
-            self.catch_up(marks).await.map_err(io)?;
+        // Also after the first subscription: what was published between reading the first
+        // watermarks and subscribing is above them, and was never relayed. Workers publish
+        // only what their group delivered: with no group then, and still none now that we
+        // are subscribed, nothing was published before, and the stream (maybe a backlog no
+        // worker has read yet) is not read ahead.
+        if !grouped {
+            grouped = self.read_marks("0").await.map_err(io)?.samples.is_some();
         }
+        self.catch_up(marks, grouped).await.map_err(io)?;
+        // Subscribed and caught up.
+        self.stats.connected.store(true, Ordering::Relaxed);
         let mut messages = pubsub.on_message();
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

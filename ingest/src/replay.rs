@@ -175,8 +175,8 @@ impl<'a> Pages<'a> {
     }
 }
 
-/// Whether retention dropped stream entries after `since`: the stream's greatest deleted id
-/// (Redis 7 and later), else whether its oldest entry is after `since`.
+/// Whether retention dropped stream entries after `since`: its oldest entry is after `since`
+/// and (Redis 7 and later, which count the entries ever added) some entries were dropped.
 async fn trimmed_after(pool: &Pool, keys: &Keys, since: Position) -> Result<bool, ReplayError> {
     let mut conn = pool.get().await?;
     let info: Value = match redis::cmd("XINFO")
@@ -216,14 +216,21 @@ async fn trimmed_after(pool: &Pool, keys: &Keys, since: Position) -> Result<bool
     let after = |id: &str| {
         Position::from_entry(id, 0).is_some_and(|o| (o.ms, o.seq) > (since.ms, since.seq))
     };
-    if let Some(deleted) = field("max-deleted-entry-id").as_ref().and_then(text) {
-        return Ok(after(&deleted));
-    }
     let oldest = match field("first-entry") {
         Some(Value::Array(e)) => e.first().and_then(text),
         _ => None,
     };
-    Ok(oldest.is_some_and(|id| after(&id)))
+    let int = |name: &str| match field(name) {
+        Some(Value::Int(n)) => Some(n),
+        _ => None,
+    };
+    // Retention trims from the front (nothing else deletes from this stream): entries were
+    // dropped after `since` if some were dropped at all and the oldest kept is after it.
+    let dropped = match (int("entries-added"), int("length")) {
+        (Some(added), Some(len)) => added > len,
+        _ => true,
+    };
+    Ok(dropped && oldest.is_some_and(|id| after(&id)))
 }
 
 /// Where a `?since=X` replay starts (see the module doc).

@@ -175,6 +175,25 @@ async fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the broadcaster at `addr` has subscribed and caught up (its first catch-up
+/// relays what is in the stream above its first watermark, published or not: a test that
+/// wants a sample held back posts it only after this).
+async fn caught_up(addr: SocketAddr) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = metrics_edge::testing::http_get(addr, "/stats", "").await;
+        let stats: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status == 200 && stats["broadcaster"]["connected"] == true {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the broadcaster never subscribed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a dashboard received: sample ids (by server id) with how often, and window events.
 #[derive(Default)]
 struct Received {
@@ -319,6 +338,7 @@ async fn broadcaster_recovers_out_of_order_samples_and_windows_after_losing_its_
     let mut bs = s;
     bs.redis_url = format!("redis://bcast:pw@127.0.0.1:{}", redis.port);
     let broadcaster = start_role(bs, Role::Broadcaster).await;
+    caught_up(broadcaster.addr).await;
     let mut dash = connect(broadcaster.addr, "/ws").await.expect("dashboard");
     dash.next_of("hello").await;
     let mut got = Received::default();
@@ -519,6 +539,7 @@ async fn broadcaster_killed_and_restarted_dashboards_resume_with_since_missing_n
     let (url, listen) = (redis.url(), format!("127.0.0.1:{}", free_port()));
     let args = ["broadcaster", "--listen", &listen, "--redis-url", &url];
     let mut b = Proc::start(&args, &[], true);
+    caught_up(b.addr()).await;
     let mut dash = connect(b.addr(), "/ws").await.expect("dashboard");
     dash.next_of("hello").await;
     let mut got = Received::default();
@@ -588,6 +609,7 @@ async fn since_replay_includes_a_sample_published_out_of_order_below_since() {
     let s = settings(&redis);
     let front = start_role(s.clone(), Role::Front).await;
     let dashboards = start_role(s, Role::Broadcaster).await;
+    caught_up(dashboards.addr).await;
     let mut dash = connect(dashboards.addr, "/ws").await.expect("dashboard");
     dash.next_of("hello").await;
 
