@@ -174,6 +174,7 @@ impl Service for Server {
                 keys.clone(),
                 hub.clone(),
                 broadcast_stats.clone(),
+                settings.resume_history,
                 life.token().clone(),
             ));
             DashboardContext {

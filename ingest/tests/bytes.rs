@@ -377,8 +377,7 @@ async fn windows_of_many_servers_are_published_in_bounded_messages() {
     }
     // A window per server and one across them ("*"), at least once each.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while sub.windows.load(Relaxed) < servers as u64 + 1 && tokio::time::Instant::now() < deadline
-    {
+    while sub.windows.load(Relaxed) < servers as u64 + 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
@@ -392,5 +391,8 @@ async fn windows_of_many_servers_are_published_in_bounded_messages() {
         .arg("metrics:windows:log")
         .query(&mut redis.conn())
         .expect("XLEN");
-    assert!(logged > 1, "the windows were split over {logged} log entries");
+    assert!(
+        logged > 1,
+        "the windows were split over {logged} log entries"
+    );
 }
