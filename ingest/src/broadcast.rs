@@ -138,7 +138,7 @@ pub async fn run(
     keys: Keys,
     hub: Arc<Hub>,
     stats: Arc<BroadcastStats>,
-    resume_history: u64,
+    read: ReadLimits,
     shutdown: CancellationToken,
 ) {
     let token = format!(
@@ -156,7 +156,8 @@ pub async fn run(
         stats: &stats,
         probe: keys.probe(&token),
         token: &token,
-        resume_history,
+        resume_history: read.resume_history,
+        page: read.page,
     };
     let mut backoff = Backoff::default();
     let mut marks: Option<Marks> = None;
@@ -301,6 +302,18 @@ struct Link<'a> {
     token: &'a str,
     /// Entries kept (about) in the resume history.
     resume_history: u64,
+    /// Entries per page of a catch-up ([`crate::replay::page_entries`]).
+    page: usize,
+}
+
+/// How the broadcaster reads Redis back: the resume history it keeps and the page size of its
+/// catch-ups.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// Entries kept (about) in the resume history (`--resume-history`).
+    pub resume_history: u64,
+    /// Entries per page of a catch-up ([`crate::replay::page_entries`]).
+    pub page: usize,
 }
 
 fn io_error(kind: std::io::ErrorKind, what: &str) -> redis::RedisError {
@@ -367,7 +380,7 @@ impl Link<'_> {
         let since = marks.samples.through;
         let mut samples = 0usize;
         if read_samples {
-            let mut pages = Pages::new(self.pool, self.keys, since).await?;
+            let mut pages = Pages::new(self.pool, self.keys, since, self.page).await?;
             if pages.truncated {
                 tracing::warn!(%since, "stream retention dropped samples published while disconnected");
             }

@@ -62,8 +62,16 @@ use metrics_model::event;
 use crate::keys::{Keys, Position};
 use crate::wire::{self, raw_entries};
 
-/// Entries per `XRANGE` page.
+/// Most entries per `XRANGE` page.
 const PAGE: usize = 100;
+
+/// Entries per `XRANGE` page of a replay or catch-up: at most [`PAGE`], and few enough that a
+/// page of the largest entries the front doors write (`max_entry`, `--max-entry-bytes`) stays
+/// within `read_bytes` (`--worker-read-bytes`, the workers' budget too): 16 at the defaults.
+/// Each replaying dashboard holds one page at a time, so its memory is bounded in bytes.
+pub fn page_entries(read_bytes: usize, max_entry: usize) -> usize {
+    (read_bytes / max_entry.max(1)).clamp(1, PAGE)
+}
 
 /// Entries of the resume history per `XREVRANGE` page.
 const HISTORY_PAGE: usize = 256;
@@ -104,17 +112,25 @@ pub struct Pages<'a> {
     pub last: Position,
     /// Retention had already dropped entries after `since`.
     pub truncated: bool,
+    /// Entries per `XRANGE` ([`page_entries`]).
+    page: usize,
     done: bool,
     decoder: metrics_model::decode::Decoder,
 }
 
 impl<'a> Pages<'a> {
     /// Starts reading after `since`, first checking whether retention dropped part of it.
-    pub async fn new(pool: &'a Pool, keys: &'a Keys, since: Position) -> Result<Self, ReplayError> {
+    pub async fn new(
+        pool: &'a Pool,
+        keys: &'a Keys,
+        since: Position,
+        page: usize,
+    ) -> Result<Self, ReplayError> {
         let truncated = trimmed_after(pool, keys, since).await?;
         Ok(Self {
             pool,
             keys,
+            page: page.clamp(1, PAGE),
             since,
             cursor: since.entry(),
             last: since,
@@ -136,12 +152,12 @@ impl<'a> Pages<'a> {
                 .arg(&self.cursor)
                 .arg("+")
                 .arg("COUNT")
-                .arg(PAGE)
+                .arg(self.page)
                 .query_async(&mut conn)
                 .await?
         };
         let mut page = raw_entries(page);
-        self.done = page.len() < PAGE;
+        self.done = page.len() < self.page;
         let mut events = Vec::new();
         let mut json = Vec::with_capacity(256);
         for e in &mut page {
@@ -367,21 +383,19 @@ pub async fn replay(
     keys: &Keys,
     client: &Client,
     since: Position,
+    page: usize,
 ) -> Result<u64, ReplayError> {
-    let filter = client.filter();
-    let wanted = |server: &str| {
-        filter
-            .as_ref()
-            .is_none_or(|ids| ids.iter().any(|s| s == server))
-    };
     let start = resume_point(pool, keys, since).await?;
     if !start.exact {
         tracing::warn!(%since, from = %start.from, "the resume history does not reach back to since; the replay may miss samples");
     }
-    let mut pages = Pages::new(pool, keys, start.from).await?;
+    let mut pages = Pages::new(pool, keys, start.from, page).await?;
     let mut count = 0u64;
     while let Some(events) = pages.next().await? {
-        for e in events.into_iter().filter(|e| wanted(&e.server)) {
+        for e in events
+            .into_iter()
+            .filter(|e| client.wants_server(&e.server))
+        {
             client.send(e.json);
             count += 1;
             if count.is_multiple_of(SEND_CHUNK) && !room(client).await {
@@ -411,6 +425,16 @@ mod tests {
 
     fn pos(s: &str) -> Position {
         Position::parse(s).expect("position")
+    }
+
+    #[test]
+    fn a_page_of_the_largest_entries_stays_within_the_read_budget() {
+        // The defaults: 64 MiB over 4 MiB entries.
+        assert_eq!(page_entries(64 << 20, 4 << 20), 16);
+        // Small entries: never more than 100 per page; huge ones: still one.
+        assert_eq!(page_entries(64 << 20, 64 << 10), 100);
+        assert_eq!(page_entries(1 << 20, 4 << 20), 1);
+        assert_eq!(page_entries(1 << 20, 0), 100);
     }
 
     fn entry(id: &str, g: &str, m: &str, w: &str, start: bool) -> HistoryEntry {
