@@ -252,22 +252,6 @@ impl Received {
     }
 }
 
-/// Entries pending in the workers' group.
-fn pending(redis: &Redis) -> u64 {
-    let v: redis::Value = redis::cmd("XPENDING")
-        .arg("metrics:samples")
-        .arg("workers")
-        .query(&mut redis.conn())
-        .unwrap_or(redis::Value::Nil);
-    match v {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
 /// Entries the workers' group has not read yet, plus those pending: 0 when all are done.
 fn unfinished(redis: &Redis) -> u64 {
     let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
