@@ -76,8 +76,10 @@ pub struct Args {
     #[arg(long, default_value_t = 4 << 20, global = true)]
     pub max_entry_bytes: usize,
     /// Bytes of entries a worker holds at once: each `XREADGROUP` asks for at most
-    /// (what is left of this) / `--max-entry-bytes` entries.
-    #[arg(long, default_value_t = 64 << 20, global = true)]
+    /// (what is left of this) / `--max-entry-bytes` entries. The default lets a read take a
+    /// whole `--worker-batch` of the largest entries (1 GiB); lower it to bound a worker's
+    /// memory tighter, at a cost in latency (reads of fewer entries, one round trip each).
+    #[arg(long, default_value_t = 1 << 30, global = true)]
     pub worker_read_bytes: usize,
     /// Largest Pub/Sub message a worker publishes, in bytes (Redis disconnects a subscriber
     /// whose output buffer passes `client-output-buffer-limit pubsub`, 32 MB by default).
@@ -404,6 +406,14 @@ mod tests {
     #[test]
     fn reads_are_sized_by_the_largest_entry() {
         let s = args(&[]).validate().expect("valid");
+        assert_eq!(
+            s.read_count(),
+            256,
+            "1 GiB / 4 MiB, the whole --worker-batch"
+        );
+        let s = args(&["--worker-read-bytes", "67108864"])
+            .validate()
+            .expect("valid");
         assert_eq!(s.read_count(), 16, "64 MiB / 4 MiB");
         let s = args(&["--max-entry-bytes", "65536"])
             .validate()

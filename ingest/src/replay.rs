@@ -65,10 +65,13 @@ use crate::wire::{self, raw_entries};
 /// Most entries per `XRANGE` page.
 const PAGE: usize = 100;
 
+/// Bytes of entries one page of a replay or catch-up may hold.
+pub const REPLAY_READ_BYTES: usize = 64 << 20;
+
 /// Entries per `XRANGE` page of a replay or catch-up: at most [`PAGE`], and few enough that a
 /// page of the largest entries the front doors write (`max_entry`, `--max-entry-bytes`) stays
-/// within `read_bytes` (`--worker-read-bytes`, the workers' budget too): 16 at the defaults.
-/// Each replaying dashboard holds one page at a time, so its memory is bounded in bytes.
+/// within `read_bytes` ([`REPLAY_READ_BYTES`]): 16 at the defaults. Each replaying dashboard
+/// holds one page at a time, so its memory is bounded in bytes.
 pub fn page_entries(read_bytes: usize, max_entry: usize) -> usize {
     (read_bytes / max_entry.max(1)).clamp(1, PAGE)
 }

@@ -169,8 +169,7 @@ impl Service for Server {
             );
         }
         let broadcast_stats = Arc::new(BroadcastStats::default());
-        let replay_page =
-            replay::page_entries(settings.worker_read_bytes, settings.max_entry_bytes);
+        let replay_page = replay::page_entries(replay::REPLAY_READ_BYTES, settings.max_entry_bytes);
         let dashboards = broadcast_on.then(|| {
             life.spawn(broadcast::run(
                 settings.redis_url.clone(),
