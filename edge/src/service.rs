@@ -19,6 +19,10 @@ use crate::listener::{ConnInfo, ConnStats, Listeners};
 pub struct Running {
     pub plain_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    /// The plaintext listener that redirects to the TLS one.
+    pub redirect_addr: Option<SocketAddr>,
+    /// The TLS listener's certificate: `reload()` it on SIGHUP.
+    pub tls_certs: Option<Arc<crate::tls::CertReloader>>,
     /// The dashboard hub its sessions are registered on.
     pub hub: Arc<Hub>,
     /// What the listeners refused (over the connection cap, past the header-read timeout).
@@ -42,6 +46,8 @@ impl Running {
         Ok(Self {
             plain_addr: bound.plain,
             tls_addr: bound.tls,
+            redirect_addr: bound.redirect,
+            tls_certs: bound.tls_certs,
             conns: bound.conns,
             hub,
             life,
@@ -87,6 +93,8 @@ pub trait Service: Sized + Send + 'static {
 pub fn stats_members(conns: Option<&Arc<crate::listener::ConnStats>>, hub: &Hub) -> String {
     match conns {
         Some(c) => c.json_members(hub.write_timeouts(), hub.shed()),
-        None => crate::listener::ConnStats::default().json_members(hub.write_timeouts(), hub.shed()),
+        None => {
+            crate::listener::ConnStats::default().json_members(hub.write_timeouts(), hub.shed())
+        }
     }
 }

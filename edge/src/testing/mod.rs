@@ -6,6 +6,7 @@
 
 pub mod cdp;
 pub mod chromium;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub async fn local_listeners(
         plain: Some(plain),
         tls,
         limits,
+        ..Default::default()
     }
 }
 
@@ -50,6 +52,8 @@ pub async fn local_listeners(
 pub struct Started {
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    /// The plaintext listener redirecting to the TLS one (`--redirect-listen`).
+    pub redirect_addr: Option<SocketAddr>,
     pub hub: Arc<crate::hub::Hub>,
     /// What the listeners refused.
     pub conns: Arc<crate::listener::ConnStats>,
@@ -86,6 +90,7 @@ pub fn start_on<S: crate::service::Service>(
     Started {
         addr: running.plain_addr.expect("plain addr"),
         tls_addr: running.tls_addr,
+        redirect_addr: running.redirect_addr,
         hub: running.hub.clone(),
         conns: running.conns.clone(),
         shutdown,
