@@ -96,7 +96,13 @@ impl MessageHandler for AgentHandler {
                     .await;
             }
             Ok(Message::Control(c)) => handle_control(&self.ctx, client, c).await,
-            Err(e) => client.send(event::to_vec(|b| event::error(b, &e.to_string()))),
+            Err(e) => {
+                self.aggregator
+                    .stats()
+                    .frames_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                client.send(event::to_vec(|b| event::error(b, &e.to_string())))
+            }
         }
     }
 }

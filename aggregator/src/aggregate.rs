@@ -38,10 +38,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use metrics_edge::admin::Histogram;
 use metrics_edge::dashboard::SnapshotError;
 use metrics_edge::hub::{Client, Event, EventKind, Hub};
 use metrics_model::rollup::{ClosedWindow, Rollup, SnapshotView, UnknownServer};
@@ -124,6 +125,10 @@ pub struct AggregatorStats {
     pub ring_full_waits: AtomicU64,
     /// Bytes of batches in the ring now.
     pub ring_bytes: AtomicUsize,
+    /// Agent frames refused whole for not decoding (an `error` event each).
+    pub frames_refused: AtomicU64,
+    /// Time to close due windows and publish them, in microseconds, per pass that closed any.
+    pub close_cost: Histogram,
 }
 
 enum Command {
@@ -308,8 +313,15 @@ impl State {
                 }
             }
             let now = now_ms();
+            let started = Instant::now();
             self.rollup.close_due(now, CLOSE_GRACE_MS, &mut self.closed);
+            let closing = !self.closed.is_empty();
             self.publish();
+            if closing {
+                self.stats
+                    .close_cost
+                    .observe(started.elapsed().as_micros() as u64);
+            }
             if stop.load(Ordering::Acquire) && ring.is_empty() {
                 return;
             }

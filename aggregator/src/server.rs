@@ -7,12 +7,16 @@
 //! | `GET /ws` | dashboard stream (`?serverId=a,b`): dashboard token, allowed `Origin` |
 //! | `GET /healthz` | liveness |
 //! | `GET /stats` | counters (JSON) |
+//!
+//! With `--admin-listen`, `GET /metrics` (Prometheus text, see [`metrics`]) on a listener of
+//! its own; never on the public port.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use metrics_edge::admin::{Admin, BoxFuture as AdminFuture, Exposition, Kind};
 use metrics_edge::auth::{Auth, Role};
 use metrics_edge::dashboard::{
     self, BoxFuture, DashboardContext, DashboardHandler, SnapshotError, SnapshotSource,
@@ -111,7 +115,18 @@ impl Service for Server {
                 async move { h::respond(route(&app, req)) }
             }
         };
-        let running = Running::serve(listeners, handler, hub, life.clone())?;
+        let admin = Admin {
+            routes: ROUTES,
+            settings: app.settings.edge.admin,
+            scrape: {
+                let agg = aggregator.clone();
+                Arc::new(move || {
+                    let text = metrics(&agg);
+                    Box::pin(std::future::ready(text)) as AdminFuture<String>
+                })
+            },
+        };
+        let running = Running::serve(listeners, handler, hub, life.clone(), admin)?;
         let _ = app.conns.set(running.conns.clone());
         let s = &app.settings;
         if let (Some(addr), true) = (running.plain_addr, s.simulate > 0) {
@@ -140,6 +155,83 @@ impl Service for Server {
         let agg = self.aggregator;
         let _ = tokio::task::spawn_blocking(move || agg.stop()).await;
     }
+}
+
+/// The routes requests are counted under on the admin listener.
+const ROUTES: &[&str] = &["/", "/ingest", "/ws", "/healthz", "/stats"];
+
+/// The aggregator's metrics, as Prometheus text (the shared ones follow, see
+/// `metrics_edge::admin::Shared`).
+fn metrics(agg: &Aggregator) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = agg.stats();
+    let mut e = Exposition::new();
+    e.counter(
+        "aggregator_samples_total",
+        "Samples aggregated.",
+        s.samples.load(Relaxed),
+    )
+    .counter(
+        "aggregator_batches_total",
+        "Batches (agent frames) taken from the ring.",
+        s.batches.load(Relaxed),
+    )
+    .counter(
+        "aggregator_frames_refused_total",
+        "Agent frames refused whole for not decoding (each answered with an error event).",
+        s.frames_refused.load(Relaxed),
+    )
+    .family(
+        "aggregator_samples_refused_total",
+        "Samples (late: sample-window pairs; series_limit: values) not aggregated, by reason: late (older than the window being filled), series_limit (--max-series reached), server_limit (--max-servers reached).",
+        Kind::Counter,
+    )
+    .sample(
+        "aggregator_samples_refused_total",
+        &[("reason", "late")],
+        s.late.load(Relaxed) as f64,
+    )
+    .sample(
+        "aggregator_samples_refused_total",
+        &[("reason", "series_limit")],
+        s.series_refused.load(Relaxed) as f64,
+    )
+    .sample(
+        "aggregator_samples_refused_total",
+        &[("reason", "server_limit")],
+        s.servers_refused.load(Relaxed) as f64,
+    )
+    .counter(
+        "aggregator_windows_closed_total",
+        "Windows closed and published.",
+        s.windows_emitted.load(Relaxed),
+    )
+    .histogram(
+        "aggregator_window_close_seconds",
+        "Time to close the due windows and publish them, per pass of the aggregator that closed any.",
+        &s.close_cost,
+    )
+    .gauge(
+        "aggregator_series",
+        "(server, metric) series aggregated now.",
+        s.series.load(Relaxed) as f64,
+    )
+    .gauge(
+        "aggregator_servers",
+        "Servers with state now.",
+        s.servers.load(Relaxed) as f64,
+    )
+    .counter(
+        "aggregator_ring_full_waits_total",
+        "Times a connection waited for room in the ring (batches or bytes).",
+        s.ring_full_waits.load(Relaxed),
+    )
+    .gauge(
+        "aggregator_ring_bytes",
+        "Bytes of batches in the ring now.",
+        s.ring_bytes.load(Relaxed) as f64,
+    );
+    e.finish()
 }
 
 /// The route table.

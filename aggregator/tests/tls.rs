@@ -55,7 +55,11 @@ async fn renewed_certificate_reaches_new_connections_while_live_ones_keep_workin
     let ca = Authority::new("test root").expect("CA");
     let first = ca.server(&[]).expect("cert");
     let files = CertFiles::new(&first.cert_pem, &first.key_pem);
-    let srv = start_tls(&files, &["--tls-reload-ms", "100"]).await;
+    let srv = start_tls(
+        &files,
+        &["--tls-reload-ms", "100", "--admin-listen", "127.0.0.1:0"],
+    )
+    .await;
     let tls_addr = srv.tls_addr.expect("tls");
     let trust = client(ca.cert_pem(), None);
     assert_eq!(
@@ -114,6 +118,13 @@ async fn renewed_certificate_reaches_new_connections_while_live_ones_keep_workin
         (&1.into(), &2.into()),
         "{stats}"
     );
+    let (_, metrics) = http_get(srv.admin_addr.expect("admin"), "/metrics", "").await;
+    for line in [
+        "tls_certificate_reloads_total 1",
+        "tls_certificate_reload_failures_total 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     agent.send_text(&sample("last", 3.0)).await;
     assert_eq!(dash.next_for("sample", "last").await["metrics"]["cpu"], 3.0);
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub enum SystemError {
     #[error(
         "System 1 needs Redis: set REDIS_URL, or install the Debian package `redis-server` \
-         (apt-get install redis-server) so the bench can start its own"
+         (./scripts/setup, or apt-get install redis-server) so the bench can start its own"
     )]
     NoRedisServer,
     #[error("starting redis-server: {0}")]

@@ -18,6 +18,7 @@ use clap::{ArgMatches, Command, FromArgMatches};
 use metrics_model::window::{WindowSpec, WindowSpecError};
 use metrics_model::Limits;
 
+use crate::admin::AdminSettings;
 use crate::auth::{AllowedOrigins, Auth, OriginError};
 use crate::hub::QueueLimits;
 use crate::listener::ListenLimits;
@@ -168,6 +169,15 @@ pub struct EdgeArgs {
     /// Log as JSON lines instead of text (levels from RUST_LOG).
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// Admin listener serving `GET /metrics` (Prometheus text) and `GET /healthz`, apart from
+    /// the public port. It has no token: keep it on loopback or a private interface. "off"
+    /// (the default) disables it.
+    #[arg(long, default_value = "off", global = true)]
+    pub admin_listen: String,
+    /// Log one line per public request at info (target `access`: method, path, status,
+    /// latency, peer). Off by default; costs nothing when off.
+    #[arg(long, global = true)]
+    pub access_log: bool,
 }
 
 /// The certificate and key files of a TLS listener.
@@ -210,6 +220,8 @@ pub struct EdgeSettings {
     pub drain: Duration,
     /// What each listener allows its clients.
     pub conn: ListenLimits,
+    /// The admin listener and the access log.
+    pub admin: AdminSettings,
 }
 
 /// Why the shared flags were refused; every message names the flag.
@@ -219,6 +231,8 @@ pub enum EdgeConfigError {
     Windows(#[from] WindowSpecError),
     #[error("--listen: `{0}` is not an address like 127.0.0.1:8080 (or \"off\")")]
     Listen(String),
+    #[error("--admin-listen: `{0}` is not an address like 127.0.0.1:9464 (or \"off\")")]
+    AdminListen(String),
     #[error("--tls-cert and --tls-key go together")]
     TlsPair,
     #[error("--{0} needs the TLS listener (--tls-cert and --tls-key)")]
@@ -247,6 +261,13 @@ impl EdgeArgs {
             a => Some(
                 a.parse()
                     .map_err(|_| EdgeConfigError::Listen(a.to_string()))?,
+            ),
+        };
+        let admin_listen = match self.admin_listen.trim() {
+            "off" | "" => None,
+            a => Some(
+                a.parse()
+                    .map_err(|_| EdgeConfigError::AdminListen(a.to_string()))?,
             ),
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
@@ -341,6 +362,10 @@ impl EdgeArgs {
                 h2_keep_alive_timeout: Duration::from_millis(self.h2_keepalive_timeout_ms),
                 h2_idle_timeout: Duration::from_millis(self.h2_idle_timeout_ms),
                 body_timeout: Duration::from_millis(self.body_timeout_ms),
+            },
+            admin: AdminSettings {
+                listen: admin_listen,
+                access_log: self.access_log,
             },
         })
     }

@@ -16,7 +16,10 @@
 //! - [`config`]: the flags both services take; [`lifecycle`]: shutdown and task tracking;
 //!   [`process`]: logging and the signal; [`backoff`]: reconnect pacing; [`service`]: what a
 //!   started server of either system is.
+//! - [`admin`]: the admin listener's `GET /metrics` (Prometheus text), request counters, spans
+//!   and the access log.
 
+pub mod admin;
 pub mod auth;
 pub mod backoff;
 pub mod client;

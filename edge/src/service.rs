@@ -10,6 +10,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use crate::admin::{self, Admin, RequestCounts};
 use crate::http::Body;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
@@ -27,28 +28,56 @@ pub struct Running {
     pub hub: Arc<Hub>,
     /// What the listeners refused (over the connection cap, past the header-read timeout).
     pub conns: Arc<ConnStats>,
+    /// Where `GET /metrics` is served (`--admin-listen`), if anywhere.
+    pub admin_addr: Option<SocketAddr>,
+    /// Public requests answered, by route and status.
+    pub requests: Arc<RequestCounts>,
     life: Lifecycle,
 }
 
 impl Running {
-    /// Serves `handler` on `listeners`, every task on `life`.
+    /// Serves `handler` on `listeners`, every task on `life`: each request counted (and
+    /// logged, see [`admin::observe`]), and `GET /metrics` on the admin listener when
+    /// `admin.settings.listen` names one.
     pub fn serve<F, Fut>(
         listeners: Listeners,
         handler: F,
         hub: Arc<Hub>,
         life: Lifecycle,
+        admin: Admin,
     ) -> std::io::Result<Self>
     where
         F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let bound = listeners.serve(handler, &life)?;
+        // Bound first: a taken admin port fails the start before anything is served.
+        let admin_listener = admin.settings.listen.map(admin::bind).transpose()?;
+        let limits = listeners.limits;
+        let requests = Arc::new(RequestCounts::new(admin.routes));
+        let observed = admin::observe(handler, requests.clone(), admin.settings.access_log);
+        let bound = listeners.serve(observed, &life)?;
+        let admin_addr = match admin_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                let shared = Arc::new(admin::Shared {
+                    requests: requests.clone(),
+                    conns: bound.conns.clone(),
+                    hub: hub.clone(),
+                });
+                admin::serve(l, admin.scrape, shared, limits, &life);
+                tracing::info!(%addr, "admin listener: GET /metrics, GET /healthz");
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Self {
             plain_addr: bound.plain,
             tls_addr: bound.tls,
             redirect_addr: bound.redirect,
             tls_certs: bound.tls_certs,
             conns: bound.conns,
+            admin_addr,
+            requests,
             hub,
             life,
         })

@@ -11,6 +11,9 @@
 //! | `GET /stats` | any | counters |
 //!
 //! A route of a role this process does not run answers 404 naming the role to start.
+//!
+//! With `--admin-listen`, `GET /metrics` (Prometheus text, see [`metrics`]) on a listener of
+//! its own; the public `/metrics` only takes samples (`GET` there: 405).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use metrics_edge::admin::{Admin, BoxFuture as AdminFuture, Exposition, Kind};
 use metrics_edge::auth::{self, query_param, Auth, Grant};
 use metrics_edge::dashboard::{self, DashboardContext, DashboardHandler};
 use metrics_edge::http::{self as h, Answer, Body, Refusal};
@@ -37,6 +41,7 @@ use crate::replay;
 use crate::snapshot::RedisSnapshots;
 use crate::store::{self, PoolOptions, StoreError, Writer, WriterOptions};
 use crate::worker::{self, WorkerOptions, WorkerStats};
+use deadpool_redis::redis;
 
 /// The system's name in `hello` events.
 pub const SYSTEM: &str = "system1-redis";
@@ -202,7 +207,18 @@ impl Service for Server {
                 async move { h::respond(route(&app, req).await) }
             }
         };
-        let running = Running::serve(listeners, handler, hub, life)?;
+        let admin = Admin {
+            routes: ROUTES,
+            settings: settings.edge.admin,
+            scrape: {
+                let (app, timeout) = (app.clone(), settings.redis_timeout);
+                Arc::new(move || {
+                    let app = app.clone();
+                    Box::pin(async move { metrics(&app, timeout).await }) as AdminFuture<String>
+                })
+            },
+        };
+        let running = Running::serve(listeners, handler, hub, life, admin)?;
         let _ = app.conns.set(running.conns.clone());
         Ok(Self {
             running,
@@ -220,6 +236,230 @@ impl Service for Server {
     async fn wait(self) {
         self.running.wait().await
     }
+}
+
+/// The routes requests are counted under on the admin listener.
+const ROUTES: &[&str] = &[
+    "/metrics",
+    "/metrics/stream",
+    "/",
+    "/ws",
+    "/readyz",
+    "/healthz",
+    "/stats",
+];
+
+/// This process's metrics as Prometheus text (the shared ones follow, see
+/// `metrics_edge::admin::Shared`): the writer's, the worker's and the broadcaster's counters,
+/// and the stream's length and its consumer groups' lag and pending entries, asked of Redis
+/// now (at most `timeout`; `ingest_redis_up 0` when Redis did not answer in time).
+async fn metrics(app: &App, timeout: Duration) -> String {
+    let mut e = Exposition::new();
+    if let Some(f) = &app.front {
+        let s = f.writer.stats();
+        e.counter(
+            "ingest_samples_accepted_total",
+            "Samples Redis acknowledged (each answered 202 or acked on a stream).",
+            s.samples.load(Relaxed),
+        )
+        .counter(
+            "ingest_entries_written_total",
+            "Stream entries Redis acknowledged.",
+            s.entries.load(Relaxed),
+        )
+        .counter(
+            "ingest_pipelines_total",
+            "Redis pipelines that succeeded.",
+            s.pipelines.load(Relaxed),
+        )
+        .counter(
+            "ingest_pipeline_failures_total",
+            "Redis pipelines that failed (their requests got 503).",
+            s.failures.load(Relaxed),
+        )
+        .family(
+            "ingest_writes_refused_total",
+            "Writes refused before Redis, by reason: writer_queue_full (--writer-queue-bytes spent: 503), entry_too_large (over --max-entry-bytes: 413). Every other refusal is in http_requests_total by status.",
+            Kind::Counter,
+        )
+        .sample(
+            "ingest_writes_refused_total",
+            &[("reason", "writer_queue_full")],
+            s.queue_full.load(Relaxed) as f64,
+        )
+        .sample(
+            "ingest_writes_refused_total",
+            &[("reason", "entry_too_large")],
+            s.too_large.load(Relaxed) as f64,
+        )
+        .histogram(
+            "ingest_redis_pipeline_entries",
+            "Entries per Redis pipeline.",
+            &s.pipeline_entries,
+        )
+        .histogram(
+            "ingest_redis_write_seconds",
+            "Time from sending a pipeline to Redis to its replies (or its failure).",
+            &s.write_latency,
+        );
+    }
+    let w = &app.worker_stats;
+    for (name, help, v) in [
+        (
+            "ingest_worker_entries_total",
+            "Stream entries the workers processed.",
+            &w.entries,
+        ),
+        (
+            "ingest_worker_samples_total",
+            "Samples the workers published as sample events.",
+            &w.samples,
+        ),
+        (
+            "ingest_worker_claimed_total",
+            "Entries claimed from a stalled worker.",
+            &w.claimed,
+        ),
+        (
+            "ingest_worker_publishes_total",
+            "Pub/Sub messages the workers published.",
+            &w.publishes,
+        ),
+        (
+            "ingest_windows_closed_total",
+            "Windows closed and published by the window leader.",
+            &w.windows,
+        ),
+        (
+            "ingest_worker_errors_total",
+            "Worker loops that lost their Redis connection.",
+            &w.errors,
+        ),
+        (
+            "ingest_dead_lettered_total",
+            "Entries no worker could decode, moved to the dead-letter stream.",
+            &w.dead_lettered,
+        ),
+        (
+            "ingest_trimmed_pending_total",
+            "Pending entries retention trimmed before they were processed.",
+            &w.trimmed_pending,
+        ),
+        (
+            "ingest_trimmed_total",
+            "Entries trimmed from the stream once processed.",
+            &w.trimmed,
+        ),
+        (
+            "ingest_snapshot_fields_refused_total",
+            "Metric values left out of snapshot hashes at --max-fields-per-server.",
+            &w.fields_refused,
+        ),
+    ] {
+        e.counter(name, help, v.load(Relaxed));
+    }
+    e.histogram(
+        "ingest_window_close_seconds",
+        "Time to close the due windows and publish them to Redis, per pass of the window leader that closed any.",
+        &w.window_close,
+    );
+    let b = &app.broadcast_stats;
+    e.gauge(
+        "ingest_broadcaster_connected",
+        "1 while the broadcaster's Pub/Sub subscription is up.",
+        f64::from(u8::from(b.connected.load(Relaxed))),
+    );
+    for (name, help, v) in [
+        (
+            "ingest_broadcaster_batches_total",
+            "Pub/Sub messages the broadcaster received.",
+            &b.batches,
+        ),
+        (
+            "ingest_broadcaster_events_total",
+            "Events the broadcaster handed to the hub.",
+            &b.events,
+        ),
+        (
+            "ingest_broadcaster_reconnects_total",
+            "Times the broadcaster resubscribed.",
+            &b.reconnects,
+        ),
+        (
+            "ingest_broadcaster_caught_up_total",
+            "Gaps the broadcaster filled from the stream.",
+            &b.caught_up,
+        ),
+        (
+            "ingest_broadcaster_skipped_total",
+            "Events the broadcaster skipped as already sent.",
+            &b.skipped,
+        ),
+    ] {
+        e.counter(name, help, v.load(Relaxed));
+    }
+    let redis = tokio::time::timeout(timeout, stream_info(app)).await;
+    let up = matches!(redis, Ok(Ok(_)));
+    e.gauge(
+        "ingest_redis_up",
+        "1 when Redis answered this scrape's XLEN and XINFO GROUPS in time (--redis-timeout-ms).",
+        f64::from(u8::from(up)),
+    );
+    if let Ok(Ok((len, groups))) = redis {
+        e.gauge(
+            "ingest_stream_length",
+            "Entries in the sample stream (XLEN).",
+            len as f64,
+        );
+        for (name, help, get) in [
+            (
+                "ingest_stream_group_lag",
+                "Entries of the stream not yet delivered to the consumer group (XINFO GROUPS lag).",
+                (|g| g.lag.unwrap_or(0)) as fn(&redis::streams::StreamInfoGroup) -> usize,
+            ),
+            (
+                "ingest_stream_group_pending",
+                "Entries delivered to the consumer group and not yet acknowledged.",
+                |g| g.pending,
+            ),
+            (
+                "ingest_stream_group_consumers",
+                "Consumers of the consumer group.",
+                |g| g.consumers,
+            ),
+        ] {
+            e.family(name, help, Kind::Gauge);
+            for g in &groups {
+                e.sample(name, &[("group", &g.name)], get(g) as f64);
+            }
+        }
+    }
+    e.finish()
+}
+
+/// The sample stream's length and its consumer groups.
+async fn stream_info(
+    app: &App,
+) -> Result<(u64, Vec<redis::streams::StreamInfoGroup>), Box<dyn std::error::Error + Send + Sync>> {
+    let mut c = app.pool.get().await?;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&app.keys.stream)
+        .query_async(&mut c)
+        .await?;
+    let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&app.keys.stream)
+        .query_async(&mut c)
+        .await
+        .or_else(|e| {
+            // No stream yet: no groups.
+            if e.to_string().contains("no such key") {
+                Ok(Default::default())
+            } else {
+                Err(e)
+            }
+        })?;
+    Ok((len, groups.groups))
 }
 
 /// The route table.

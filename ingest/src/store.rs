@@ -24,10 +24,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Connection, Manager, Pool, Runtime};
+use metrics_edge::admin::Histogram;
 use metrics_edge::lifecycle::Lifecycle;
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 
@@ -137,7 +138,7 @@ pub struct WriterOptions {
 }
 
 /// Counters of the writer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
     pub pipelines: AtomicU64,
     pub entries: AtomicU64,
@@ -147,6 +148,28 @@ pub struct WriterStats {
     pub queue_full: AtomicU64,
     /// Requests refused because their entry would pass `--max-entry-bytes`.
     pub too_large: AtomicU64,
+    /// Entries per pipeline sent (one observation per pipeline).
+    pub pipeline_entries: Histogram,
+    /// Time from sending a pipeline to its replies (or its failure), in microseconds.
+    pub write_latency: Histogram,
+}
+
+/// Upper bounds of the pipeline-size buckets (entries).
+const PIPELINE_BUCKETS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            pipelines: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+            too_large: AtomicU64::new(0),
+            pipeline_entries: Histogram::new(PIPELINE_BUCKETS, 1.0),
+            write_latency: Histogram::default(),
+        }
+    }
 }
 
 /// The outcome of a queued write.
@@ -287,7 +310,13 @@ async fn run_writer(
                 .arg(&j.entry.value);
         }
         // Never cancelled half-way: a dropped pipeline would leave its replies on the connection.
-        match pipe.query_async::<Vec<String>>(c).await {
+        stats.pipeline_entries.observe(jobs.len() as u64);
+        let sent = Instant::now();
+        let replies = pipe.query_async::<Vec<String>>(c).await;
+        stats
+            .write_latency
+            .observe(sent.elapsed().as_micros() as u64);
+        match replies {
             Ok(ids) if ids.len() == jobs.len() => {
                 stats.pipelines.fetch_add(1, Ordering::Relaxed);
                 stats

@@ -161,10 +161,11 @@ async fn a_streamed_chunk_past_the_entry_limit_is_split_into_entries_under_it() 
 }
 
 /// Every message published on the events channel, as a subscriber of our own sees it: the
-/// largest one, and the sample events in all.
+/// largest one, and the sample and window events in all.
 struct Subscriber {
     largest: Arc<AtomicUsize>,
     events: Arc<AtomicU64>,
+    windows: Arc<AtomicU64>,
 }
 
 impl Subscriber {
@@ -173,7 +174,8 @@ impl Subscriber {
         let mut ps = client.get_async_pubsub().await.expect("pubsub");
         ps.subscribe("metrics:events").await.expect("subscribe");
         let (largest, events) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
-        let (l, e) = (largest.clone(), events.clone());
+        let windows = Arc::new(AtomicU64::new(0));
+        let (l, e, w) = (largest.clone(), events.clone(), windows.clone());
         tokio::spawn(async move {
             let mut messages = ps.on_message();
             while let Some(m) = messages.next().await {
@@ -184,9 +186,18 @@ impl Subscriber {
                     .filter(|l| l.starts_with(b"S\t"))
                     .count();
                 e.fetch_add(n as u64, Relaxed);
+                let n = p
+                    .split(|&b| b == b'\n')
+                    .filter(|l| l.starts_with(b"W\t"))
+                    .count();
+                w.fetch_add(n as u64, Relaxed);
             }
         });
-        Self { largest, events }
+        Self {
+            largest,
+            events,
+            windows,
+        }
     }
 }
 
@@ -342,4 +353,46 @@ async fn the_queue_to_redis_is_bounded_in_bytes() {
     }
     assert_eq!(stats(srv.addr).await["front"]["queueFull"], 2);
     redis.stop();
+}
+
+/// One window close over many servers makes a window event per server: as one message (and
+/// one window-log entry) they passed `--pubsub-message-bytes`, and with enough servers would
+/// pass Redis's Pub/Sub limit. The window leader splits them into messages under the bound,
+/// and every window still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_of_many_servers_are_published_in_bounded_messages() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    let max_message = 64 << 10;
+    s.pubsub_message_bytes = max_message;
+    s.edge.windows = metrics_model::window::WindowSpec::parse_list("1s").expect("windows");
+    let sub = Subscriber::start(&redis).await;
+    let srv = start(s).await;
+    let servers = 1_000usize;
+    for r in 0..10 {
+        let body: Vec<String> = (0..servers / 10)
+            .map(|i| format!(r#"{{"serverId":"srv-{r}-{i}","metrics":{{"cpu":{i},"mem":1.5}}}}"#))
+            .collect();
+        post_accepted(srv.addr, &Transport::H2c, format!("[{}]", body.join(","))).await;
+    }
+    // A window per server and one across them ("*"), at least once each.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sub.windows.load(Relaxed) < servers as u64 + 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sub.windows.load(Relaxed) > servers as u64,
+        "{} window events",
+        sub.windows.load(Relaxed)
+    );
+    let largest = sub.largest.load(Relaxed);
+    assert!(largest <= max_message, "a message of {largest} bytes");
+    let logged: u64 = redis::cmd("XLEN")
+        .arg("metrics:windows:log")
+        .query(&mut redis.conn())
+        .expect("XLEN");
+    assert!(
+        logged > 1,
+        "the windows were split over {logged} log entries"
+    );
 }

@@ -1,11 +1,13 @@
 //! Test helpers shared by both systems' test suites (feature `test-util`): a WebSocket peer
 //! whose frames are read by a task into a channel (frame reads are not cancel-safe, channel
 //! receives are), a bare HTTP/1.1 GET, listeners on free loopback ports, and for the browser
-//! tests a headless Chromium ([`chromium`]) driven over the DevTools protocol ([`cdp`]).
+//! tests a headless Chromium ([`chromium`]) driven over the DevTools protocol ([`cdp`]), and the
+//! deployment files read and run ([`deploy`]).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod cdp;
 pub mod chromium;
+pub mod deploy;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -54,6 +56,8 @@ pub struct Started {
     pub tls_addr: Option<SocketAddr>,
     /// The plaintext listener redirecting to the TLS one (`--redirect-listen`).
     pub redirect_addr: Option<SocketAddr>,
+    /// The admin listener (`GET /metrics`), when the settings ask for one.
+    pub admin_addr: Option<SocketAddr>,
     pub hub: Arc<crate::hub::Hub>,
     /// What the listeners refused.
     pub conns: Arc<crate::listener::ConnStats>,
@@ -91,6 +95,7 @@ pub fn start_on<S: crate::service::Service>(
         addr: running.plain_addr.expect("plain addr"),
         tls_addr: running.tls_addr,
         redirect_addr: running.redirect_addr,
+        admin_addr: running.admin_addr,
         hub: running.hub.clone(),
         conns: running.conns.clone(),
         shutdown,
@@ -353,6 +358,162 @@ pub async fn assert_conn_counts(srv: &Started, refused: u64, timed_out: u64) {
         (&Value::from(refused), &Value::from(timed_out)),
         "{stats}"
     );
+}
+
+/// `GET /metrics` from `srv`'s admin listener, checked line by line against the Prometheus
+/// text format ([`parse_exposition`]): every sample as `name{labels} value`, in a family
+/// announced by `# HELP` and `# TYPE`.
+pub async fn scrape(srv: &Started) -> Exposition {
+    let addr = srv.admin_addr.expect("started with an admin listener");
+    let (status, body) = http_get(addr, "/metrics", "").await;
+    assert_eq!(status, 200, "{body}");
+    parse_exposition(&body)
+}
+
+/// Runs `scripts/check-metrics` (`promtool check metrics`) on `text`, failing on any problem
+/// it reports. Without promtool the check is skipped with a note, except under CI (`CI` set),
+/// where `scripts/test` installs it.
+pub fn check_with_promtool(text: &str) {
+    use std::io::Write as _;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/check-metrics");
+    let have = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool missing under CI (Debian package prometheus)"
+        );
+        eprintln!("promtool not installed: exposition checked by parse_exposition only");
+        return;
+    }
+    let mut child = std::process::Command::new(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("scripts/check-metrics");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("check-metrics");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Samples of a scrape, by `name{labels}` as written (labels in the order the server writes
+/// them).
+#[derive(Debug)]
+pub struct Exposition {
+    pub text: String,
+    pub samples: std::collections::HashMap<String, f64>,
+}
+
+impl Exposition {
+    /// The value of `series` (`name` or `name{l="v"}`), 0 when absent (counters not yet
+    /// counted are left out of labelled families).
+    pub fn value(&self, series: &str) -> f64 {
+        self.samples.get(series).copied().unwrap_or(0.0)
+    }
+
+    /// Whether `series` was written.
+    pub fn has(&self, series: &str) -> bool {
+        self.samples.contains_key(series)
+    }
+}
+
+/// Parses Prometheus text (0.0.4) strictly: panics on a sample outside its announced family,
+/// a family announced twice, a metric name or label out of the format's grammar, a value that
+/// is not a number, or a counter going by a name without `_total`.
+pub fn parse_exposition(text: &str) -> Exposition {
+    use std::collections::{HashMap, HashSet};
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut samples = HashMap::new();
+    let mut families: HashMap<String, String> = HashMap::new();
+    let mut helped: HashSet<String> = HashSet::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            assert!(name_ok(name), "bad name in `{line}`");
+            assert!(helped.insert(name.to_string()), "HELP twice: `{line}`");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(helped.contains(name), "TYPE before HELP: `{line}`");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "type `{kind}`"
+            );
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter `{name}` without _total");
+            }
+            assert!(
+                families
+                    .insert(name.to_string(), kind.to_string())
+                    .is_none(),
+                "TYPE twice: `{line}`"
+            );
+            current = Some((name.to_string(), kind.to_string()));
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "line `{line}`");
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value in `{line}`")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, Some(l.strip_suffix('}').expect("labels end with }"))),
+            None => (series, None),
+        };
+        assert!(name_ok(name), "bad name in `{line}`");
+        if let Some(labels) = labels {
+            let mut rest = labels;
+            while !rest.is_empty() {
+                let (k, v) = rest.split_once("=\"").expect("label=\"value\"");
+                assert!(name_ok(k), "bad label `{k}` in `{line}`");
+                let end = v.find('"').expect("closing quote");
+                rest = v[end + 1..].trim_start_matches(',');
+            }
+        }
+        let (family, kind) = current
+            .as_ref()
+            .unwrap_or_else(|| panic!("no TYPE for `{line}`"));
+        let fits = match kind.as_str() {
+            "histogram" => [
+                format!("{family}_bucket"),
+                format!("{family}_sum"),
+                format!("{family}_count"),
+            ]
+            .contains(&name.to_string()),
+            _ => name == family,
+        };
+        assert!(fits, "`{line}` outside its family `{family}`");
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "series twice: `{line}`"
+        );
+    }
+    Exposition {
+        text: text.to_string(),
+        samples,
+    }
 }
 
 /// A plain HTTP/1.1 GET; returns (status, body).

@@ -11,7 +11,7 @@
 //! likes), 415 (content type or encoding), 503 with `Retry-After` (Redis down or
 //! slower than the deadline, or the writer's queue at `--writer-queue-bytes`).
 
-mod stream;
+pub mod stream;
 
 use std::io::Read;
 use std::sync::atomic::Ordering;

@@ -185,14 +185,14 @@ async fn write(front: &Front, acks: &mpsc::Sender<Ack>, entry: wire::EntryWriter
 
 /// One line of the stream, decoded or refused.
 #[derive(Debug)]
-enum Parsed {
+pub enum Parsed {
     Sample(Sample),
     Refused { line: usize, message: String },
 }
 
 /// Splits a byte stream into numbered lines (from 1) under a length limit, decoding each. A
 /// line over the limit is refused once and skipped to its end; blank lines are skipped.
-struct Lines {
+pub struct Lines {
     buf: BytesMut,
     line_no: usize,
     /// Inside a line already refused as too long.
@@ -201,7 +201,7 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(max_line: usize) -> Self {
+    pub fn new(max_line: usize) -> Self {
         Self {
             buf: BytesMut::new(),
             line_no: 0,
@@ -211,7 +211,7 @@ impl Lines {
     }
 
     /// Takes a chunk; appends what its complete lines hold to `out`.
-    fn feed(&mut self, chunk: &[u8], arrival_ms: u64, out: &mut Vec<Parsed>) {
+    pub fn feed(&mut self, chunk: &[u8], arrival_ms: u64, out: &mut Vec<Parsed>) {
         self.buf.extend_from_slice(chunk);
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
             let mut line = self.buf.split_to(pos + 1);
@@ -220,24 +220,36 @@ impl Lines {
                 continue;
             }
             self.line_no += 1;
+            if pos > self.max_line {
+                // Over the limit however the body was chunked, not only when cut mid-line.
+                self.refuse_long(out);
+                continue;
+            }
             self.decode(&mut line[..pos], arrival_ms, out);
         }
         if self.buf.len() > self.max_line {
-            self.line_no += 1;
-            out.push(Parsed::Refused {
-                line: self.line_no,
-                message: format!(
-                    "line {}: over the limit of {} bytes",
-                    self.line_no, self.max_line
-                ),
-            });
+            // A line already refused may pass the limit again before its end: once is enough.
+            if !self.skipping {
+                self.line_no += 1;
+                self.refuse_long(out);
+            }
             self.buf.clear();
             self.skipping = true;
         }
     }
 
+    fn refuse_long(&self, out: &mut Vec<Parsed>) {
+        out.push(Parsed::Refused {
+            line: self.line_no,
+            message: format!(
+                "line {}: over the limit of {} bytes",
+                self.line_no, self.max_line
+            ),
+        });
+    }
+
     /// The end of the stream: a last line without a newline.
-    fn finish(&mut self, arrival_ms: u64, out: &mut Vec<Parsed>) {
+    pub fn finish(&mut self, arrival_ms: u64, out: &mut Vec<Parsed>) {
         if self.skipping || self.buf.iter().all(u8::is_ascii_whitespace) {
             return;
         }

@@ -95,6 +95,9 @@ pub struct WorkerStats {
     pub fields_refused: AtomicU64,
     /// Servers this worker found at `--max-fields-per-server` (each logged once).
     pub servers_at_field_limit: AtomicU64,
+    /// Time to close due windows and publish them to Redis, in microseconds, per pass of the
+    /// window leader that closed any.
+    pub window_close: metrics_edge::admin::Histogram,
 }
 
 impl WorkerStats {

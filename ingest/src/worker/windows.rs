@@ -159,11 +159,16 @@ impl WindowLoop {
         )
         .await?;
         add_entries(rollup, &mut self.decoder, &mut entries, &mut self.closed);
+        let started = Instant::now();
         rollup.close_due(now_ms(), CLOSE_GRACE_MS, &mut self.closed);
         if !self.closed.is_empty() {
             let ttl_ms = self.opts.snapshot_ttl.as_millis() as u64;
             let log_len = self.opts.window_log_len;
-            publish_windows(conn, &self.keys, &self.closed, ttl_ms, log_len).await?;
+            let max_message = self.opts.pubsub_message_bytes;
+            publish_windows(conn, &self.keys, &self.closed, ttl_ms, log_len, max_message).await?;
+            self.stats
+                .window_close
+                .observe(started.elapsed().as_micros() as u64);
             self.stats
                 .windows
                 .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
@@ -198,19 +203,40 @@ redis.call('PUBLISH', KEYS[2], 'M\t\t' .. id .. '/0\t\n' .. ARGV[2])
 return id
 ";
 
-/// Publishes closed windows in one message (also kept in the window log), and keeps the last
-/// one of each length per server (and across servers, `*`) in the snapshot hashes.
+/// Publishes closed windows in messages of at most `max_message` bytes (each also one entry of
+/// the window log, so the log holds at most `log_len` such messages), and keeps the last one
+/// of each length per server (and across servers, `*`) in the snapshot hashes. With many
+/// servers one close makes many windows: one message for all of them could pass Redis's
+/// Pub/Sub output limit and cut every broadcaster off.
 async fn publish_windows(
     conn: &mut Connection,
     keys: &Keys,
     closed: &[ClosedWindow],
     ttl_ms: u64,
     log_len: u64,
+    max_message: usize,
 ) -> Result<(), WorkerError> {
-    let mut lines = Vec::with_capacity(closed.len() * 512);
+    let mut lines = Vec::with_capacity((closed.len() * 512).min(max_message));
     let mut pipe = redis::pipe();
+    let log_and_publish = |pipe: &mut redis::Pipeline, lines: &[u8]| {
+        pipe.cmd("EVAL")
+            .arg(LOG_AND_PUBLISH)
+            .arg(2)
+            .arg(&keys.window_log)
+            .arg(&keys.channel)
+            .arg(log_len)
+            .arg(lines)
+            .ignore();
+    };
     for w in closed {
+        let before = lines.len();
         wire::write_line(&mut lines, EventKind::Window, &w.server, None, &w.json);
+        // Over the bound: what came before this window is one message, this one starts the
+        // next (a single window over it still goes, alone).
+        if lines.len() > max_message && before > 0 {
+            log_and_publish(&mut pipe, &lines[..before]);
+            lines.drain(..before);
+        }
         let key = keys.server(&w.server);
         pipe.cmd("HSET")
             .arg(&key)
@@ -219,14 +245,9 @@ async fn publish_windows(
             .ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
     }
-    pipe.cmd("EVAL")
-        .arg(LOG_AND_PUBLISH)
-        .arg(2)
-        .arg(&keys.window_log)
-        .arg(&keys.channel)
-        .arg(log_len)
-        .arg(&lines)
-        .ignore();
+    if !lines.is_empty() {
+        log_and_publish(&mut pipe, &lines);
+    }
     pipe.query_async::<()>(conn).await?;
     Ok(())
 }
