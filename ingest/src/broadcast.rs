@@ -31,7 +31,7 @@
 //! through on this connection. A probe not back within [`PROBE_TIMEOUT`] ends the connection
 //! (a silently dead link is not waited on forever).
 //!
-//! After every resubscription the broadcaster first reads both logs back from `W` (samples
+//! After every subscription, the first included, the broadcaster first reads both logs back from `W` (samples
 //! from the stream, as the `?since` replay does, [`crate::replay`]; windows from the window
 //! log), then goes on live. Subscribed first, then caught up: messages published meanwhile wait
 //! in the subscription. An event is relayed only if it is above `W` and not yet in the set,
@@ -41,9 +41,21 @@
 //! publishes again. Nothing is dropped: only positions at or below `W` (relayed, by the
 //! invariant) or already in the set (relayed) are skipped. The invariant holds by induction:
 //! the first `W` is read before the first subscription (so everything below it was published
-//! before), and there is no catch-up then; a new `W` was confirmed on a live link; below it, an event is below the old `W` (relayed), or
+//! before), and the first catch-up reads what is above it (without it, a sample published
+//! between that read and the subscription would be neither relayed nor above the next `W`:
+//! the Redis-restart test lost one so about 1 run in 5); a new `W` was confirmed on a live link; below it, an event is below the old `W` (relayed), or
 //! was in its log when the catch-up read it (relayed), or was published after that read and
 //! before the probe (received).
+//!
+//! # The resume history
+//!
+//! Each time the samples watermark moves up, the broadcaster appends `(its token, the greatest
+//! position it has relayed, W)` to `{prefix}:broadcaster:resume` (capped at about
+//! `--resume-history` entries), and before its first subscription it appends its first `W`
+//! marked as its start. A dashboard's `?since=X` replay starts from the `W` of the latest entry
+//! whose greatest relayed position was below `X`, so samples published out of order below `X`
+//! reach it too (the argument is in [`crate::replay`]). An entry that cannot be written is
+//! logged and skipped: the older entries stay valid, a replay only starts lower.
 //!
 //! The set holds at most [`MAX_SEEN`] positions; past that the lowest are forgotten, which can
 //! only let a late duplicate through, never drop an event. Entries trimmed by retention before
@@ -126,6 +138,7 @@ pub async fn run(
     keys: Keys,
     hub: Arc<Hub>,
     stats: Arc<BroadcastStats>,
+    read: ReadLimits,
     shutdown: CancellationToken,
 ) {
     let token = format!(
@@ -142,6 +155,9 @@ pub async fn run(
         hub: &hub,
         stats: &stats,
         probe: keys.probe(&token),
+        token: &token,
+        resume_history: read.resume_history,
+        page: read.page,
     };
     let mut backoff = Backoff::default();
     let mut marks: Option<Marks> = None;
@@ -167,6 +183,8 @@ pub async fn run(
 struct Relayed {
     through: Position,
     seen: BTreeSet<Position>,
+    /// The greatest position relayed (zero: none).
+    max: Position,
 }
 
 impl Default for Relayed {
@@ -179,6 +197,11 @@ impl Default for Relayed {
                 index: 0,
             },
             seen: BTreeSet::new(),
+            max: Position {
+                ms: 0,
+                seq: 0,
+                index: 0,
+            },
         }
     }
 }
@@ -192,6 +215,7 @@ impl Relayed {
         if self.seen.len() > MAX_SEEN {
             self.seen.pop_first();
         }
+        self.max = self.max.max(p);
         true
     }
 
@@ -274,6 +298,22 @@ struct Link<'a> {
     stats: &'a BroadcastStats,
     /// This process's probe channel.
     probe: String,
+    /// This process's name in the resume history.
+    token: &'a str,
+    /// Entries kept (about) in the resume history.
+    resume_history: u64,
+    /// Entries per page of a catch-up ([`crate::replay::page_entries`]).
+    page: usize,
+}
+
+/// How the broadcaster reads Redis back: the resume history it keeps and the page size of its
+/// catch-ups.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// Entries kept (about) in the resume history (`--resume-history`).
+    pub resume_history: u64,
+    /// Entries per page of a catch-up ([`crate::replay::page_entries`]).
+    pub page: usize,
 }
 
 fn io_error(kind: std::io::ErrorKind, what: &str) -> redis::RedisError {
@@ -297,6 +337,28 @@ impl Link<'_> {
         Ok(candidates(reply))
     }
 
+    /// Appends `(token, relayed, watermark)` to the resume history (see the module doc).
+    async fn record(&self, relayed: &Relayed, start: bool) -> Result<(), ReplayError> {
+        let mut conn = self.pool.get().await?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.keys.resume)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.resume_history)
+            .arg("*")
+            .arg("g")
+            .arg(self.token)
+            .arg("m")
+            .arg(relayed.max.to_string())
+            .arg("w")
+            .arg(relayed.through.to_string());
+        if start {
+            cmd.arg("s").arg("1");
+        }
+        let _: Value = cmd.query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Relays `events` that were not relayed yet (samples by `samples`; windows as given).
     fn relay(&self, samples: &mut Relayed, mut events: Vec<Event>) -> usize {
         let before = events.len();
@@ -313,15 +375,18 @@ impl Link<'_> {
     /// Relays every sample above the samples watermark read back from the stream, and every
     /// window batch above the windows watermark read back from the window log, skipping what
     /// was relayed already.
-    async fn catch_up(&self, marks: &mut Marks) -> Result<(), ReplayError> {
+    /// Without `read_samples` only the window log is read (no sample was ever published).
+    async fn catch_up(&self, marks: &mut Marks, read_samples: bool) -> Result<(), ReplayError> {
         let since = marks.samples.through;
-        let mut pages = Pages::new(self.pool, self.keys, since).await?;
-        if pages.truncated {
-            tracing::warn!(%since, "stream retention dropped samples published while disconnected");
-        }
         let mut samples = 0usize;
-        while let Some(events) = pages.next().await? {
-            samples += self.relay(&mut marks.samples, events);
+        if read_samples {
+            let mut pages = Pages::new(self.pool, self.keys, since, self.page).await?;
+            if pages.truncated {
+                tracing::warn!(%since, "stream retention dropped samples published while disconnected");
+            }
+            while let Some(events) = pages.next().await? {
+                samples += self.relay(&mut marks.samples, events);
+            }
         }
         let mut windows = 0usize;
         let mut cursor = format!("({}", marks.windows.through.entry());
@@ -379,14 +444,19 @@ impl Link<'_> {
             ReplayError::Redis(e) => e,
             ReplayError::Pool(e) => io_error(std::io::ErrorKind::NotConnected, &e.to_string()),
         };
-        // First subscription of this process: what was published before it is not ours to
-        // relay (dashboards that were connected elsewhere reconnect with `?since=`), so the
-        // watermarks start where the logs are now, and there is nothing to catch up.
+        // First subscription of this process: what was published before the watermarks are
+        // read is not ours to relay (dashboards that were connected elsewhere reconnect with
+        // `?since=`), so the watermarks start where the logs are now.
         let first = marks.is_none();
+        // Whether the workers' group existed when the first watermarks were read.
+        let mut grouped = true;
         if first {
             let c = self.read_marks("0").await.map_err(io)?;
+            grouped = c.samples.is_some();
             let mut m = Marks::default();
             m.advance(c);
+            // Written before anything is relayed: a replay must know this broadcaster exists.
+            self.record(&m.samples, true).await.map_err(io)?;
             *marks = Some(m);
         }
         let Some(marks) = marks.as_mut() else {
@@ -404,14 +474,21 @@ impl Link<'_> {
         pubsub
             .subscribe(&[self.keys.channel.as_str(), self.probe.as_str()])
             .await?;
-        self.stats.connected.store(true, Ordering::Relaxed);
         backoff.reset();
         tracing::info!(channel = %self.keys.channel, "subscribed");
         // Subscribed first, then caught up: messages published meanwhile wait in the
         // subscription and are filtered against what the catch-up sent.
-        if !first {
-            self.catch_up(marks).await.map_err(io)?;
+        // Also after the first subscription: what was published between reading the first
+        // watermarks and subscribing is above them, and was never relayed. Workers publish
+        // only what their group delivered: with no group then, and still none now that we
+        // are subscribed, nothing was published before, and the stream (maybe a backlog no
+        // worker has read yet) is not read ahead.
+        if !grouped {
+            grouped = self.read_marks("0").await.map_err(io)?.samples.is_some();
         }
+        self.catch_up(marks, grouped).await.map_err(io)?;
+        // Subscribed and caught up.
+        self.stats.connected.store(true, Ordering::Relaxed);
         let mut messages = pubsub.on_message();
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -427,7 +504,13 @@ impl Link<'_> {
                     if msg.get_channel_name() == self.probe {
                         if probe.as_ref().is_some_and(|p| p.payload.as_bytes() == payload) {
                             if let Some(p) = probe.take() {
+                                let before = marks.samples.through;
                                 marks.advance(p.candidates);
+                                if marks.samples.through > before {
+                                    if let Err(e) = self.record(&marks.samples, false).await {
+                                        tracing::warn!(error = %e, "could not append to the resume history");
+                                    }
+                                }
                             }
                         }
                         continue;

@@ -76,8 +76,10 @@ pub struct Args {
     #[arg(long, default_value_t = 4 << 20, global = true)]
     pub max_entry_bytes: usize,
     /// Bytes of entries a worker holds at once: each `XREADGROUP` asks for at most
-    /// (what is left of this) / `--max-entry-bytes` entries.
-    #[arg(long, default_value_t = 64 << 20, global = true)]
+    /// (what is left of this) / `--max-entry-bytes` entries. The default lets a read take a
+    /// whole `--worker-batch` of the largest entries (1 GiB); lower it to bound a worker's
+    /// memory tighter, at a cost in latency (reads of fewer entries, one round trip each).
+    #[arg(long, default_value_t = 1 << 30, global = true)]
     pub worker_read_bytes: usize,
     /// Largest Pub/Sub message a worker publishes, in bytes (Redis disconnects a subscriber
     /// whose output buffer passes `client-output-buffer-limit pubsub`, 32 MB by default).
@@ -102,6 +104,11 @@ pub struct Args {
     /// broadcaster that lost its Pub/Sub link recovers the windows published meanwhile.
     #[arg(long, default_value_t = 1_000, global = true)]
     pub window_log_len: u64,
+    /// Watermark adoptions the broadcaster keeps (about) in `{prefix}:broadcaster:resume`,
+    /// from which a `?since=` replay finds where to start so that samples published out of
+    /// order below `since` are not missed (about 10 minutes of a busy system at 4 a second).
+    #[arg(long, default_value_t = 4_096, global = true)]
+    pub resume_history: u64,
     /// Fault injection (tests only): a worker sleeps this many ms between reading a batch and
     /// publishing it.
     #[arg(long, hide = true, global = true)]
@@ -145,6 +152,7 @@ pub struct Settings {
     pub claim_idle: Duration,
     pub lease: Duration,
     pub window_log_len: u64,
+    pub resume_history: u64,
     pub fault_pause: Option<Duration>,
 }
 
@@ -226,6 +234,7 @@ impl ServiceArgs for Args {
             ("lease-ms", self.lease_ms, 300),
             ("snapshot-ttl-ms", self.snapshot_ttl_ms, 1000),
             ("window-log-len", self.window_log_len, 10),
+            ("resume-history", self.resume_history, 16),
         ])?;
         if self.redis_timeout_ms <= self.deadline_ms {
             return Err(ConfigError::Timeouts(
@@ -282,6 +291,7 @@ impl ServiceArgs for Args {
             claim_idle: Duration::from_millis(self.claim_idle_ms),
             lease: Duration::from_millis(self.lease_ms),
             window_log_len: self.window_log_len,
+            resume_history: self.resume_history,
             fault_pause: self.fault_pause_ms.map(Duration::from_millis),
         })
     }
@@ -396,6 +406,14 @@ mod tests {
     #[test]
     fn reads_are_sized_by_the_largest_entry() {
         let s = args(&[]).validate().expect("valid");
+        assert_eq!(
+            s.read_count(),
+            256,
+            "1 GiB / 4 MiB, the whole --worker-batch"
+        );
+        let s = args(&["--worker-read-bytes", "67108864"])
+            .validate()
+            .expect("valid");
         assert_eq!(s.read_count(), 16, "64 MiB / 4 MiB");
         let s = args(&["--max-entry-bytes", "65536"])
             .validate()

@@ -21,6 +21,10 @@
 //! - stream `{prefix}:windows:log`: every batch of closed windows the leader published (field
 //!   `e`, the same lines as the Pub/Sub message), capped at about `--window-log-len` entries, so
 //!   a broadcaster that lost its Pub/Sub link can read back the windows it missed;
+//! - stream `{prefix}:broadcaster:resume`: the broadcasters' sample watermark adoptions (fields
+//!   `g`, the broadcaster's token; `m`, the greatest position it had relayed; `w`, the
+//!   watermark; `s`, present on its first entry), capped at about `--resume-history` entries,
+//!   from which a `?since=` replay finds where to start (see [`crate::replay`]);
 //! - channel `{prefix}:events:probe:{token}`: one per broadcaster process, which publishes its
 //!   own probes there to learn that its subscription is live (see [`crate::broadcast`]).
 
@@ -34,6 +38,8 @@ pub struct Keys {
     pub leader: String,
     /// Closed windows as published, for a broadcaster's catch-up.
     pub window_log: String,
+    /// Broadcasters' watermark adoptions, for `?since=` replays.
+    pub resume: String,
     /// Server ids by last-seen time (for snapshots of all servers).
     pub servers: String,
     server_prefix: String,
@@ -52,6 +58,7 @@ impl Keys {
             channel: format!("{prefix}:events"),
             leader: format!("{prefix}:windows:leader"),
             window_log: format!("{prefix}:windows:log"),
+            resume: format!("{prefix}:broadcaster:resume"),
             servers: format!("{prefix}:servers:seen"),
             server_prefix: format!("{prefix}:server:"),
         }

@@ -76,6 +76,8 @@ struct App {
     hub: Arc<Hub>,
     /// The listeners' counters, known once they serve.
     conns: OnceLock<Arc<ConnStats>>,
+    /// Entries per page of a `?since=` replay ([`replay::page_entries`]).
+    replay_page: usize,
 }
 
 /// A running System 1 process.
@@ -167,6 +169,7 @@ impl Service for Server {
             );
         }
         let broadcast_stats = Arc::new(BroadcastStats::default());
+        let replay_page = replay::page_entries(replay::REPLAY_READ_BYTES, settings.max_entry_bytes);
         let dashboards = broadcast_on.then(|| {
             life.spawn(broadcast::run(
                 settings.redis_url.clone(),
@@ -174,6 +177,10 @@ impl Service for Server {
                 keys.clone(),
                 hub.clone(),
                 broadcast_stats.clone(),
+                broadcast::ReadLimits {
+                    resume_history: settings.resume_history,
+                    page: replay_page,
+                },
                 life.token().clone(),
             ));
             DashboardContext {
@@ -199,6 +206,7 @@ impl Service for Server {
             broadcast_stats: broadcast_stats.clone(),
             hub: hub.clone(),
             conns: OnceLock::new(),
+            replay_page,
         });
         let handler = {
             let app = app.clone();
@@ -524,6 +532,7 @@ fn dashboard_stream(app: &Arc<App>, req: Request<Incoming>) -> Answer {
     };
     let handler_ctx = ctx.for_socket(grant);
     let (pool, keys, life) = (app.pool.clone(), app.keys.clone(), ctx.life.clone());
+    let page = app.replay_page;
     Ok(dashboard::upgrade(
         req,
         ctx,
@@ -533,7 +542,7 @@ fn dashboard_stream(app: &Arc<App>, req: Request<Incoming>) -> Answer {
         move |client| {
             if let Some(since) = since {
                 life.spawn(async move {
-                    if let Err(e) = replay::replay(&pool, &keys, &client, since).await {
+                    if let Err(e) = replay::replay(&pool, &keys, &client, since, page).await {
                         client.send(event::to_vec(|b| {
                             event::error(b, &format!("replay failed: {e}"))
                         }));

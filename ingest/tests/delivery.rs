@@ -119,10 +119,20 @@ async fn replay_moves_past_a_page_of_undecodable_entries() {
         .await
         .expect("reconnecting dashboard");
     back.next_of("hello").await;
-    let replayed = back.next_for("sample", "r").await;
-    assert_eq!(replayed["metrics"]["cpu"], 2);
-    let done = back.next_of("replayed").await;
-    assert_eq!(done["count"], 1, "{done}");
+    // The replay starts at or below `since` (samples published out of order below it are
+    // not missed), so the first sample may come again: a duplicate, by id.
+    let mut cpus = Vec::new();
+    let done = loop {
+        match back.next().await {
+            Incoming::Event(e) if e["type"] == "sample" => cpus.push(e["metrics"]["cpu"].clone()),
+            Incoming::Event(e) if e["type"] == "replayed" => break e,
+            Incoming::Event(_) | Incoming::Ping => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(cpus.last(), Some(&serde_json::json!(2)), "{cpus:?}");
+    assert!(cpus.len() <= 2, "the good samples only: {cpus:?}");
+    assert_eq!(done["count"], cpus.len(), "{done}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,21 +36,6 @@ fn spawn_worker(redis: &Redis, name: &str, pause_ms: Option<u64>) -> std::proces
     cmd.spawn().expect("spawn the ingest binary")
 }
 
-fn pending(redis: &Redis) -> u64 {
-    let v: redis::Value = redis::cmd("XPENDING")
-        .arg("metrics:samples")
-        .arg("workers")
-        .query(&mut redis.conn())
-        .unwrap_or(redis::Value::Nil);
-    match v {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_batch_loses_nothing_acknowledged() {
     let redis = Redis::start();

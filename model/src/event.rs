@@ -225,11 +225,16 @@ pub fn dropped(out: &mut Vec<u8>, count: u64, total: u64) {
     out.push(b'}');
 }
 
-/// `{"type":"replayed","since":ID,"count":N,"complete":B}`: the end of a `?since=` replay
-/// (System 1); `complete` is false when retention had already dropped samples after `since`.
-pub fn replayed(out: &mut Vec<u8>, since: &str, count: u64, complete: bool) {
+/// `{"type":"replayed","since":ID,"from":ID,"count":N,"complete":B}`: the end of a `?since=`
+/// replay (System 1), which sent the `count` samples after `from` (at most `since`: samples
+/// published out of order below `since` are in it, so are duplicates of samples the dashboard
+/// had); `complete` is false when retention had already dropped samples after `from`, or the
+/// broadcasters' resume history did not reach back to `since`.
+pub fn replayed(out: &mut Vec<u8>, since: &str, from: &str, count: u64, complete: bool) {
     out.extend_from_slice(b"{\"type\":\"replayed\",\"since\":");
     write_str(out, since);
+    out.extend_from_slice(b",\"from\":");
+    write_str(out, from);
     out.extend_from_slice(b",\"count\":");
     write_u64(out, count);
     out.extend_from_slice(b",\"complete\":");
@@ -391,10 +396,10 @@ mod tests {
             )
         );
         let mut b = Vec::new();
-        replayed(&mut b, "1-0/0", 2, false);
+        replayed(&mut b, "1-0/0", "0-5/1", 2, false);
         assert_eq!(
             b,
-            br#"{"type":"replayed","since":"1-0/0","count":2,"complete":false}"#
+            br#"{"type":"replayed","since":"1-0/0","from":"0-5/1","count":2,"complete":false}"#
         );
     }
 

@@ -297,3 +297,19 @@ pub fn xlen(redis: &Redis) -> u64 {
         .query(&mut redis.conn())
         .expect("XLEN")
 }
+
+/// Entries pending in the workers' group (read, not yet acknowledged).
+pub fn pending(redis: &Redis) -> u64 {
+    let v: redis::Value = redis::cmd("XPENDING")
+        .arg("metrics:samples")
+        .arg("workers")
+        .query(&mut redis.conn())
+        .unwrap_or(redis::Value::Nil);
+    match v {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
