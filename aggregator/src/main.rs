@@ -22,6 +22,12 @@ async fn main() -> anyhow::Result<()> {
         .context("starting listeners")?;
     let shutdown = CancellationToken::new();
     let server = Server::start(settings, listeners, shutdown.clone())?;
+    if let Some(certs) = server.running.tls_certs.clone() {
+        process::reload_on_sighup(certs, shutdown.clone());
+    }
+    if let Some(a) = server.running.redirect_addr {
+        println!("redirecting http://{a}/ to the TLS listener");
+    }
     if let Some(a) = server.running.plain_addr {
         tracing::info!(addr = %a, "listening (HTTP/1.1, WebSocket)");
         println!("dashboard: http://{a}/   agents: ws://{a}/ingest   dashboards: ws://{a}/ws");

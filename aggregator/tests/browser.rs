@@ -47,6 +47,7 @@ async fn dashboard_renders_live_data_in_headless_chromium() {
         plain: Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")),
         tls: None,
         limits: settings.edge.conn,
+        ..Default::default()
     };
     let server = Server::start(settings, listeners, shutdown.clone()).expect("server starts");
     let addr = server.running.plain_addr.expect("plain listener");
@@ -74,6 +75,7 @@ async fn start_server(addr: Option<SocketAddr>) -> (Server, SocketAddr, Cancella
         plain: Some(TcpListener::bind(bind).await.expect("bind")),
         tls: None,
         limits: settings.edge.conn,
+        ..Default::default()
     };
     let server = Server::start(settings, listeners, shutdown.clone()).expect("server starts");
     let addr = server.running.plain_addr.expect("plain listener");

@@ -376,6 +376,16 @@ impl Shared {
             "http_connections_idle_closed_total",
             "HTTP/2 connections closed (GOAWAY) after --h2-idle-timeout-ms without an open stream.",
             c.idle_closed.load(Relaxed),
+        )
+        .counter(
+            "tls_certificate_reloads_total",
+            "TLS certificate and key pairs loaded since start (file change or SIGHUP).",
+            c.tls.get().map_or(0, |t| t.reloads()),
+        )
+        .counter(
+            "tls_certificate_reload_failures_total",
+            "TLS certificate reloads refused (file unreadable, key does not fit); the previous pair kept serving.",
+            c.tls.get().map_or(0, |t| t.failures()),
         );
         let hub = &self.hub;
         e.family(
@@ -537,6 +547,7 @@ pub fn serve(
     };
     life.spawn(crate::listener::serve(
         listener,
+        None,
         None,
         handler,
         limits,

@@ -14,12 +14,21 @@
 //! in `--allowed-origins` loses the dashboard role; a route that then has no role left
 //! answers 403. Agents, the bench, curl and websocat send no `Origin` and are unaffected.
 //!
+//! With `--tls-client-ca`, the agent role also needs a verified client certificate on the
+//! connection (the listener marks its requests with [`ClientCert`]): a token alone does not
+//! make an agent, on the TLS listener or on the plaintext one. Dashboards are checked by the
+//! TLS handshake only (`--tls-client-auth required`), or not at all (`optional`).
+//!
 //! Everything here runs once per request or upgrade, never per message: a socket's [`Grant`]
 //! is decided at the upgrade and only consulted again for control messages.
 
 use subtle::ConstantTimeEq;
 
 use crate::http::Refusal;
+use crate::listener::ClientCert;
+
+/// Why an agent with the right token was refused for lack of a client certificate.
+const NEEDS_CLIENT_CERT: &str = "agents need a TLS client certificate signed by a CA in --tls-client-ca, and this connection presented none";
 
 /// What a client connects as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +81,8 @@ pub struct Auth {
     agent: Option<String>,
     dashboard: Option<String>,
     origins: AllowedOrigins,
+    /// The agent role also needs a verified client certificate (`--tls-client-ca`).
+    agent_cert: bool,
 }
 
 impl Auth {
@@ -89,7 +100,24 @@ impl Auth {
             agent: set(agent).or_else(|| shared.clone()),
             dashboard: set(dashboard).or(shared),
             origins,
+            agent_cert: false,
         }
+    }
+
+    /// When `yes`, the agent role also needs a verified TLS client certificate.
+    pub fn agents_need_client_cert(mut self, yes: bool) -> Self {
+        self.agent_cert = yes;
+        self
+    }
+
+    /// Whether the agent role needs a verified TLS client certificate.
+    pub fn agent_cert(&self) -> bool {
+        self.agent_cert
+    }
+
+    /// False when agents need a client certificate and `req`'s connection presented none.
+    fn cert_ok<B>(&self, req: &::http::Request<B>) -> bool {
+        !self.agent_cert || req.extensions().get::<ClientCert>().is_some()
     }
 
     /// The token `role` needs, if any (for the simulated agents, which connect to their own
@@ -101,8 +129,15 @@ impl Auth {
         }
     }
 
-    /// The roles the request's token grants (its `Origin` not considered).
+    /// The roles the request's token (and client certificate) grant (its `Origin` not
+    /// considered).
     pub fn grant<B>(&self, req: &::http::Request<B>) -> Grant {
+        let mut g = self.token_grant(req);
+        g.agent &= self.cert_ok(req);
+        g
+    }
+
+    fn token_grant<B>(&self, req: &::http::Request<B>) -> Grant {
         let given = given_token(req);
         let fits = |expected: &Option<String>| match (expected, &given) {
             (None, _) => true,
@@ -117,10 +152,12 @@ impl Auth {
 
     /// A request for `role` (a plain HTTP route such as `POST /metrics`): its token must fit.
     pub fn check<B>(&self, role: Role, req: &::http::Request<B>) -> Result<(), Refusal> {
-        if self.grant(req).allows(role) {
-            Ok(())
-        } else {
+        if !self.token_grant(req).allows(role) {
             Err(Refusal::Unauthorized(role.token_name()))
+        } else if role == Role::Agent && !self.cert_ok(req) {
+            Err(Refusal::Forbidden(NEEDS_CLIENT_CERT.into()))
+        } else {
+            Ok(())
         }
     }
 
@@ -128,12 +165,18 @@ impl Auth {
     /// of them; then an `Origin` that is not allowed takes the dashboard role away, and 403
     /// when that leaves none of `roles`. The grant is the socket's for its whole life.
     pub fn admit<B>(&self, roles: &[Role], req: &::http::Request<B>) -> Result<Grant, Refusal> {
-        let mut grant = self.grant(req);
+        let mut grant = self.token_grant(req);
         if !grant.any_of(roles) {
             return Err(Refusal::Unauthorized(match roles {
                 [only] => only.token_name(),
                 _ => "the agent or the dashboard token (--agent-token, --dashboard-token, else --token)",
             }));
+        }
+        if grant.agent && !self.cert_ok(req) {
+            grant.agent = false;
+            if !grant.any_of(roles) {
+                return Err(Refusal::Forbidden(NEEDS_CLIENT_CERT.into()));
+            }
         }
         if grant.dashboard {
             if let Err(origin) = self.origins.check(req) {

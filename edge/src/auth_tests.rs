@@ -201,3 +201,33 @@ fn query_decoding() {
     assert_eq!(query_param("a=1", "b"), None);
     assert_eq!(query_param("b=%zz%", "b").as_deref(), Some("%zz%"));
 }
+
+#[test]
+fn agents_need_a_client_certificate_when_asked() {
+    let a = shared("s3cret").agents_need_client_cert(true);
+    let bare = req("/ingest", &[("authorization", "Bearer s3cret")]);
+    let e = a.check(Role::Agent, &bare).unwrap_err();
+    assert!(
+        matches!(e, Refusal::Forbidden(ref m) if m.contains("--tls-client-ca")),
+        "{e}"
+    );
+    assert!(a.check(Role::Dashboard, &bare).is_ok());
+    let e = a.admit(&[Role::Agent], &bare).unwrap_err();
+    assert!(matches!(e, Refusal::Forbidden(_)), "{e}");
+    // On `/` the socket may still be a dashboard.
+    let g = a
+        .admit(&[Role::Agent, Role::Dashboard], &bare)
+        .expect("dashboard");
+    assert_eq!((g.agent, g.dashboard), (false, true));
+    let mut with_cert = req("/ingest", &[("authorization", "Bearer s3cret")]);
+    with_cert.extensions_mut().insert(ClientCert);
+    assert!(a.check(Role::Agent, &with_cert).is_ok());
+    assert!(a.admit(&[Role::Agent], &with_cert).expect("agent").agent);
+    // A wrong token is still a 401, certificate or not.
+    let mut wrong = req("/ingest", &[("authorization", "Bearer nope")]);
+    wrong.extensions_mut().insert(ClientCert);
+    assert!(matches!(
+        a.check(Role::Agent, &wrong),
+        Err(Refusal::Unauthorized(_))
+    ));
+}

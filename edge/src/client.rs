@@ -13,7 +13,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 
 /// A connected client socket.
@@ -34,17 +34,36 @@ pub enum ClientError {
 
 /// Trusts the CA certificates in `pem` and offers `alpn`.
 pub fn tls_config(ca_pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ClientError> {
+    tls_config_with_cert(ca_pem, alpn, None)
+}
+
+/// Like [`tls_config`], presenting the client certificate chain and key `(cert_pem, key_pem)`
+/// when given (mutual TLS, `--tls-client-ca`).
+pub fn tls_config_with_cert(
+    ca_pem: &[u8],
+    alpn: &[&[u8]],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<Arc<ClientConfig>, ClientError> {
     crate::tls::install_provider();
+    let tls_err = |e: &dyn std::fmt::Display| ClientError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
-        let cert = cert.map_err(|e| ClientError::Tls(e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let cert = cert.map_err(|e| tls_err(&e))?;
+        roots.add(cert).map_err(|e| tls_err(&e))?;
     }
-    let mut cfg = ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let mut cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_err(&e))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| tls_err(&e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls_err(&e))?
+        }
+    };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

@@ -22,6 +22,7 @@ use crate::admin::AdminSettings;
 use crate::auth::{AllowedOrigins, Auth, OriginError};
 use crate::hub::QueueLimits;
 use crate::listener::ListenLimits;
+use crate::tls::ClientAuth;
 use crate::ws::WsConfig;
 
 /// What tells one service's command line from the other's.
@@ -66,6 +67,24 @@ pub struct EdgeArgs {
     /// PEM private key for the TLS listener.
     #[arg(long, global = true)]
     pub tls_key: Option<PathBuf>,
+    /// Milliseconds between checks of the certificate and key files' contents; a changed pair
+    /// is loaded for new connections without a restart (SIGHUP also reloads). 0: SIGHUP only.
+    #[arg(long, default_value_t = 5_000, global = true)]
+    pub tls_reload_ms: u64,
+    /// PEM bundle of the CAs client certificates must chain to (mutual TLS for agents).
+    #[arg(long, global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: `required` (every TLS handshake must present a certificate) or
+    /// `optional` (dashboards may connect without one; agents' routes still need one).
+    #[arg(long, value_enum, default_value_t = ClientAuth::Required, global = true)]
+    pub tls_client_auth: ClientAuth,
+    /// Adds `Strict-Transport-Security: max-age=N` to every TLS response (unset: no header).
+    #[arg(long, global = true)]
+    pub hsts_max_age_secs: Option<u64>,
+    /// A plaintext listener that answers every request with 308 to the same host and path on
+    /// the TLS listener's port (needs --tls-cert).
+    #[arg(long, global = true)]
+    pub redirect_listen: Option<SocketAddr>,
     /// Bearer token (header or ?token=) for agents and dashboards alike: the token of each role
     /// that has no --agent-token or --dashboard-token of its own. A role with no token: open.
     #[arg(long, hide_env_values = true, global = true)]
@@ -169,11 +188,25 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// What the TLS listener does besides serving its certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// How often the certificate files are checked for a change (`None`: SIGHUP only).
+    pub reload_every: Option<Duration>,
+    /// CAs client certificates must chain to; also makes agents' routes require one.
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub hsts_max_age_secs: Option<u64>,
+    /// The plaintext redirect-to-HTTPS listener.
+    pub redirect: Option<SocketAddr>,
+}
+
 /// [`EdgeArgs`], validated.
 #[derive(Clone, Debug)]
 pub struct EdgeSettings {
     pub listen: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    pub tls_options: TlsOptions,
     /// The shared token; each role's own, when set, overrides it (see [`EdgeSettings::auth`]).
     pub token: Option<String>,
     pub agent_token: Option<String>,
@@ -202,6 +235,10 @@ pub enum EdgeConfigError {
     AdminListen(String),
     #[error("--tls-cert and --tls-key go together")]
     TlsPair,
+    #[error("--{0} needs the TLS listener (--tls-cert and --tls-key)")]
+    NeedsTls(&'static str),
+    #[error("--tls-reload-ms must be 0 (SIGHUP only) or at least 100")]
+    TlsReload,
     #[error("--{0} must be at least {1}")]
     TooSmall(&'static str, u64),
     #[error(transparent)]
@@ -242,6 +279,19 @@ impl EdgeArgs {
             (None, None) => None,
             _ => return Err(EdgeConfigError::TlsPair),
         };
+        if tls.is_none() {
+            let needs = [
+                ("tls-client-ca", self.tls_client_ca.is_some()),
+                ("hsts-max-age-secs", self.hsts_max_age_secs.is_some()),
+                ("redirect-listen", self.redirect_listen.is_some()),
+            ];
+            if let Some((flag, _)) = needs.iter().find(|(_, given)| *given) {
+                return Err(EdgeConfigError::NeedsTls(flag));
+            }
+        }
+        if (1..100).contains(&self.tls_reload_ms) {
+            return Err(EdgeConfigError::TlsReload);
+        }
         at_least(&[
             ("max-batch", self.max_batch as u64, 1),
             ("max-message", self.max_message as u64, 256),
@@ -271,6 +321,14 @@ impl EdgeArgs {
         Ok(EdgeSettings {
             listen,
             tls,
+            tls_options: TlsOptions {
+                reload_every: (self.tls_reload_ms > 0)
+                    .then(|| Duration::from_millis(self.tls_reload_ms)),
+                client_ca: self.tls_client_ca.clone(),
+                client_auth: self.tls_client_auth,
+                hsts_max_age_secs: self.hsts_max_age_secs,
+                redirect: self.redirect_listen,
+            },
             token: self.token.clone().filter(|t| !t.is_empty()),
             agent_token: self.agent_token.clone().filter(|t| !t.is_empty()),
             dashboard_token: self.dashboard_token.clone().filter(|t| !t.is_empty()),
@@ -328,6 +386,7 @@ impl EdgeSettings {
             self.dashboard_token.clone(),
             self.allowed_origins.clone(),
         )
+        .agents_need_client_cert(self.tls.is_some() && self.tls_options.client_ca.is_some())
     }
 
     /// The labels of the configured windows, as `hello` events list them.
@@ -517,6 +576,60 @@ mod tests {
                 .starts_with("--allowed-origins: `evil.example`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tls_options_come_from_their_flags() {
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let s = args(&tls).edge.validate().expect("valid");
+        assert_eq!(
+            s.tls_options,
+            TlsOptions {
+                reload_every: Some(Duration::from_secs(5)),
+                ..TlsOptions::default()
+            }
+        );
+        assert!(!s.auth().agent_cert());
+        let mut flags = tls.to_vec();
+        flags.extend([
+            "--tls-reload-ms",
+            "0",
+            "--tls-client-ca",
+            "ca.pem",
+            "--tls-client-auth",
+            "optional",
+            "--hsts-max-age-secs",
+            "600",
+            "--redirect-listen",
+            "127.0.0.1:80",
+        ]);
+        let s = args(&flags).edge.validate().expect("valid");
+        assert_eq!(
+            s.tls_options,
+            TlsOptions {
+                reload_every: None,
+                client_ca: Some("ca.pem".into()),
+                client_auth: ClientAuth::Optional,
+                hsts_max_age_secs: Some(600),
+                redirect: Some("127.0.0.1:80".parse().expect("addr")),
+            }
+        );
+        assert!(s.auth().agent_cert());
+        for (flag, value) in [
+            ("--tls-client-ca", "ca.pem"),
+            ("--hsts-max-age-secs", "1"),
+            ("--redirect-listen", "127.0.0.1:80"),
+        ] {
+            let e = args(&[flag, value]).edge.validate().unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("{flag} needs the TLS listener (--tls-cert and --tls-key)")
+            );
+        }
+        let mut flags = tls.to_vec();
+        flags.extend(["--tls-reload-ms", "50"]);
+        let e = args(&flags).edge.validate().unwrap_err();
+        assert!(matches!(e, EdgeConfigError::TlsReload), "{e}");
     }
 
     #[test]

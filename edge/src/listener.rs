@@ -26,17 +26,26 @@
 //! HTTP/2 connection with no open stream for `h2_idle_timeout` gets GOAWAY (a peer that answers
 //! every ping but never sends a request would otherwise hold its slot forever). What one
 //! HTTP/2 connection may buffer is bounded by its stream cap and the window sizes below.
+//!
+//! TLS: the acceptor's certificate comes from a [`CertReloader`] (swapped by SIGHUP and by the
+//! file poll this module starts, see `tls`), so the handshake's only shared state is one read
+//! lock. A connection whose client presented a verified certificate (`--tls-client-ca`) says
+//! so in [`ConnInfo::client_cert`], and each of its requests carries [`ClientCert`] in its
+//! extensions, which is what the agents' routes check. With `--hsts-max-age-secs` every TLS
+//! response carries `Strict-Transport-Security`. The optional redirect listener answers every
+//! request with 308 to the same host and path on the TLS port.
 
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -50,6 +59,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::EdgeSettings;
 use crate::http::Body;
 use crate::lifecycle::Lifecycle;
+use crate::tls::CertReloader;
 
 /// Request body data one HTTP/2 stream may have in flight before the handler reads it.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
@@ -110,20 +120,25 @@ pub struct ConnStats {
     pub timed_out: AtomicU64,
     /// HTTP/2 connections closed (GOAWAY) after `h2_idle_timeout` without an open stream.
     pub idle_closed: AtomicU64,
+    /// The TLS listener's certificate, whose reloads and refused reloads are counted.
+    pub tls: OnceLock<Arc<CertReloader>>,
 }
 
 impl ConnStats {
     /// The counters as JSON members for `/stats`, with the hub's counts of WebSocket peers
     /// dropped for not taking a write in time and of sample events shed for slow readers:
-    /// `"connectionsRefused":N,"connectionsTimedOut":N,"connectionsIdleClosed":N,"writeTimeouts":N,"samplesShed":N`.
+    /// `"connectionsRefused":N,"connectionsTimedOut":N,"connectionsIdleClosed":N,"writeTimeouts":N,"samplesShed":N,"tlsReloads":N,"tlsReloadFailures":N`.
     pub fn json_members(&self, write_timeouts: u64, samples_shed: u64) -> String {
+        let tls = self.tls.get();
         format!(
-            "\"connectionsRefused\":{},\"connectionsTimedOut\":{},\"connectionsIdleClosed\":{},\"writeTimeouts\":{},\"samplesShed\":{}",
+            "\"connectionsRefused\":{},\"connectionsTimedOut\":{},\"connectionsIdleClosed\":{},\"writeTimeouts\":{},\"samplesShed\":{},\"tlsReloads\":{},\"tlsReloadFailures\":{}",
             self.refused.load(Ordering::Relaxed),
             self.timed_out.load(Ordering::Relaxed),
             self.idle_closed.load(Ordering::Relaxed),
             write_timeouts,
-            samples_shed
+            samples_shed,
+            tls.map_or(0, |t| t.reloads()),
+            tls.map_or(0, |t| t.failures()),
         )
     }
 }
@@ -136,13 +151,23 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The TLS client presented a certificate that chains to `--tls-client-ca` (rustls
+    /// verified it during the handshake; an unverifiable one fails the handshake).
+    pub client_cert: bool,
 }
 
+/// In the extensions of every request on a connection with a verified client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientCert;
+
 /// Serves `handler` on `listener` until `life` is cancelled, then drains connections.
-/// Connection tasks are tracked by `life`, so its `wait` waits for them.
+/// Connection tasks are tracked by `life`, so its `wait` waits for them. On TLS, `hsts` is
+/// added to every response as `Strict-Transport-Security`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    hsts: Option<HeaderValue>,
     handler: F,
     limits: ListenLimits,
     stats: Arc<ConnStats>,
@@ -205,10 +230,12 @@ pub async fn serve<F, Fut>(
             io: stream,
             _permit: permit,
         };
-        let info = ConnInfo {
+        let mut info = ConnInfo {
             peer,
             tls: tls.is_some(),
+            client_cert: false,
         };
+        let hsts = hsts.clone();
         let handler = handler.clone();
         let builder = builder.clone();
         let conn_life = life.clone();
@@ -222,10 +249,13 @@ pub async fn serve<F, Fut>(
                 stats: &stats,
             };
             match tls {
-                None => serve_conn(stream, info, handler, &builder, &life, first).await,
+                None => serve_conn(stream, info, handler, &builder, &life, first, None).await,
                 Some(acceptor) => {
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_conn(s, info, handler, &builder, &life, first).await,
+                        Ok(Ok(s)) => {
+                            info.client_cert = s.get_ref().1.peer_certificates().is_some();
+                            serve_conn(s, info, handler, &builder, &life, first, hsts).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => {
                             stats.timed_out.fetch_add(1, Ordering::Relaxed);
@@ -384,6 +414,7 @@ async fn serve_conn<I, F, Fut>(
     builder: &auto::Builder<TokioExecutor>,
     life: &Lifecycle,
     first: FirstRequest<'_>,
+    hsts: Option<HeaderValue>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
@@ -394,17 +425,25 @@ async fn serve_conn<I, F, Fut>(
     let seen = started.clone();
     let streams = Arc::new(Streams::new());
     let counted = streams.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         if !seen.load(Ordering::Relaxed) {
             seen.store(true, Ordering::Relaxed);
         }
+        if info.client_cert {
+            req.extensions_mut().insert(ClientCert);
+        }
+        let hsts = hsts.clone();
         let guard = (req.version() == hyper::Version::HTTP_2).then(|| StreamGuard::open(&counted));
         // Boxed at once: hyper spawns every HTTP/2 stream's future, and tokio moves a spawned
         // future by value; a pointer is cheaper to move than a handler's state (measured: the
         // copies were the largest single cost of small requests).
         let fut = Box::pin(handler(req, info));
         async move {
-            let resp = fut.await;
+            let mut resp = fut.await;
+            if let Some(v) = hsts {
+                resp.headers_mut()
+                    .insert(hyper::header::STRICT_TRANSPORT_SECURITY, v);
+            }
             Ok::<_, std::convert::Infallible>(match guard {
                 None => resp,
                 Some(g) => {
@@ -474,6 +513,14 @@ pub struct Listeners {
     pub plain: Option<TcpListener>,
     pub tls: Option<(TcpListener, TlsAcceptor)>,
     pub limits: ListenLimits,
+    /// The TLS listener's reloadable certificate (counted in `/stats`), when it has one.
+    pub tls_certs: Option<Arc<CertReloader>>,
+    /// How often the certificate files are polled for a change (`None`: never; SIGHUP only).
+    pub tls_reload_every: Option<Duration>,
+    /// `Strict-Transport-Security` for every TLS response.
+    pub hsts: Option<HeaderValue>,
+    /// A plaintext listener that redirects every request to the TLS one.
+    pub redirect: Option<TcpListener>,
 }
 
 /// Why listeners could not be set up.
@@ -490,33 +537,54 @@ pub enum ListenError {
 pub struct Bound {
     pub plain: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
+    pub redirect: Option<SocketAddr>,
     pub conns: Arc<ConnStats>,
+    /// The TLS certificate, whose `reload` SIGHUP calls.
+    pub tls_certs: Option<Arc<CertReloader>>,
+}
+
+/// `Strict-Transport-Security: max-age=N`.
+pub fn hsts_header(max_age_secs: u64) -> HeaderValue {
+    // Digits and ASCII only: always a valid header value.
+    HeaderValue::try_from(format!("max-age={max_age_secs}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("max-age=0"))
 }
 
 impl Listeners {
-    /// Binds the listeners `settings` asks for, loading the TLS files; the TLS listener
-    /// offers `alpn`.
+    /// Binds the listeners `settings` asks for, loading the TLS files (and the client CA
+    /// bundle); the TLS listener offers `alpn`.
     pub async fn bind(settings: &EdgeSettings, alpn: &[&[u8]]) -> Result<Self, ListenError> {
         let plain = match settings.listen {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let tls = match &settings.tls {
-            Some(files) => {
-                let cfg = crate::tls::server_config_from_files(&files.cert, &files.key, alpn)?;
-                Some((bind(files.addr).await?, TlsAcceptor::from(cfg)))
-            }
-            None => None,
-        };
-        Ok(Self {
+        let mut out = Self {
             plain,
-            tls,
             limits: settings.conn,
-        })
+            ..Self::default()
+        };
+        if let Some(files) = &settings.tls {
+            let opts = &settings.tls_options;
+            let certs = Arc::new(CertReloader::load(&files.cert, &files.key)?);
+            let client = match &opts.client_ca {
+                Some(ca) => Some(crate::tls::client_verifier(ca, opts.client_auth)?),
+                None => None,
+            };
+            let cfg = crate::tls::server_config(certs.clone(), client, alpn);
+            out.tls = Some((bind(files.addr).await?, TlsAcceptor::from(cfg)));
+            out.tls_certs = Some(certs);
+            out.tls_reload_every = opts.reload_every;
+            out.hsts = opts.hsts_max_age_secs.map(hsts_header);
+            if let Some(a) = opts.redirect {
+                out.redirect = Some(bind(a).await?);
+            }
+        }
+        Ok(out)
     }
 
     /// Serves `handler` on every listener (tasks tracked by `life`) until `life` ends; each
-    /// listener holds up to `limits.max_connections` of its own.
+    /// listener holds up to `limits.max_connections` of its own. Polls the certificate files
+    /// when asked to.
     pub fn serve<F, Fut>(self, handler: F, life: &Lifecycle) -> std::io::Result<Bound>
     where
         F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
@@ -528,6 +596,7 @@ impl Listeners {
             life.spawn(serve(
                 l,
                 None,
+                None,
                 handler.clone(),
                 self.limits,
                 bound.conns.clone(),
@@ -535,17 +604,84 @@ impl Listeners {
             ));
         }
         if let Some((l, acceptor)) = self.tls {
-            bound.tls = Some(l.local_addr()?);
+            let tls_addr = l.local_addr()?;
+            bound.tls = Some(tls_addr);
             life.spawn(serve(
                 l,
                 Some(acceptor),
+                self.hsts,
                 handler,
                 self.limits,
                 bound.conns.clone(),
                 life.clone(),
             ));
+            if let Some(r) = self.redirect {
+                bound.redirect = Some(r.local_addr()?);
+                let port = tls_addr.port();
+                life.spawn(serve(
+                    r,
+                    None,
+                    None,
+                    move |req: Request<Incoming>, _: ConnInfo| {
+                        std::future::ready(redirect_to_https(&req, port))
+                    },
+                    self.limits,
+                    bound.conns.clone(),
+                    life.clone(),
+                ));
+            }
+        }
+        if let Some(certs) = self.tls_certs {
+            let _ = bound.conns.tls.set(certs.clone());
+            if let Some(every) = self.tls_reload_every {
+                life.spawn(crate::tls::watch(
+                    certs.clone(),
+                    every,
+                    life.token().clone(),
+                ));
+            }
+            bound.tls_certs = Some(certs);
         }
         Ok(bound)
+    }
+}
+
+/// 308 to `https://<host>[:tls_port]<path and query>`: the host from `Host` (or the request
+/// target), its port replaced by the TLS listener's (left out when 443). 400 without a host.
+pub fn redirect_to_https<B>(req: &Request<B>, tls_port: u16) -> Response<Body> {
+    let given = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let host = given
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .filter(|a| !a.as_str().contains('@') && !a.host().is_empty());
+    let Some(host) = host else {
+        return crate::http::Refusal::BadRequest(
+            "this port only redirects to HTTPS and needs a Host header to redirect to".into(),
+        )
+        .into_response();
+    };
+    let port = match tls_port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = format!("https://{}{port}{path}", host.host());
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            let mut r = crate::http::error(
+                hyper::StatusCode::PERMANENT_REDIRECT,
+                &format!("this port only redirects: use {location}"),
+            );
+            r.headers_mut().insert(hyper::header::LOCATION, v);
+            r
+        }
+        Err(_) => crate::http::Refusal::BadRequest("unusable Host header".into()).into_response(),
     }
 }
 

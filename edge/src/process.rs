@@ -51,6 +51,35 @@ pub async fn run_until_signal(shutdown: CancellationToken, server: impl Future<O
     server.await
 }
 
+/// Reloads the TLS certificate and key from their files on every SIGHUP (a bad pair is
+/// refused, logged and counted by `certs`; the old one keeps serving), until `stop`.
+pub fn reload_on_sighup(certs: std::sync::Arc<crate::tls::CertReloader>, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload from the file poll only");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                let c = certs.clone();
+                let _ = tokio::task::spawn_blocking(move || c.reload()).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (certs, stop);
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

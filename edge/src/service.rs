@@ -20,6 +20,10 @@ use crate::listener::{ConnInfo, ConnStats, Listeners};
 pub struct Running {
     pub plain_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
+    /// The plaintext listener that redirects to the TLS one.
+    pub redirect_addr: Option<SocketAddr>,
+    /// The TLS listener's certificate: `reload()` it on SIGHUP.
+    pub tls_certs: Option<Arc<crate::tls::CertReloader>>,
     /// The dashboard hub its sessions are registered on.
     pub hub: Arc<Hub>,
     /// What the listeners refused (over the connection cap, past the header-read timeout).
@@ -69,6 +73,8 @@ impl Running {
         Ok(Self {
             plain_addr: bound.plain,
             tls_addr: bound.tls,
+            redirect_addr: bound.redirect,
+            tls_certs: bound.tls_certs,
             conns: bound.conns,
             admin_addr,
             requests,

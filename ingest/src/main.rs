@@ -22,6 +22,12 @@ async fn main() -> anyhow::Result<()> {
         .context("starting listeners")?;
     let shutdown = CancellationToken::new();
     let server = Server::start(settings, listeners, shutdown.clone())?;
+    if let Some(certs) = server.running.tls_certs.clone() {
+        process::reload_on_sighup(certs, shutdown.clone());
+    }
+    if let Some(a) = server.running.redirect_addr {
+        println!("redirecting http://{a}/ to the TLS listener");
+    }
     tracing::info!(?role, %redis, "started");
     if let Some(a) = server.running.plain_addr {
         println!("listening on http://{a}/ (HTTP/1.1 and h2c): POST /metrics, dashboard at /, stream at /ws");

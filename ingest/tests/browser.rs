@@ -227,6 +227,7 @@ where
         plain: Some(listener),
         tls: None,
         limits: settings.edge.conn,
+        ..Default::default()
     };
     start_on::<Server>(settings, listeners)
 }

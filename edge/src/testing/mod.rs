@@ -8,6 +8,7 @@
 pub mod cdp;
 pub mod chromium;
 pub mod deploy;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub async fn local_listeners(
         plain: Some(plain),
         tls,
         limits,
+        ..Default::default()
     }
 }
 
@@ -52,6 +54,8 @@ pub async fn local_listeners(
 pub struct Started {
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    /// The plaintext listener redirecting to the TLS one (`--redirect-listen`).
+    pub redirect_addr: Option<SocketAddr>,
     /// The admin listener (`GET /metrics`), when the settings ask for one.
     pub admin_addr: Option<SocketAddr>,
     pub hub: Arc<crate::hub::Hub>,
@@ -90,6 +94,7 @@ pub fn start_on<S: crate::service::Service>(
     Started {
         addr: running.plain_addr.expect("plain addr"),
         tls_addr: running.tls_addr,
+        redirect_addr: running.redirect_addr,
         admin_addr: running.admin_addr,
         hub: running.hub.clone(),
         conns: running.conns.clone(),
