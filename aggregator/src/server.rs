@@ -181,25 +181,16 @@ fn metrics(agg: &Aggregator) -> String {
         "Agent frames refused whole for not decoding (each answered with an error event).",
         s.frames_refused.load(Relaxed),
     )
-    .family(
+    .by_label(
         "aggregator_samples_refused_total",
         "Samples (late: sample-window pairs; series_limit: values) not aggregated, by reason: late (older than the window being filled), series_limit (--max-series reached), server_limit (--max-servers reached).",
         Kind::Counter,
-    )
-    .sample(
-        "aggregator_samples_refused_total",
-        &[("reason", "late")],
-        s.late.load(Relaxed) as f64,
-    )
-    .sample(
-        "aggregator_samples_refused_total",
-        &[("reason", "series_limit")],
-        s.series_refused.load(Relaxed) as f64,
-    )
-    .sample(
-        "aggregator_samples_refused_total",
-        &[("reason", "server_limit")],
-        s.servers_refused.load(Relaxed) as f64,
+        "reason",
+        &[
+            ("late", s.late.load(Relaxed) as f64),
+            ("series_limit", s.series_refused.load(Relaxed) as f64),
+            ("server_limit", s.servers_refused.load(Relaxed) as f64),
+        ],
     )
     .counter(
         "aggregator_windows_closed_total",

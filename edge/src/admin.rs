@@ -135,6 +135,28 @@ impl Exposition {
             .sample(name, &[], value as f64)
     }
 
+    /// A counter family of one unlabelled sample with a fractional value.
+    pub fn counter_f(&mut self, name: &str, help: &str, value: f64) -> &mut Self {
+        self.family(name, help, Kind::Counter)
+            .sample(name, &[], value)
+    }
+
+    /// A family of one sample per value of one label: `name{label="v"} n` for each `(v, n)`.
+    pub fn by_label(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        label: &str,
+        values: &[(&str, f64)],
+    ) -> &mut Self {
+        self.family(name, help, kind);
+        for &(v, n) in values {
+            self.sample(name, &[(label, v)], n);
+        }
+        self
+    }
+
     /// A gauge family of one unlabelled sample.
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) -> &mut Self {
         self.family(name, help, Kind::Gauge)
@@ -388,20 +410,15 @@ impl Shared {
             c.tls.get().map_or(0, |t| t.failures()),
         );
         let hub = &self.hub;
-        e.family(
+        e.by_label(
             "websocket_clients",
             "WebSocket clients connected now, by audience (dashboard, agent).",
             Kind::Gauge,
-        )
-        .sample(
-            "websocket_clients",
-            &[("audience", "dashboard")],
-            hub.count(Audience::Dashboard) as f64,
-        )
-        .sample(
-            "websocket_clients",
-            &[("audience", "agent")],
-            hub.count(Audience::Agent) as f64,
+            "audience",
+            &[
+                ("dashboard", hub.count(Audience::Dashboard) as f64),
+                ("agent", hub.count(Audience::Agent) as f64),
+            ],
         )
         .counter(
             "websocket_write_timeouts_total",
@@ -500,14 +517,6 @@ pub fn process(e: &mut Exposition) {
             "The soft limit on open file descriptors.",
             max,
         );
-    }
-}
-
-impl Exposition {
-    /// A counter family of one unlabelled sample with a fractional value.
-    pub fn counter_f(&mut self, name: &str, help: &str, value: f64) -> &mut Self {
-        self.family(name, help, Kind::Counter)
-            .sample(name, &[], value)
     }
 }
 

@@ -285,20 +285,15 @@ async fn metrics(app: &App, timeout: Duration) -> String {
             "Redis pipelines that failed (their requests got 503).",
             s.failures.load(Relaxed),
         )
-        .family(
+        .by_label(
             "ingest_writes_refused_total",
             "Writes refused before Redis, by reason: writer_queue_full (--writer-queue-bytes spent: 503), entry_too_large (over --max-entry-bytes: 413). Every other refusal is in http_requests_total by status.",
             Kind::Counter,
-        )
-        .sample(
-            "ingest_writes_refused_total",
-            &[("reason", "writer_queue_full")],
-            s.queue_full.load(Relaxed) as f64,
-        )
-        .sample(
-            "ingest_writes_refused_total",
-            &[("reason", "entry_too_large")],
-            s.too_large.load(Relaxed) as f64,
+            "reason",
+            &[
+                ("writer_queue_full", s.queue_full.load(Relaxed) as f64),
+                ("entry_too_large", s.too_large.load(Relaxed) as f64),
+            ],
         )
         .histogram(
             "ingest_redis_pipeline_entries",
