@@ -11,44 +11,17 @@ use std::path::Path;
 use common::*;
 use metrics_edge::testing::deploy::{self, Deployed, Scratch, Unit};
 
-fn var(unit: &Unit, key: &str) -> String {
-    unit.environment()
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("{key} is not in {:?}", unit.env_files()))
-}
-
 #[test]
 fn unit_agrees_with_its_env_file() {
     let unit = Unit::load("aggregator.service");
     let problems = unit.problems("AGG");
     assert!(problems.is_empty(), "{problems:#?}");
     // Two listeners need twice the open files: the check counts them.
-    let text =
-        std::fs::read_to_string(deploy::repo_root().join("deploy/systemd/aggregator.service"))
-            .expect("unit");
-    let both = Unit::parse(
-        "plain-too",
-        &text.replace("--listen off", "--listen [::]:8080"),
-    );
-    assert!(
-        both.problems("AGG").is_empty(),
-        "65536 covers two listeners: {:?}",
-        both.problems("AGG")
-    );
-    let small = Unit::parse(
-        "small-nofile",
-        &text.replace("LimitNOFILE=65536", "LimitNOFILE=16384"),
-    );
-    assert!(
-        small
-            .problems("AGG")
-            .iter()
-            .any(|p| p.contains("LimitNOFILE")),
-        "{:?}",
-        small.problems("AGG")
-    );
+    let edited = |from, to| Unit::problems_if_edited("aggregator.service", "AGG", from, to);
+    let both = edited("--listen off", "--listen [::]:8080");
+    assert!(both.is_empty(), "65536 covers two listeners: {both:?}");
+    let small = edited("LimitNOFILE=65536", "LimitNOFILE=16384");
+    assert!(small.iter().any(|p| p.contains("LimitNOFILE")), "{small:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,8 +43,8 @@ async fn system2_as_deployed_serves_wss_end_to_end() {
     );
     let addr = agg.tls.expect("tls");
 
-    let dash_token = var(&unit, "AGG_DASHBOARD_TOKEN");
-    let agent_token = var(&unit, "AGG_AGENT_TOKEN");
+    let dash_token = unit.var("AGG_DASHBOARD_TOKEN");
+    let agent_token = unit.var("AGG_AGENT_TOKEN");
     refused_with(
         connect_with(addr, "/ingest", Some(client.clone()), &[]).await,
         "401",

@@ -22,14 +22,6 @@ const UNITS: [&str; 3] = [
     "ingest-broadcaster.service",
 ];
 
-fn var(unit: &Unit, key: &str) -> String {
-    unit.environment()
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("{key} is not in {:?}", unit.env_files()))
-}
-
 #[test]
 fn units_agree_with_their_env_file() {
     for name in UNITS {
@@ -38,32 +30,16 @@ fn units_agree_with_their_env_file() {
         assert!(problems.is_empty(), "{name}: {problems:#?}");
     }
     // The check can fail: a stop timeout under the drain, a lost capability.
-    let text =
-        std::fs::read_to_string(deploy::repo_root().join("deploy/systemd/ingest-front.service"))
-            .expect("unit");
-    let short = Unit::parse(
-        "short-stop",
-        &text.replace("TimeoutStopSec=30", "TimeoutStopSec=5"),
-    );
+    let edited = |from, to| Unit::problems_if_edited("ingest-front.service", "INGEST", from, to);
+    let short = edited("TimeoutStopSec=30", "TimeoutStopSec=5");
     assert!(
-        short
-            .problems("INGEST")
-            .iter()
-            .any(|p| p.contains("TimeoutStopSec")),
-        "{:?}",
-        short.problems("INGEST")
+        short.iter().any(|p| p.contains("TimeoutStopSec")),
+        "{short:?}"
     );
-    let no_cap = Unit::parse(
-        "no-cap",
-        &text.replace("AmbientCapabilities=CAP_NET_BIND_SERVICE", ""),
-    );
+    let no_cap = edited("AmbientCapabilities=CAP_NET_BIND_SERVICE", "");
     assert!(
-        no_cap
-            .problems("INGEST")
-            .iter()
-            .any(|p| p.contains("AmbientCapabilities")),
-        "{:?}",
-        no_cap.problems("INGEST")
+        no_cap.iter().any(|p| p.contains("AmbientCapabilities")),
+        "{no_cap:?}"
     );
 }
 
@@ -102,8 +78,8 @@ async fn system1_as_deployed_serves_https_end_to_end() {
         w.assert_running();
     }
 
-    let agent_token = var(&front_unit, "INGEST_AGENT_TOKEN");
-    let dash_token = var(&front_unit, "INGEST_DASHBOARD_TOKEN");
+    let agent_token = front_unit.var("INGEST_AGENT_TOKEN");
+    let dash_token = front_unit.var("INGEST_DASHBOARD_TOKEN");
     let mut dash = connect_with(
         bcast.tls.expect("tls"),
         "/ws?serverId=deploy-1",

@@ -43,6 +43,25 @@ impl Unit {
         Self::parse(name, &text)
     }
 
+    /// What [`Unit::problems`] finds in `deploy/systemd/{name}` with `from` replaced by `to`:
+    /// how the tests show that each check can fail.
+    pub fn problems_if_edited(name: &str, prefix: &str, from: &str, to: &str) -> Vec<String> {
+        let path = repo_root().join("deploy/systemd").join(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        assert!(text.contains(from), "{name} has no `{from}` to edit");
+        Self::parse(name, &text.replace(from, to)).problems(prefix)
+    }
+
+    /// A variable the unit's environment files set; panics naming the files when none does.
+    pub fn var(&self, key: &str) -> String {
+        self.environment()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("{key} is not in {:?}", self.env_files()))
+    }
+
     /// Parses unit text: sections, `Key=value`, `#`/`;` comments, `\` continuations.
     pub fn parse(name: &str, text: &str) -> Self {
         let mut service = Vec::new();
