@@ -2,11 +2,11 @@
 //! protocol faults to the close codes the contract names, and a writer that drains the client's
 //! hub queue, batches events into frames and keeps the peer alive with pings.
 //!
-//! fastwebsockets' `read_frame` is not cancel-safe (it consumes a frame header before awaiting
-//! the payload), so the socket is split: the reader runs in the session task and is only ever
-//! cancelled when the session is over anyway; the writer is its own task woken by the hub.
-//! fastwebsockets caps single frames only; fragmented messages are reassembled here and capped
-//! as a whole, so a peer cannot grow a message past the limit in small pieces.
+//! The socket is split: the reader runs in the session task; the writer is its own task woken by
+//! the hub and writes with fastwebsockets. The read side's frame layer is written here (see
+//! `FrameReader`: an idle peer holds no read buffer). Single frames are capped at the message
+//! limit; fragmented messages are reassembled and capped as a whole, so a peer cannot grow a
+//! message past the limit in small pieces.
 //!
 //! A peer that stops reading must not hold its writer forever: every write (a frame, a ping, a
 //! close, a flush) has `write_timeout` to complete, and a peer whose socket does not take it in
@@ -25,19 +25,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{
-    Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Client, CloseReason};
 use crate::lifecycle::Lifecycle;
 
 type Io = TokioIo<Upgraded>;
-/// The read half of an upgraded socket.
-pub type ReadHalf = WebSocketRead<tokio::io::ReadHalf<Io>>;
 /// The write half of an upgraded socket.
 pub type WriteHalf = WebSocketWrite<tokio::io::WriteHalf<Io>>;
 
@@ -92,7 +89,7 @@ pub struct End {
 
 /// Reads whole messages off the socket.
 pub struct MessageReader {
-    ws: ReadHalf,
+    frames: FrameReader<tokio::io::ReadHalf<Io>>,
     /// A fragmented message being reassembled, and whether it is text.
     partial: Option<(bool, BytesMut)>,
     max: usize,
@@ -103,35 +100,18 @@ pub struct MessageReader {
 impl MessageReader {
     /// Reads the next text or binary message. Pings are answered through `client`.
     pub async fn next(&mut self, client: &Client) -> Result<BytesMut, End> {
-        let mut noop = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
         loop {
-            let mut frame = match self.ws.read_frame(&mut noop).await {
-                Ok(f) => f,
-                Err(e) => {
-                    return Err(End {
-                        close: close_for(&e),
-                    })
-                }
-            };
-            // RFC 6455 5.1: a server closes on an unmasked client frame. fastwebsockets reads
-            // the mask bit but does not check it; the frame's header says whether it had one.
-            let mut head = [0u8; 16];
-            frame.fmt_head(&mut head);
-            if head[1] & 0x80 == 0 {
-                return Err(protocol("client frames must be masked"));
-            }
-            // RFC 6455 5.5: control frames carry at most 125 bytes (pings are checked by
-            // fastwebsockets; pongs and closes here).
-            if matches!(frame.opcode, OpCode::Pong | OpCode::Close) && frame.payload.len() > 125 {
-                return Err(protocol("control frame over 125 bytes"));
-            }
+            let RawFrame {
+                fin,
+                opcode,
+                payload,
+            } = self.frames.next(self.max).await?;
             self.last_seen
                 .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let fin = frame.fin;
-            let opcode = frame.opcode;
-            let payload = into_bytes(frame.payload);
             match opcode {
-                OpCode::Ping => client.pong(payload.freeze()),
+                // A copy (at most 125 bytes): the payload shares the read buffer, which should
+                // not wait for the writer.
+                OpCode::Ping => client.pong(Bytes::copy_from_slice(&payload)),
                 OpCode::Pong => {}
                 OpCode::Close => {
                     return Err(End {
@@ -143,6 +123,9 @@ impl MessageReader {
                         return Err(protocol("a new message started inside a fragmented one"));
                     }
                     if fin {
+                        if opcode == OpCode::Text && std::str::from_utf8(&payload).is_err() {
+                            return Err(invalid_utf8());
+                        }
                         return Ok(payload);
                     }
                     self.partial = Some((opcode == OpCode::Text, payload));
@@ -152,22 +135,12 @@ impl MessageReader {
                         return Err(protocol("continuation frame without a message"));
                     };
                     if buf.len() + payload.len() > self.max {
-                        return Err(End {
-                            close: Some(reason(
-                                code::TOO_BIG,
-                                format!("message over {} bytes", self.max),
-                            )),
-                        });
+                        return Err(too_big(format!("message over {} bytes", self.max)));
                     }
                     buf.extend_from_slice(&payload);
                     if fin {
                         if text && std::str::from_utf8(&buf).is_err() {
-                            return Err(End {
-                                close: Some(reason(
-                                    code::INVALID_DATA,
-                                    "text message is not valid UTF-8",
-                                )),
-                            });
+                            return Err(invalid_utf8());
                         }
                         return Ok(buf);
                     }
@@ -175,6 +148,154 @@ impl MessageReader {
                 }
             }
         }
+    }
+}
+
+/// One frame off the wire, unmasked.
+struct RawFrame {
+    fin: bool,
+    opcode: OpCode,
+    payload: BytesMut,
+}
+
+/// The frame layer of the read side (RFC 6455 5.2), written here rather than taken from
+/// fastwebsockets for memory: fastwebsockets gives each reader an 8 KiB buffer for the life of
+/// the socket, more than everything else an idle connection holds. This reader's buffer is
+/// released whenever it is empty after a frame, so a peer between messages (a dashboard that
+/// only answers pings, an agent between samples) holds no read buffer at all. The socket's
+/// write side, and the upgrade, are still fastwebsockets'.
+struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+}
+
+/// What a read asks the socket for at least, so a burst of small frames takes one read.
+const READ_CHUNK: usize = 4096;
+/// The first read after an idle spell: a frame header and a small message.
+const FIRST_READ: usize = 512;
+/// The longest frame header: 2 bytes, an 8-byte length and the 4-byte mask.
+const MAX_HEAD: usize = 14;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads one frame of at most `max` payload bytes. Cancel-safe: bytes read stay in `buf`.
+    async fn next(&mut self, max: usize) -> Result<RawFrame, End> {
+        self.fill(2).await?;
+        let (b0, b1) = (self.buf[0], self.buf[1]);
+        if b0 & 0x70 != 0 {
+            return Err(protocol("reserved bits are not zero"));
+        }
+        let opcode = OpCode::try_from(b0 & 0x0f)
+            .map_err(|_| protocol(&format!("unknown opcode {:#x}", b0 & 0x0f)))?;
+        let fin = b0 & 0x80 != 0;
+        // RFC 6455 5.1: a server closes on an unmasked client frame.
+        if b1 & 0x80 == 0 {
+            return Err(protocol("client frames must be masked"));
+        }
+        let extra = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let head = 2 + extra + 4;
+        self.fill(head).await?;
+        let len = match extra {
+            0 => u64::from(b1 & 0x7f),
+            2 => u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+            _ => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&self.buf[2..10]);
+                u64::from_be_bytes(n)
+            }
+        };
+        if is_control(opcode) {
+            if !fin {
+                return Err(protocol("control frame must not be fragmented"));
+            }
+            // RFC 6455 5.5: control frames carry at most 125 bytes.
+            if len > 125 {
+                return Err(protocol("control frame over 125 bytes"));
+            }
+        }
+        let len = match usize::try_from(len) {
+            Ok(n) if n <= max => n,
+            _ => return Err(too_big("frame over the size limit".into())),
+        };
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&self.buf[head - 4..head]);
+        self.fill(head + len).await?;
+        bytes::Buf::advance(&mut self.buf, head);
+        let mut payload = self.buf.split_to(len);
+        if self.buf.is_empty() {
+            // Nothing read ahead: let go of the buffer (the payload keeps what it shares).
+            self.buf = BytesMut::new();
+        }
+        unmask(&mut payload, mask);
+        Ok(RawFrame {
+            fin,
+            opcode,
+            payload,
+        })
+    }
+
+    /// Reads until `buf` holds at least `n` bytes. While the buffer is released (between
+    /// messages), the wait for the next byte holds no heap: the first read goes to a small
+    /// array, and the buffer is made for what arrived.
+    async fn fill(&mut self, n: usize) -> Result<(), End> {
+        while self.buf.len() < n {
+            if self.buf.capacity() == 0 {
+                let mut first = [0u8; FIRST_READ];
+                match self.io.read(&mut first).await {
+                    Ok(0) | Err(_) => return Err(End { close: None }),
+                    Ok(k) => {
+                        self.buf.reserve(k.max(n));
+                        self.buf.extend_from_slice(&first[..k]);
+                    }
+                }
+                continue;
+            }
+            let want = (n - self.buf.len()).max(READ_CHUNK) + MAX_HEAD;
+            self.buf.reserve(want);
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Err(End { close: None }),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_control(op: OpCode) -> bool {
+    matches!(op, OpCode::Close | OpCode::Ping | OpCode::Pong)
+}
+
+/// XORs the payload with the client's mask (RFC 6455 5.3), eight bytes at a time.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let m = u32::from_ne_bytes(mask);
+    let wide = u64::from(m) | (u64::from(m) << 32);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+    }
+    // Chunks are whole multiples of 4 bytes, so the tail starts at mask byte 0.
+    for (b, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *b ^= m;
+    }
+}
+
+fn invalid_utf8() -> End {
+    End {
+        close: Some(reason(
+            code::INVALID_DATA,
+            "text message is not valid UTF-8",
+        )),
+    }
+}
+
+fn too_big(why: String) -> End {
+    End {
+        close: Some(reason(code::TOO_BIG, why)),
     }
 }
 
@@ -188,26 +309,6 @@ fn reason(code: u16, reason: impl Into<String>) -> CloseReason {
     CloseReason {
         code,
         reason: reason.into(),
-    }
-}
-
-fn into_bytes(p: Payload<'_>) -> BytesMut {
-    match p {
-        Payload::Bytes(b) => b,
-        other => BytesMut::from(&other[..]),
-    }
-}
-
-fn close_for(e: &WebSocketError) -> Option<CloseReason> {
-    use WebSocketError as E;
-    match e {
-        E::InvalidUTF8 => Some(reason(
-            code::INVALID_DATA,
-            "text message is not valid UTF-8",
-        )),
-        E::FrameTooLarge => Some(reason(code::TOO_BIG, "frame over the size limit")),
-        E::IoError(_) | E::UnexpectedEOF | E::ConnectionClosed => None,
-        other => Some(reason(code::PROTOCOL, other.to_string())),
     }
 }
 
@@ -246,17 +347,16 @@ pub fn split(
     upgraded: Upgraded,
     cfg: &WsConfig,
 ) -> (MessageReader, WriteHalf, Arc<AtomicU64>, Instant) {
-    let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Server);
-    ws.set_auto_pong(false);
-    ws.set_auto_close(false);
-    ws.set_writev(false);
-    // fastwebsockets refuses frames of `max` bytes or more; allow exactly `max_message`.
-    ws.set_max_message_size(cfg.max_message + 1);
-    let (r, w) = ws.split(tokio::io::split);
+    let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+    let (_, mut w) = fastwebsockets::after_handshake_split(tokio::io::empty(), w, Role::Server);
+    w.set_writev(false);
     let epoch = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let reader = MessageReader {
-        ws: r,
+        frames: FrameReader {
+            io: r,
+            buf: BytesMut::new(),
+        },
         partial: None,
         max: cfg.max_message,
         last_seen: last_seen.clone(),
@@ -321,7 +421,7 @@ async fn run_writer(
     let mut tick = tokio::time::interval(cfg.ping_interval.min(cfg.ping_timeout) / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pinged_at: Option<u64> = None;
-    let mut buf = Vec::with_capacity(16 << 10);
+    let mut buf = Vec::new();
     let result: Result<(), WriteError> = async {
         loop {
             tokio::select! {
@@ -472,4 +572,165 @@ async fn write_events(
 /// The socket-level errors of an upgrade, for the handler's 400.
 pub fn upgrade_error(e: &WebSocketError) -> String {
     format!("WebSocket upgrade refused: {e}")
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn masked(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | op];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 65536 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        f
+    }
+
+    async fn read_all(
+        wire: Vec<u8>,
+        step: usize,
+        max: usize,
+    ) -> Vec<Result<(u8, Vec<u8>), String>> {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for c in wire.chunks(step) {
+                if tx.write_all(c).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = FrameReader {
+            io: rx,
+            buf: BytesMut::new(),
+        };
+        let mut out = Vec::new();
+        loop {
+            match r.next(max).await {
+                Ok(f) => out.push(Ok((f.opcode as u8, f.payload.to_vec()))),
+                Err(End { close: Some(c) }) => {
+                    out.push(Err(format!("{} {}", c.code, c.reason)));
+                    break;
+                }
+                Err(End { close: None }) => break,
+            }
+        }
+        writer.abort();
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_whole_whatever_the_read_boundaries() {
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let medium: Vec<u8> = (0..300u32).map(|i| (i % 7) as u8).collect();
+        let mut wire = masked(true, 1, b"{\"a\":1}", [1, 2, 3, 4]);
+        wire.extend(masked(true, 9, b"ka", [9, 8, 7, 6]));
+        wire.extend(masked(true, 2, &big, [0xde, 0xad, 0xbe, 0xef]));
+        wire.extend(masked(false, 1, &medium, [5, 5, 5, 5]));
+        wire.extend(masked(true, 0, b"", [0, 0, 0, 0]));
+        for step in [1, 3, 13, 600, 100_000] {
+            let got = read_all(wire.clone(), step, 1 << 20).await;
+            let want = vec![
+                Ok((1, b"{\"a\":1}".to_vec())),
+                Ok((9, b"ka".to_vec())),
+                Ok((2, big.clone())),
+                Ok((1, medium.clone())),
+                Ok((0, vec![])),
+            ];
+            assert_eq!(got, want, "reads of {step} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn protocol_faults_close_with_their_code_and_reason() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                vec![0xc1, 0x80, 0, 0, 0, 0],
+                "1002 reserved bits are not zero",
+            ),
+            (vec![0x83, 0x80, 0, 0, 0, 0], "1002 unknown opcode 0x3"),
+            (
+                vec![0x81, 0x02, b'h', b'i'],
+                "1002 client frames must be masked",
+            ),
+            (
+                masked(false, 9, b"x", [1, 1, 1, 1]),
+                "1002 control frame must not be fragmented",
+            ),
+            (
+                masked(true, 10, &[0u8; 126], [1, 1, 1, 1]),
+                "1002 control frame over 125 bytes",
+            ),
+            (
+                masked(true, 2, &[0u8; 101], [1, 1, 1, 1]),
+                "1009 frame over the size limit",
+            ),
+            (
+                vec![
+                    0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+                ],
+                "1009 frame over the size limit",
+            ),
+        ];
+        for (wire, want) in cases {
+            let got = read_all(wire, 1, 100).await;
+            assert_eq!(got, vec![Err(want.to_string())]);
+        }
+        // Exactly the limit is allowed.
+        let got = read_all(masked(true, 2, &[7u8; 100], [1, 2, 3, 4]), 7, 100).await;
+        assert_eq!(got, vec![Ok((2, vec![7u8; 100]))]);
+    }
+
+    #[test]
+    fn unmask_matches_the_rfc_byte_by_byte() {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..40 {
+            let clear: Vec<u8> = (0..len as u8).collect();
+            let mut wire: Vec<u8> = clear
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            unmask(&mut wire, mask);
+            assert_eq!(wire, clear, "length {len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer() {
+        let (mut tx, rx) = tokio::io::duplex(4096);
+        let mut r = FrameReader {
+            io: rx,
+            buf: BytesMut::new(),
+        };
+        tx.write_all(&masked(true, 1, &[b'x'; 3000], [1, 2, 3, 4]))
+            .await
+            .unwrap();
+        let f = r.next(1 << 20).await.unwrap();
+        assert_eq!(f.payload.len(), 3000);
+        drop(f);
+        assert_eq!(
+            r.buf.capacity(),
+            0,
+            "nothing read ahead: the buffer is released"
+        );
+        // Two frames in one read: the second stays buffered until read.
+        let mut two = masked(true, 1, b"a", [1, 2, 3, 4]);
+        two.extend(masked(true, 1, b"b", [1, 2, 3, 4]));
+        tx.write_all(&two).await.unwrap();
+        assert_eq!(&r.next(10).await.unwrap().payload[..], b"a");
+        assert!(r.buf.capacity() > 0);
+        assert_eq!(&r.next(10).await.unwrap().payload[..], b"b");
+        assert_eq!(r.buf.capacity(), 0);
+    }
 }
