@@ -49,11 +49,16 @@ use metrics_model::rollup::{ClosedWindow, Rollup, SnapshotView, UnknownServer};
 use metrics_model::window::WindowSpec;
 use metrics_model::{event, now_ms, Sample};
 
+use crate::pacing::WindowPacer;
+
 /// The default of `--ring-bytes`.
 pub const DEFAULT_RING_BYTES: usize = 256 << 20;
 
 /// The default of `--max-servers`.
 pub const DEFAULT_MAX_SERVERS: usize = 100_000;
+
+/// The default of `--window-spread-ms`.
+pub const DEFAULT_WINDOW_SPREAD_MS: u64 = 250;
 
 /// Time after a window's end before the timer closes it.
 pub const CLOSE_GRACE_MS: u64 = 5;
@@ -94,6 +99,9 @@ pub struct AggregatorOptions {
     /// Most servers kept; past it, samples of new servers are not aggregated (counted, and
     /// the sender is told).
     pub max_servers: usize,
+    /// Milliseconds over which the window events of one close are let out
+    /// ([`crate::pacing`]); at most half the shortest window.
+    pub window_spread_ms: u64,
 }
 
 impl Default for AggregatorOptions {
@@ -104,6 +112,7 @@ impl Default for AggregatorOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             max_series: 1_000_000,
             max_servers: DEFAULT_MAX_SERVERS,
+            window_spread_ms: DEFAULT_WINDOW_SPREAD_MS,
         }
     }
 }
@@ -265,12 +274,19 @@ struct State {
     hub: Arc<Hub>,
     stats: Arc<AggregatorStats>,
     closed: Vec<ClosedWindow>,
+    /// Closed windows waiting for their slice ([`crate::pacing`]), and those due now.
+    pacer: WindowPacer,
+    due: Vec<ClosedWindow>,
     events: Vec<Event>,
 }
 
 impl State {
     fn new(opts: AggregatorOptions, hub: Arc<Hub>, stats: Arc<AggregatorStats>) -> Self {
+        let shortest = opts.windows.iter().map(|w| w.millis).min().unwrap_or(0);
+        let spread = opts.window_spread_ms.min(shortest / 2);
         Self {
+            pacer: WindowPacer::new(spread),
+            due: Vec::new(),
             rollup: Rollup::new(opts.windows, opts.max_series, now_ms())
                 .with_max_servers(opts.max_servers),
             max_servers: opts.max_servers,
@@ -323,17 +339,24 @@ impl State {
                     .observe(started.elapsed().as_micros() as u64);
             }
             if stop.load(Ordering::Acquire) && ring.is_empty() {
+                self.pacer.flush(&mut self.due);
+                self.send_due();
                 return;
             }
             if ring.is_empty() {
                 let next = self.rollup.next_close() + CLOSE_GRACE_MS;
-                let wait = next.saturating_sub(now).clamp(1, 100);
+                let wait = if self.pacer.is_empty() {
+                    next.saturating_sub(now).clamp(1, 100)
+                } else {
+                    1
+                };
                 std::thread::park_timeout(Duration::from_millis(wait));
             }
         }
     }
 
-    /// Sends closed windows to the hub and refreshes the shared counters.
+    /// Hands closed windows to the pacer, sends those due to the hub and refreshes the shared
+    /// counters.
     fn publish(&mut self) {
         let c = self.rollup.counts();
         self.stats.samples.store(c.samples, Ordering::Relaxed);
@@ -346,13 +369,21 @@ impl State {
         self.stats
             .servers_refused
             .store(c.servers_refused, Ordering::Relaxed);
-        if self.closed.is_empty() {
+        let now = now_ms();
+        self.pacer.push(&mut self.closed, now);
+        self.pacer.due(now, &mut self.due);
+        self.send_due();
+    }
+
+    /// Sends the due windows to the hub.
+    fn send_due(&mut self) {
+        if self.due.is_empty() {
             return;
         }
         self.stats
             .windows_emitted
-            .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
-        self.events.extend(self.closed.drain(..).map(|w| Event {
+            .fetch_add(self.due.len() as u64, Ordering::Relaxed);
+        self.events.extend(self.due.drain(..).map(|w| Event {
             kind: EventKind::Window,
             server: w.server,
             json: Bytes::from(w.json),

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod config;
+pub mod pacing;
 pub mod server;
 pub mod simulate;
 

@@ -1,0 +1,153 @@
+//! Window events let out evenly instead of all at once.
+//!
+//! Every server's 1 s window closes at the same boundary, so with 10,000 servers the aggregator
+//! has 10,000 window events to publish in the same millisecond (20,000 at a 10 s boundary).
+//! Published together, they land in every dashboard's queue as one burst of megabytes: the
+//! samples published right after wait behind it, and a dashboard's queue of events that may not
+//! be shed can pass its byte limit and get the dashboard closed. The pacer releases the events
+//! of a close in a straight line over `--window-spread-ms` instead (a window event arrives at
+//! most that late), so dashboards and agents take them in slices between samples.
+
+use std::collections::VecDeque;
+
+use metrics_model::rollup::ClosedWindow;
+
+/// Closed windows waiting to be published, and the line they are let out along.
+#[derive(Debug)]
+pub struct WindowPacer {
+    spread_ms: u64,
+    queue: VecDeque<ClosedWindow>,
+    /// The current line: `total` events from `start` to `start + spread_ms`, `released` so far.
+    start: u64,
+    total: usize,
+    released: usize,
+}
+
+impl WindowPacer {
+    /// A pacer spreading each close over `spread_ms` (0: publish at once).
+    pub fn new(spread_ms: u64) -> Self {
+        Self {
+            spread_ms,
+            queue: VecDeque::new(),
+            start: 0,
+            total: 0,
+            released: 0,
+        }
+    }
+
+    /// Takes windows just closed at `now_ms`; what is still queued from an earlier close joins
+    /// them on a new line that ends `spread_ms` from now.
+    pub fn push(&mut self, closed: &mut Vec<ClosedWindow>, now_ms: u64) {
+        if closed.is_empty() {
+            return;
+        }
+        self.queue.extend(closed.drain(..));
+        self.start = now_ms;
+        self.total = self.queue.len();
+        self.released = 0;
+    }
+
+    /// The windows due by `now_ms`, in the order they closed.
+    pub fn due(&mut self, now_ms: u64, out: &mut Vec<ClosedWindow>) {
+        let elapsed = now_ms.saturating_sub(self.start);
+        let n = if self.spread_ms == 0 || elapsed >= self.spread_ms {
+            self.queue.len()
+        } else {
+            // Due by now on the line, rounded up so the first slice goes out at once.
+            let on_line = (self.total as u64 * (elapsed + 1)).div_ceil(self.spread_ms) as usize;
+            on_line.saturating_sub(self.released).min(self.queue.len())
+        };
+        self.released += n;
+        out.extend(self.queue.drain(..n));
+    }
+
+    /// Everything still queued (on shutdown).
+    pub fn flush(&mut self, out: &mut Vec<ClosedWindow>) {
+        self.released += self.queue.len();
+        out.extend(self.queue.drain(..));
+    }
+
+    /// Whether windows are waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(n: usize, tag: &str) -> Vec<ClosedWindow> {
+        (0..n)
+            .map(|i| ClosedWindow {
+                server: format!("{tag}{i}").into(),
+                label: "1s".into(),
+                json: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn names(w: &[ClosedWindow]) -> Vec<String> {
+        w.iter().map(|w| w.server.to_string()).collect()
+    }
+
+    #[test]
+    fn a_close_goes_out_in_even_slices_over_the_spread() {
+        let mut p = WindowPacer::new(100);
+        p.push(&mut windows(10_000, "s"), 1_000);
+        let mut out = Vec::new();
+        let mut per_ms = Vec::new();
+        for t in 1_000..1_100 {
+            let before = out.len();
+            p.due(t, &mut out);
+            per_ms.push(out.len() - before);
+        }
+        assert_eq!(out.len(), 10_000, "all out by the end of the spread");
+        assert!(p.is_empty());
+        assert!(per_ms.iter().all(|&n| n == 100), "{per_ms:?}");
+        assert_eq!(names(&out[..3]), ["s0", "s1", "s2"], "in close order");
+    }
+
+    #[test]
+    fn a_late_check_takes_everything_due_and_no_more() {
+        let mut p = WindowPacer::new(100);
+        p.push(&mut windows(1_000, "s"), 0);
+        let mut out = Vec::new();
+        p.due(49, &mut out);
+        assert_eq!(out.len(), 500);
+        p.due(49, &mut out);
+        assert_eq!(out.len(), 500, "nothing more in the same millisecond");
+        p.due(500, &mut out);
+        assert_eq!(out.len(), 1_000);
+    }
+
+    #[test]
+    fn a_new_close_joins_what_is_left_on_a_new_line() {
+        let mut p = WindowPacer::new(10);
+        p.push(&mut windows(100, "a"), 0);
+        let mut out = Vec::new();
+        p.due(4, &mut out);
+        assert_eq!(out.len(), 50);
+        p.push(&mut windows(50, "b"), 5);
+        for t in 5..15 {
+            p.due(t, &mut out);
+        }
+        assert_eq!(out.len(), 150);
+        assert_eq!(names(&out[49..51]), ["a49", "a50"]);
+        assert_eq!(names(&out[100..101]), ["b0"]);
+    }
+
+    #[test]
+    fn no_spread_publishes_at_once_and_flush_empties() {
+        let mut p = WindowPacer::new(0);
+        p.push(&mut windows(7, "s"), 0);
+        let mut out = Vec::new();
+        p.due(0, &mut out);
+        assert_eq!(out.len(), 7);
+        let mut p = WindowPacer::new(1_000);
+        p.push(&mut windows(7, "s"), 0);
+        p.flush(&mut out);
+        assert_eq!(out.len(), 14);
+        assert!(p.is_empty());
+    }
+}
