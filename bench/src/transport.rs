@@ -34,6 +34,9 @@ pub enum Transport {
     Ws,
     /// WebSocket over TLS.
     Wss,
+    /// OTLP over gRPC (`MetricsService/Export`) on HTTP/2 cleartext, as an OpenTelemetry
+    /// exporter sends (System 1).
+    OtlpGrpc,
 }
 
 impl Transport {
@@ -45,6 +48,7 @@ impl Transport {
             Transport::Stream => "stream",
             Transport::Ws => "ws",
             Transport::Wss => "wss",
+            Transport::OtlpGrpc => "otlp-grpc",
         }
     }
 
@@ -56,6 +60,7 @@ impl Transport {
             Transport::Stream => "HTTP/2 streaming POST /metrics/stream",
             Transport::Ws => "WebSocket /ingest",
             Transport::Wss => "WebSocket over TLS /ingest",
+            Transport::OtlpGrpc => "OTLP/gRPC MetricsService/Export over HTTP/2 cleartext",
         }
     }
 
@@ -256,6 +261,7 @@ impl Endpoint {
             match transport {
                 Transport::Stream => "/metrics/stream",
                 Transport::Ws | Transport::Wss => "/ingest",
+                Transport::OtlpGrpc => ingest::front::protocols::grpc::EXPORT,
                 _ => "/metrics",
             }
         );

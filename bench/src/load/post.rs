@@ -40,10 +40,10 @@ impl PostTemplate {
                     .parse()
                     .expect("a token valid in a header")
             }),
-            content_type: http::HeaderValue::from_static(if ep.transport == Transport::Stream {
-                "application/x-ndjson"
-            } else {
-                "application/json"
+            content_type: http::HeaderValue::from_static(match ep.transport {
+                Transport::Stream => "application/x-ndjson",
+                Transport::OtlpGrpc => "application/grpc",
+                _ => "application/json",
             }),
         }
     }
