@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ingest::front::protocols::otlp::{self, Format};
 use ingest::front::protocols::otlp_proto::*;
-use ingest::front::protocols::remote_write::{self, Label, PromSample, TimeSeries, WriteRequest};
+use ingest::front::protocols::remote_write::{self, TimeSeries, WriteRequest};
 use ingest::front::protocols::{influx, Mapping};
 use metrics_model::decode::Decoder;
 use prost::Message;
@@ -45,24 +45,15 @@ fn remote_write_body() -> Vec<u8> {
     let mut req = WriteRequest::default();
     for i in 0..SERVERS {
         for (name, v) in VALUES {
-            req.timeseries.push(TimeSeries {
-                labels: [
+            let instance = format!("server-{i}");
+            req.timeseries.push(TimeSeries::new(
+                &[
                     ("__name__", name),
-                    ("instance", &format!("server-{i}")),
+                    ("instance", &instance),
                     ("job", "agents"),
-                ]
-                .iter()
-                .map(|(n, v)| Label {
-                    name: n.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-                samples: vec![PromSample {
-                    value: v,
-                    timestamp: TS_MS as i64,
-                }],
-                histograms: vec![],
-            });
+                ],
+                &[(v, TS_MS as i64)],
+            ));
         }
     }
     snap::raw::Encoder::new()

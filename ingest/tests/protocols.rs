@@ -12,7 +12,7 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use ingest::front::protocols::otlp_proto::*;
-use ingest::front::protocols::remote_write::{Label, PromSample, TimeSeries, WriteRequest};
+use ingest::front::protocols::remote_write::{TimeSeries, WriteRequest};
 use metrics_edge::tls;
 use prost::Message;
 
@@ -133,24 +133,14 @@ fn export(host: &str, cpu: f64) -> ExportMetricsServiceRequest {
 
 fn remote_write(instance: &str, value: f64, ts: i64) -> Vec<u8> {
     let req = WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: [
+        timeseries: vec![TimeSeries::new(
+            &[
                 ("__name__", "node_load1"),
                 ("instance", instance),
                 ("job", "node"),
-            ]
-            .iter()
-            .map(|(n, v)| Label {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-            samples: vec![PromSample {
-                value,
-                timestamp: ts,
-            }],
-            histograms: vec![],
-        }],
+            ],
+            &[(value, ts)],
+        )],
     };
     snap::raw::Encoder::new()
         .compress_vec(&req.encode_to_vec())

@@ -44,6 +44,26 @@ pub struct TimeSeries {
     pub histograms: Vec<NativeHistogram>,
 }
 
+impl TimeSeries {
+    /// A series of `labels` (name, value) and `samples` (value, timestamp in ms).
+    pub fn new(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> Self {
+        Self {
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(value, timestamp)| PromSample { value, timestamp })
+                .collect(),
+            histograms: vec![],
+        }
+    }
+}
+
 /// `prometheus.Label`.
 #[derive(Clone, PartialEq, Message)]
 pub struct Label {
@@ -185,32 +205,15 @@ pub fn map_body(raw: &[u8], mapping: &Mapping, arrival_ms: u64) -> Result<Mapped
 mod tests {
     use super::*;
 
-    fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
-        TimeSeries {
-            labels: labels
-                .iter()
-                .map(|(n, v)| Label {
-                    name: n.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            samples: samples
-                .iter()
-                .map(|&(value, timestamp)| PromSample { value, timestamp })
-                .collect(),
-            histograms: vec![],
-        }
-    }
-
     #[test]
     fn series_become_samples_per_instance_and_time() {
         let req = WriteRequest {
             timeseries: vec![
-                series(
+                TimeSeries::new(
                     &[("__name__", "up"), ("instance", "h:9"), ("job", "x")],
                     &[(1.0, 1000), (1.0, 2000)],
                 ),
-                series(
+                TimeSeries::new(
                     &[
                         ("__name__", "http_requests_total"),
                         ("instance", "h:9"),
@@ -218,7 +221,7 @@ mod tests {
                     ],
                     &[(7.0, 1000), (f64::NAN, 3000)],
                 ),
-                series(&[("__name__", "lonely")], &[(1.0, 1000)]),
+                TimeSeries::new(&[("__name__", "lonely")], &[(1.0, 1000)]),
             ],
         };
         let raw = snap::raw::Encoder::new()
