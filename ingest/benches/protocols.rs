@@ -1,7 +1,7 @@
 //! Decode cost per sample of each protocol System 1 takes, for the same data: 100 servers'
 //! samples of 5 values each (the bench agents' shape), one request. Each figure is parse +
 //! validate + map to samples (for remote write, snappy decompression included); storing is
-//! the same for all and left out.
+//! the same for all and left out. With the service's allocator (mimalloc), as in `ingest`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ingest::front::protocols::otlp::{self, Format};
@@ -11,6 +11,9 @@ use ingest::front::protocols::{influx, Mapping};
 use metrics_model::decode::Decoder;
 use prost::Message;
 use std::hint::black_box;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SERVERS: usize = 100;
 const VALUES: [(&str, f64); 5] = [

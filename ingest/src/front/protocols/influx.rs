@@ -12,6 +12,7 @@
 //! (400 naming the line). Answers: 204 stored, 400, 401, 413, 503 with `Retry-After`.
 //! A token may be sent as `Authorization: Token T` (Influx 2.x clients) as well as `Bearer`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request};
@@ -123,15 +124,15 @@ enum Field {
 
 /// One parsed line.
 #[derive(Debug)]
-struct Point {
-    measurement: String,
-    tags: Vec<(String, String)>,
-    fields: Vec<(String, Field)>,
+struct Point<'a> {
+    measurement: Cow<'a, str>,
+    tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    fields: Vec<(Cow<'a, str>, Field)>,
     timestamp: Option<i64>,
 }
 
-impl Point {
-    fn parse(line: &str) -> Result<Self, String> {
+impl<'a> Point<'a> {
+    fn parse(line: &'a str) -> Result<Self, String> {
         let sections = split(line, b' ', true);
         let (key, fields, ts) = match sections.as_slice() {
             [k, f] => (*k, *f, None),
@@ -187,8 +188,8 @@ impl Point {
         let found = self
             .tags
             .iter()
-            .find(|(k, _)| *k == batch.mapping.influx_server)
-            .map(|(_, v)| v.as_str());
+            .find(|(k, _)| *k == batch.mapping.influx_server.as_str())
+            .map(|(_, v)| v.as_ref());
         let server = match batch.server(found) {
             Ok(s) => s,
             Err(r) => return batch.skip(r, n),
@@ -200,7 +201,7 @@ impl Point {
         };
         let prefix = namer.prefix(
             &self.measurement,
-            self.tags.iter().map(|(k, v)| (k.as_str(), v.clone())),
+            self.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
         );
         for (k, v) in self.fields {
             match v {
@@ -257,9 +258,9 @@ fn split(s: &str, sep: u8, quotes: bool) -> Vec<&str> {
 }
 
 /// Undoes `\,`, `\ `, `\=` and `\\`; other backslashes stay.
-fn unescape(s: &str) -> String {
+fn unescape(s: &str) -> Cow<'_, str> {
     if !s.contains('\\') {
-        return s.to_string();
+        return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -275,7 +276,7 @@ fn unescape(s: &str) -> String {
         }
         out.push(c);
     }
-    out
+    Cow::Owned(out)
 }
 
 fn field_value(v: &str) -> Option<Field> {

@@ -16,7 +16,7 @@ pub mod otlp;
 pub mod otlp_proto;
 pub mod remote_write;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics_edge::http::Refusal;
@@ -265,7 +265,6 @@ pub struct Mapped {
 struct Group {
     server: String,
     timestamp: u64,
-    names: HashSet<String>,
     metrics: Vec<(String, f64)>,
 }
 
@@ -275,6 +274,9 @@ pub struct Batch<'m> {
     arrival_ms: u64,
     groups: Vec<Group>,
     index: HashMap<(String, u64), usize>,
+    /// The group of the previous value: protocols send a server's values of one time
+    /// together, so most values find their group without hashing or allocating a key.
+    last: Option<usize>,
     counts: Counts,
 }
 
@@ -285,6 +287,7 @@ impl<'m> Batch<'m> {
             arrival_ms,
             groups: Vec::new(),
             index: HashMap::new(),
+            last: None,
             counts: Counts::default(),
         }
     }
@@ -334,7 +337,33 @@ impl<'m> Batch<'m> {
         self.arrival_ms
     }
 
-    /// Adds one value; a name or value it cannot carry is counted.
+    /// The index of the group of `server` at `timestamp`, created if new.
+    fn group(&mut self, server: &str, timestamp: u64) -> usize {
+        if let Some(i) = self.last {
+            let g = &self.groups[i];
+            if g.timestamp == timestamp && g.server == server {
+                return i;
+            }
+        }
+        let key = (server.to_string(), timestamp);
+        let i = match self.index.get(&key) {
+            Some(i) => *i,
+            None => {
+                self.groups.push(Group {
+                    server: key.0.clone(),
+                    timestamp,
+                    metrics: Vec::new(),
+                });
+                self.index.insert(key, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        self.last = Some(i);
+        i
+    }
+
+    /// Adds one value; a name or value it cannot carry is counted. (A name already given for
+    /// the same server and time is found, and counted, by [`Batch::finish`].)
     pub fn value(&mut self, server: &str, timestamp: u64, name: Result<String, Uncarried>, v: f64) {
         let name = match name {
             Ok(n) => n,
@@ -343,31 +372,23 @@ impl<'m> Batch<'m> {
         if !v.is_finite() {
             return self.skip(Uncarried::NotANumber, 1);
         }
-        let key = (server.to_string(), timestamp);
-        let i = match self.index.get(&key) {
-            Some(i) => *i,
-            None => {
-                self.groups.push(Group {
-                    server: server.to_string(),
-                    timestamp,
-                    names: HashSet::new(),
-                    metrics: Vec::new(),
-                });
-                self.index.insert(key, self.groups.len() - 1);
-                self.groups.len() - 1
-            }
-        };
-        let g = &mut self.groups[i];
-        if !g.names.insert(name.clone()) {
-            return self.skip(Uncarried::Duplicate, 1);
-        }
-        g.metrics.push((name, v));
+        let i = self.group(server, timestamp);
+        self.groups[i].metrics.push((name, v));
         self.counts.carried += 1;
     }
 
     /// The samples (a group of more than `limits.max_metrics` values becomes several samples of
     /// the same server and time), or 413 when there are more than `limits.max_batch`.
-    pub fn finish(self, limits: Limits) -> Result<Mapped, Refusal> {
+    pub fn finish(mut self, limits: Limits) -> Result<Mapped, Refusal> {
+        for g in &mut self.groups {
+            let dups = drop_duplicates(&mut g.metrics);
+            self.counts.carried -= dups;
+            let j = Uncarried::ALL
+                .iter()
+                .position(|x| *x == Uncarried::Duplicate)
+                .unwrap_or(0);
+            self.counts.uncarried[j] += dups;
+        }
         let per = limits.max_metrics.max(1);
         let total: usize = self
             .groups
@@ -401,12 +422,42 @@ impl<'m> Batch<'m> {
     }
 }
 
+/// Removes the values whose name came earlier in `metrics` (the first stays); how many.
+fn drop_duplicates(metrics: &mut Vec<(String, f64)>) -> u64 {
+    let n = metrics.len();
+    if n < 2 {
+        return 0;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by(|a, b| metrics[*a].0.cmp(&metrics[*b].0).then(a.cmp(b)));
+    let mut dup = vec![false; n];
+    let mut found = 0;
+    for w in order.windows(2) {
+        if metrics[w[0]].0 == metrics[w[1]].0 {
+            dup[w[1]] = true;
+            found += 1;
+        }
+    }
+    if found > 0 {
+        let mut i = 0;
+        metrics.retain(|_| {
+            i += 1;
+            !dup[i - 1]
+        });
+    }
+    found
+}
+
 /// `s` with every byte outside `A-Z a-z 0-9 _ . : -` replaced by `_` (a whole UTF-8 character
 /// becomes one `_`); empty stays empty.
 pub fn sanitize(s: &str) -> String {
     if valid_name(s) {
         return s.to_string();
     }
+    sanitize_chars(s)
+}
+
+fn sanitize_chars(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-') {
@@ -435,10 +486,10 @@ impl<'a> Namer<'a> {
     }
 
     /// The prefix of a name: `base` and the folded labels of `labels` (key, value).
-    pub fn prefix<'l>(
+    pub fn prefix<'l, V: AsRef<str>>(
         &self,
         base: &str,
-        labels: impl Iterator<Item = (&'l str, String)>,
+        labels: impl Iterator<Item = (&'l str, V)>,
     ) -> String {
         let mut out = sanitize(base);
         if out.is_empty() {
@@ -446,7 +497,7 @@ impl<'a> Namer<'a> {
         }
         match &self.mapping.fold {
             Fold::All => {
-                let mut kept: Vec<(&str, String)> = labels
+                let mut kept: Vec<(&str, V)> = labels
                     .filter(|(k, _)| {
                         !self.server_label.iter().any(|s| s == k)
                             && !self.mapping.ignore.iter().any(|s| s == k)
@@ -454,14 +505,14 @@ impl<'a> Namer<'a> {
                     .collect();
                 kept.sort_by(|a, b| a.0.cmp(b.0));
                 for (k, v) in kept {
-                    push_label(&mut out, k, &v);
+                    push_label(&mut out, k, v.as_ref());
                 }
             }
             Fold::Only(keys) => {
-                let all: Vec<(&str, String)> = labels.collect();
+                let all: Vec<(&str, V)> = labels.collect();
                 for k in keys {
                     if let Some((_, v)) = all.iter().find(|(key, _)| key == k) {
-                        push_label(&mut out, k, v);
+                        push_label(&mut out, k, v.as_ref());
                     }
                 }
             }
@@ -485,9 +536,17 @@ impl<'a> Namer<'a> {
 
 fn push_label(out: &mut String, k: &str, v: &str) {
     out.push('.');
-    out.push_str(&sanitize(k));
+    push_sanitized(out, k);
     out.push('_');
-    out.push_str(&sanitize(v));
+    push_sanitized(out, v);
+}
+
+fn push_sanitized(out: &mut String, s: &str) {
+    if valid_name(s) {
+        out.push_str(s);
+    } else {
+        out.push_str(&sanitize_chars(s));
+    }
 }
 
 /// The suffix of quantile `q`: `p50`, `p99`, `p99_9`.

@@ -118,7 +118,7 @@ fn add_metric(batch: &mut Batch<'_>, namer: &Namer<'_>, server: &str, m: Metric)
     let quantiles = batch.mapping.quantiles.len() as u64;
     // Where a point's values go: its server, its time and its name so far.
     let at = |batch: &Batch<'_>, ns: u64, attrs: &[KeyValue]| At {
-        server: server.to_string(),
+        server,
         t: batch.time_from_nanos(ns),
         prefix: namer.prefix(&name, labels(attrs)),
     };
@@ -224,16 +224,16 @@ struct Stats {
 }
 
 /// Where one point's values go.
-struct At {
-    server: String,
+struct At<'s> {
+    server: &'s str,
     t: u64,
     prefix: String,
 }
 
-impl At {
+impl At<'_> {
     /// One value named `prefix[.suffix]`.
     fn value(&self, batch: &mut Batch<'_>, suffix: Option<&str>, v: f64) {
-        batch.value(&self.server, self.t, Namer::name(&self.prefix, suffix), v);
+        batch.value(self.server, self.t, Namer::name(&self.prefix, suffix), v);
     }
 
     /// `.count`, `.sum` and, when sent, `.min` and `.max`.

@@ -176,7 +176,7 @@ pub fn map<'m>(body: &[u8], mapping: &'m Mapping, arrival_ms: u64) -> Result<Bat
             ts.labels
                 .iter()
                 .filter(|l| l.name != "__name__")
-                .map(|l| (l.name.as_str(), l.value.clone())),
+                .map(|l| (l.name.as_str(), l.value.as_str())),
         );
         let name = Namer::name(&prefix, None);
         for s in ts.samples {
