@@ -5,8 +5,8 @@
 //!
 //! Needs what `./scripts/setup test` installs: the Python virtual environment with the
 //! OpenTelemetry SDK and exporters (`$OTEL_VENV`, default
-//! `~/.cache/metrics-ingest/otel-venv`), the `prometheus` and `curl` Debian packages. A missing
-//! one fails the test, naming it.
+//! `${XDG_CACHE_HOME:-~/.cache}/metrics-ingest/otel-venv`), the `prometheus` and `curl` Debian
+//! packages. A missing one fails the test, naming it.
 
 mod common;
 
@@ -23,8 +23,13 @@ fn otel_python() -> PathBuf {
     let venv = std::env::var_os("OTEL_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME");
-            PathBuf::from(home).join(".cache/metrics-ingest/otel-venv")
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                        .join(".cache")
+                });
+            cache.join("metrics-ingest/otel-venv")
         });
     let python = venv.join("bin/python");
     let ok = Command::new(&python)
