@@ -11,8 +11,8 @@
 //! module below this one (`post`, `ws`, `stream`); here are what they share: the plan, the
 //! message bodies, the acknowledgement records, and the pacer.
 
-mod otlp;
 mod post;
+mod protocols;
 mod stream;
 mod ws;
 
@@ -95,7 +95,7 @@ pub async fn connect(
 ) -> Result<Conn, ConnectError> {
     Ok(match ep.transport {
         Transport::H1 => Conn::Http(connect_http(&ep.ingest, false).await?),
-        Transport::H2c | Transport::H2tls | Transport::OtlpGrpc => {
+        Transport::H2c | Transport::H2tls | Transport::OtlpGrpc | Transport::RemoteWrite => {
             Conn::Http(connect_http(&ep.ingest, true).await?)
         }
         Transport::Ws | Transport::Wss => {
@@ -167,8 +167,12 @@ pub async fn run_agent(
         let ndjson = matches!(conn, Conn::Stream(_));
         let mut body = message(&plan, &mut metrics, &server_id, k, ndjson);
         let grpc = ep.transport == Transport::OtlpGrpc;
-        if grpc {
-            body = otlp::grpc_body(&mut body, metrics_model::now_us());
+        match ep.transport {
+            Transport::OtlpGrpc => body = protocols::grpc_body(&mut body, metrics_model::now_us()),
+            Transport::RemoteWrite => {
+                body = protocols::remote_write_body(&mut body, metrics_model::now_us())
+            }
+            _ => {}
         }
         let sent_us = metrics_model::now_us();
         rec.sent_all.fetch_add(plan.batch, Relaxed);
@@ -184,7 +188,7 @@ pub async fn run_agent(
                 inflight.spawn(async move {
                     let res = tokio::time::timeout(REQUEST_TIMEOUT, fut).await;
                     if grpc {
-                        otlp::reply(&plan, &rec, k, sent_us, res).await;
+                        protocols::reply(&plan, &rec, k, sent_us, res).await;
                     } else {
                         reply(&plan, &rec, k, sent_us, res).await;
                     }

@@ -37,6 +37,9 @@ pub enum Transport {
     /// OTLP over gRPC (`MetricsService/Export`) on HTTP/2 cleartext, as an OpenTelemetry
     /// exporter sends (System 1).
     OtlpGrpc,
+    /// Prometheus remote write 1.0 (`POST /api/v1/write`, snappy protobuf) on HTTP/2
+    /// cleartext (System 1).
+    RemoteWrite,
 }
 
 impl Transport {
@@ -49,6 +52,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Wss => "wss",
             Transport::OtlpGrpc => "otlp-grpc",
+            Transport::RemoteWrite => "remote-write",
         }
     }
 
@@ -61,6 +65,9 @@ impl Transport {
             Transport::Ws => "WebSocket /ingest",
             Transport::Wss => "WebSocket over TLS /ingest",
             Transport::OtlpGrpc => "OTLP/gRPC MetricsService/Export over HTTP/2 cleartext",
+            Transport::RemoteWrite => {
+                "Prometheus remote write POST /api/v1/write over HTTP/2 cleartext"
+            }
         }
     }
 
@@ -262,6 +269,7 @@ impl Endpoint {
                 Transport::Stream => "/metrics/stream",
                 Transport::Ws | Transport::Wss => "/ingest",
                 Transport::OtlpGrpc => ingest::front::protocols::grpc::EXPORT,
+                Transport::RemoteWrite => "/api/v1/write",
                 _ => "/metrics",
             }
         );
