@@ -166,7 +166,7 @@ async fn every_protocol_reaches_the_dashboard() {
 
     // Influx, as Telegraf writes it, over HTTP/1.1 and gzip.
     let lines = format!(
-        "cpu,cpu=cpu-total,host=tele\\ graf usage_idle=97.5,usage_user=2i,up=true,note=\"x y\" {now_ns}\n"
+        "cpu,cpu=cpu-total,host=tele\\ graf usage_idle=97.5,usage_user=2i,up=true,note=\"x y\",temp\\ °C=21.5 {now_ns}\n"
     );
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, lines.as_bytes()).expect("gzip");
@@ -186,6 +186,8 @@ async fn every_protocol_reaches_the_dashboard() {
     assert_eq!(e["metrics"]["cpu.cpu_cpu-total.usage_idle"], 97.5);
     assert_eq!(e["metrics"]["cpu.cpu_cpu-total.usage_user"], 2);
     assert_eq!(e["metrics"]["cpu.cpu_cpu-total.up"], 1);
+    // A field key outside the name rules is carried under a sanitised name.
+    assert_eq!(e["metrics"]["cpu.cpu_cpu-total.temp__C"], 21.5);
 
     // Remote write over h2c.
     let ts = metrics_model::now_ms() as i64;
@@ -276,7 +278,7 @@ async fn every_protocol_reaches_the_dashboard() {
     let (status, text) = http_get(srv.admin_addr.expect("admin"), "/metrics", "").await;
     assert_eq!(status, 200);
     for line in [
-        "ingest_protocol_values_total{protocol=\"influx\",outcome=\"carried\"} 3",
+        "ingest_protocol_values_total{protocol=\"influx\",outcome=\"carried\"} 4",
         "ingest_protocol_values_total{protocol=\"influx\",outcome=\"not_a_number\"} 1",
         "ingest_protocol_values_total{protocol=\"otlp_http\",outcome=\"no_value\"} 1",
         "ingest_protocol_values_total{protocol=\"otlp_grpc\",outcome=\"carried\"} 2",

@@ -312,7 +312,8 @@ mod tests {
         let body = b"# comment\n\
 cpu,cpu=cpu0,host=web\\ 1 usage_idle=97.5,usage_user=1.25 1700000000000000000\n\
 mem,host=web\\ 1 used=1024i,free=5u,ok=true,note=\"a b, c=d\" 1700000000000000000\n\
-disk,host=db,path=/var\\,x free=1e3\n";
+disk,host=db,path=/var\\,x free=1e3\n\
+net,host=db bytes\\ in=1,\xc3\xa9t\xc3\xa9=2\n";
         let m = map(body, 1, &Mapping::default(), 42).expect("mapped");
         assert_eq!(
             super::super::flat(&m),
@@ -323,6 +324,8 @@ disk,host=db,path=/var\\,x free=1e3\n";
                 "web_1@1700000000000 mem.free=5",
                 "web_1@1700000000000 mem.ok=1",
                 "db@42 disk.path__var_x.free=1000",
+                "db@42 net.bytes_in=1",
+                "db@42 net._t_=2",
             ]
         );
         assert_eq!(m.counts.rejected(), 1, "the string field is counted");

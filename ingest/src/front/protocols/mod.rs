@@ -520,12 +520,12 @@ impl<'a> Namer<'a> {
         out
     }
 
-    /// `prefix` with `suffix`, checked against the name rules.
+    /// `prefix` with `suffix` (sanitised), checked against the name rules.
     pub fn name(prefix: &str, suffix: Option<&str>) -> Result<String, Uncarried> {
         let mut n = prefix.to_string();
         if let Some(s) = suffix {
             n.push('.');
-            n.push_str(s);
+            push_sanitized(&mut n, s);
         }
         if n.len() > MAX_NAME_LEN {
             return Err(Uncarried::NameTooLong);
