@@ -12,6 +12,7 @@
 //! message bodies, the acknowledgement records, and the pacer.
 
 mod post;
+mod protocols;
 mod stream;
 mod ws;
 
@@ -94,7 +95,9 @@ pub async fn connect(
 ) -> Result<Conn, ConnectError> {
     Ok(match ep.transport {
         Transport::H1 => Conn::Http(connect_http(&ep.ingest, false).await?),
-        Transport::H2c | Transport::H2tls => Conn::Http(connect_http(&ep.ingest, true).await?),
+        Transport::H2c | Transport::H2tls | Transport::OtlpGrpc | Transport::RemoteWrite => {
+            Conn::Http(connect_http(&ep.ingest, true).await?)
+        }
         Transport::Ws | Transport::Wss => {
             let ws = connect_ws(&ep.ingest, &ep.ingest_path, ep.tokens.agent.as_deref()).await?;
             Conn::Ws(WsAgent::start(ws, rec.clone(), batch))
@@ -162,7 +165,15 @@ pub async fn run_agent(
     while let Some(k) = due.recv().await {
         let measured = plan.measured(k);
         let ndjson = matches!(conn, Conn::Stream(_));
-        let body = message(&plan, &mut metrics, &server_id, k, ndjson);
+        let mut body = message(&plan, &mut metrics, &server_id, k, ndjson);
+        let grpc = ep.transport == Transport::OtlpGrpc;
+        match ep.transport {
+            Transport::OtlpGrpc => body = protocols::grpc_body(&mut body, metrics_model::now_us()),
+            Transport::RemoteWrite => {
+                body = protocols::remote_write_body(&mut body, metrics_model::now_us())
+            }
+            _ => {}
+        }
         let sent_us = metrics_model::now_us();
         rec.sent_all.fetch_add(plan.batch, Relaxed);
         if measured {
@@ -176,7 +187,11 @@ pub async fn run_agent(
                 let (plan, rec) = (plan.clone(), rec.clone());
                 inflight.spawn(async move {
                     let res = tokio::time::timeout(REQUEST_TIMEOUT, fut).await;
-                    reply(&plan, &rec, k, sent_us, res).await;
+                    if grpc {
+                        protocols::reply(&plan, &rec, k, sent_us, res).await;
+                    } else {
+                        reply(&plan, &rec, k, sent_us, res).await;
+                    }
                 });
             }
             Conn::Http(HttpConn::H1(send)) => {

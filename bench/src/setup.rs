@@ -141,7 +141,7 @@ pub fn prepare(
     }
     match (which, transport.websocket()) {
         (systems::Which::System1, true) => bail!(
-            "System 1 takes HTTP: --system1-transport must be h1, h2c, h2tls or stream, not {}",
+            "System 1 takes HTTP: --system1-transport must be h1, h2c, h2tls, stream, otlp-grpc or remote-write, not {}",
             transport.label()
         ),
         (systems::Which::System2, false) => bail!(

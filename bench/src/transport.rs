@@ -34,6 +34,12 @@ pub enum Transport {
     Ws,
     /// WebSocket over TLS.
     Wss,
+    /// OTLP over gRPC (`MetricsService/Export`) on HTTP/2 cleartext, as an OpenTelemetry
+    /// exporter sends (System 1).
+    OtlpGrpc,
+    /// Prometheus remote write 1.0 (`POST /api/v1/write`, snappy protobuf) on HTTP/2
+    /// cleartext (System 1).
+    RemoteWrite,
 }
 
 impl Transport {
@@ -45,6 +51,8 @@ impl Transport {
             Transport::Stream => "stream",
             Transport::Ws => "ws",
             Transport::Wss => "wss",
+            Transport::OtlpGrpc => "otlp-grpc",
+            Transport::RemoteWrite => "remote-write",
         }
     }
 
@@ -56,6 +64,10 @@ impl Transport {
             Transport::Stream => "HTTP/2 streaming POST /metrics/stream",
             Transport::Ws => "WebSocket /ingest",
             Transport::Wss => "WebSocket over TLS /ingest",
+            Transport::OtlpGrpc => "OTLP/gRPC MetricsService/Export over HTTP/2 cleartext",
+            Transport::RemoteWrite => {
+                "Prometheus remote write POST /api/v1/write over HTTP/2 cleartext"
+            }
         }
     }
 
@@ -256,6 +268,8 @@ impl Endpoint {
             match transport {
                 Transport::Stream => "/metrics/stream",
                 Transport::Ws | Transport::Wss => "/ingest",
+                Transport::OtlpGrpc => ingest::front::protocols::grpc::EXPORT,
+                Transport::RemoteWrite => "/api/v1/write",
                 _ => "/metrics",
             }
         );

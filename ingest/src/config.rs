@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::front::protocols::{self, Fold, Mapping};
 use clap::{Parser, Subcommand};
 use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service, ServiceArgs};
 
@@ -112,6 +113,32 @@ pub struct Args {
     /// order below `since` are not missed (about 10 minutes of a busy system at 4 a second).
     #[arg(long, default_value_t = 4_096, global = true)]
     pub resume_history: u64,
+    /// OTLP resource attributes whose value is a sample's server id, tried in order.
+    #[arg(long, default_value = "host.name,service.instance.id", global = true)]
+    pub otlp_server_attributes: String,
+    /// The Prometheus remote-write label whose value is a sample's server id.
+    #[arg(long, default_value = "instance", global = true)]
+    pub prom_server_label: String,
+    /// The Influx line-protocol tag whose value is a sample's server id.
+    #[arg(long, default_value = "host", global = true)]
+    pub influx_server_tag: String,
+    /// Server id of OTLP, remote-write and Influx values that carry none; without it such
+    /// values are not stored (counted in `ingest_protocol_values_total`, and reported to OTLP
+    /// clients as partial success).
+    #[arg(long, global = true)]
+    pub default_server_id: Option<String>,
+    /// Labels (OTLP point attributes, Prometheus labels, Influx tags) folded into metric
+    /// names as `.key_value`: `*` for all but the server's and --ignore-labels (in key
+    /// order), or a comma-separated list (in that order; empty: none).
+    #[arg(long, default_value = "*", global = true)]
+    pub fold_labels: String,
+    /// Labels never folded into names under `--fold-labels '*'`.
+    #[arg(long, default_value = "job", global = true)]
+    pub ignore_labels: String,
+    /// Quantiles stored for OTLP histograms (as `.p50`, `.p99`, ...), estimated from their
+    /// buckets: comma-separated fractions.
+    #[arg(long, default_value = "0.5,0.9,0.99", global = true)]
+    pub histogram_quantiles: String,
     /// Fault injection (tests only): a worker sleeps this many ms between reading a batch and
     /// publishing it.
     #[arg(long, hide = true, global = true)]
@@ -157,6 +184,8 @@ pub struct Settings {
     pub window_log_len: u64,
     pub resume_history: u64,
     pub fault_pause: Option<Duration>,
+    /// How the agents' protocols (OTLP, remote write, Influx) map to samples.
+    pub mapping: Mapping,
 }
 
 /// Why the configuration was refused.
@@ -174,6 +203,10 @@ pub enum ConfigError {
     BelowEntry(&'static str, usize, usize),
     #[error("--{0} ({1}) must be at most {2}")]
     AtMost(&'static str, usize, usize),
+    #[error("--histogram-quantiles: {0}")]
+    Quantiles(String),
+    #[error("--default-server-id must be 1 to 128 characters of A-Z a-z 0-9 _ . : -")]
+    DefaultServerId,
 }
 
 /// The smallest `--max-entry-bytes` and `--pubsub-message-bytes`: any one sample fits (at
@@ -266,6 +299,7 @@ impl ServiceArgs for Args {
                 return Err(ConfigError::AtMost(flag, v, max));
             }
         }
+        let mapping = self.mapping()?;
         let node_id = self.node_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())
@@ -296,6 +330,27 @@ impl ServiceArgs for Args {
             window_log_len: self.window_log_len,
             resume_history: self.resume_history,
             fault_pause: self.fault_pause_ms.map(Duration::from_millis),
+            mapping,
+        })
+    }
+}
+
+impl Args {
+    fn mapping(&self) -> Result<Mapping, ConfigError> {
+        if let Some(id) = &self.default_server_id {
+            if !metrics_model::decode::valid_name(id) {
+                return Err(ConfigError::DefaultServerId);
+            }
+        }
+        Ok(Mapping {
+            otlp_server: protocols::list(&self.otlp_server_attributes),
+            prom_server: self.prom_server_label.trim().to_string(),
+            influx_server: self.influx_server_tag.trim().to_string(),
+            default_server: self.default_server_id.clone(),
+            fold: Fold::parse(&self.fold_labels),
+            ignore: protocols::list(&self.ignore_labels),
+            quantiles: protocols::parse_quantiles(&self.histogram_quantiles)
+                .map_err(ConfigError::Quantiles)?,
         })
     }
 }

@@ -4,6 +4,9 @@
 //! | route | role | what |
 //! |---|---|---|
 //! | `POST /metrics`, `POST /metrics/stream` | front | ingest (see `front`): agent token |
+//! | `POST /v1/metrics`, gRPC `MetricsService/Export` | front | OTLP/HTTP, OTLP/gRPC (`front::protocols`) |
+//! | `POST /api/v1/write` | front | Prometheus remote write 1.0 |
+//! | `POST /api/v2/write`, `POST /write` | front | Influx line protocol |
 //! | `GET /` | broadcaster | the dashboard page (public) |
 //! | `GET /ws` | broadcaster | dashboard stream (`?serverId=`, `?since=`): dashboard token, allowed `Origin` |
 //! | `GET /readyz` | any | Redis answers `PING` (503 with `Retry-After` when not) |
@@ -35,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::{self, BroadcastStats};
 use crate::config::{Role, Settings};
-use crate::front::{self, Front, FrontOptions};
+use crate::front::{self, protocols, Front, FrontOptions};
 use crate::keys::{Keys, Position};
 use crate::replay;
 use crate::snapshot::RedisSnapshots;
@@ -137,8 +140,10 @@ impl Service for Server {
                     body_timeout: settings.edge.conn.body_timeout,
                     max_entry: settings.max_entry_bytes,
                     limits: settings.edge.limits,
+                    mapping: settings.mapping.clone(),
                 },
                 life: life.clone(),
+                protocols: Default::default(),
             })
         });
         let worker_stats = Arc::new(WorkerStats::default());
@@ -250,6 +255,11 @@ impl Service for Server {
 const ROUTES: &[&str] = &[
     "/metrics",
     "/metrics/stream",
+    "/v1/metrics",
+    "/api/v1/write",
+    "/api/v2/write",
+    "/write",
+    protocols::grpc::EXPORT,
     "/",
     "/ws",
     "/readyz",
@@ -295,7 +305,19 @@ async fn metrics(app: &App, timeout: Duration) -> String {
                 ("entry_too_large", s.too_large.load(Relaxed) as f64),
             ],
         )
-        .histogram(
+        .family(
+            "ingest_protocol_values_total",
+            "Values of OTLP, remote-write and Influx requests, by protocol and outcome: carried into samples, or why not (no_server_id, duplicate, not_a_number, ...). Values of refused requests are not counted here.",
+            Kind::Counter,
+        );
+        for (protocol, outcome, n) in f.protocols.rows() {
+            e.sample(
+                "ingest_protocol_values_total",
+                &[("protocol", protocol), ("outcome", outcome)],
+                n as f64,
+            );
+        }
+        e.histogram(
             "ingest_redis_pipeline_entries",
             "Entries per Redis pipeline.",
             &s.pipeline_entries,
@@ -467,9 +489,24 @@ async fn stream_info(
 
 /// The route table.
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Answer {
+    if protocols::grpc::is_grpc(&req) {
+        return protocols::grpc::serve(app.front.as_ref(), req).await;
+    }
     let path = req.uri().path();
     match (path, req.method()) {
         ("/metrics", &Method::POST) => front::post_metrics(front(app, path)?, req).await,
+        ("/v1/metrics", &Method::POST) => {
+            protocols::otlp::post_metrics(front(app, path)?, req).await
+        }
+        ("/api/v1/write", &Method::POST) => {
+            protocols::remote_write::post_write(front(app, path)?, req).await
+        }
+        ("/api/v2/write" | "/write", &Method::POST) => {
+            protocols::influx::post_write(front(app, path)?, req).await
+        }
+        ("/v1/metrics" | "/api/v1/write" | "/api/v2/write" | "/write", _) => {
+            Err(Refusal::MethodNotAllowed("POST"))
+        }
         ("/metrics/stream", &Method::POST) => front::post_stream(front(app, path)?, req),
         ("/metrics" | "/metrics/stream", _) => Err(Refusal::MethodNotAllowed("POST")),
         ("/", &Method::GET) if !fastwebsockets::upgrade::is_upgrade_request(&req) => {

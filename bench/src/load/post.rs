@@ -16,6 +16,8 @@ pub struct PostTemplate {
     host: Option<http::HeaderValue>,
     auth: Option<http::HeaderValue>,
     content_type: http::HeaderValue,
+    /// `Content-Encoding`, for remote write's snappy bodies.
+    encoding: Option<http::HeaderValue>,
 }
 
 impl PostTemplate {
@@ -40,11 +42,14 @@ impl PostTemplate {
                     .parse()
                     .expect("a token valid in a header")
             }),
-            content_type: http::HeaderValue::from_static(if ep.transport == Transport::Stream {
-                "application/x-ndjson"
-            } else {
-                "application/json"
+            content_type: http::HeaderValue::from_static(match ep.transport {
+                Transport::Stream => "application/x-ndjson",
+                Transport::OtlpGrpc => "application/grpc",
+                Transport::RemoteWrite => "application/x-protobuf",
+                _ => "application/json",
             }),
+            encoding: (ep.transport == Transport::RemoteWrite)
+                .then(|| http::HeaderValue::from_static("snappy")),
         }
     }
 
@@ -56,6 +61,9 @@ impl PostTemplate {
         }
         if let Some(a) = &self.auth {
             r = r.header("authorization", a.clone());
+        }
+        if let Some(e) = &self.encoding {
+            r = r.header("content-encoding", e.clone());
         }
         r.body(body).expect("a valid request")
     }

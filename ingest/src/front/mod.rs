@@ -11,6 +11,7 @@
 //! likes), 415 (content type or encoding), 503 with `Retry-After` (Redis down or
 //! slower than the deadline, or the writer's queue at `--writer-queue-bytes`).
 
+pub mod protocols;
 pub mod stream;
 
 use std::io::Read;
@@ -44,6 +45,8 @@ pub struct FrontOptions {
     /// Largest stream entry (`--max-entry-bytes`).
     pub max_entry: usize,
     pub limits: Limits,
+    /// How the agents' protocols map to samples.
+    pub mapping: protocols::Mapping,
 }
 
 /// The front door's shared state.
@@ -53,6 +56,8 @@ pub struct Front {
     pub opts: FrontOptions,
     /// Streaming requests run tasks of their own, tracked here.
     pub life: Lifecycle,
+    /// What the protocol routes carried and did not.
+    pub protocols: protocols::ProtocolStats,
 }
 
 impl From<StoreError> for Refusal {
@@ -68,7 +73,7 @@ enum Format {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+pub enum Encoding {
     Identity,
     Gzip,
     Zstd,
@@ -106,7 +111,11 @@ pub async fn post_metrics(front: &Arc<Front>, req: Request<Incoming>) -> Answer 
 }
 
 /// Writes `samples` as one entry and waits for Redis, at most the deadline.
-async fn store(front: &Front, samples: &[Sample], arrival_ms: u64) -> Result<(), Refusal> {
+pub(crate) async fn store(
+    front: &Front,
+    samples: &[Sample],
+    arrival_ms: u64,
+) -> Result<(), Refusal> {
     let entry = entry(front, samples, arrival_ms)?;
     match tokio::time::timeout(front.opts.deadline, front.writer.write(entry)).await {
         Ok(Ok(_id)) => Ok(()),
@@ -148,6 +157,12 @@ fn check_headers(front: &Front, req: &Request<Incoming>) -> Result<(Format, Enco
     let headers = req.headers();
     let format = content_type(headers)?;
     let encoding = content_encoding(headers)?;
+    check_length(front, headers)?;
+    Ok((format, encoding))
+}
+
+/// 413 when the declared `Content-Length` passes the body limit (before reading it).
+pub(crate) fn check_length(front: &Front, headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -157,7 +172,7 @@ fn check_headers(front: &Front, req: &Request<Incoming>) -> Result<(Format, Enco
             return Err(too_large(front.opts.max_body));
         }
     }
-    Ok((format, encoding))
+    Ok(())
 }
 
 fn too_large(max: usize) -> Refusal {
@@ -184,7 +199,7 @@ fn content_type(headers: &HeaderMap) -> Result<Format, Refusal> {
     }
 }
 
-fn content_encoding(headers: &HeaderMap) -> Result<Encoding, Refusal> {
+pub(crate) fn content_encoding(headers: &HeaderMap) -> Result<Encoding, Refusal> {
     let Some(v) = headers.get(header::CONTENT_ENCODING) else {
         return Ok(Encoding::Identity);
     };
@@ -200,7 +215,7 @@ fn content_encoding(headers: &HeaderMap) -> Result<Encoding, Refusal> {
 }
 
 /// Reads the body under the limit, then decompresses it under the same limit.
-async fn read_body(
+pub(crate) async fn read_body(
     front: &Front,
     req: Request<Incoming>,
     enc: Encoding,
@@ -232,13 +247,21 @@ async fn read_body(
             Err(raw) => raw.to_vec(),
         });
     }
+    decompress(&raw, enc, max)
+}
+
+/// Decompresses `raw` under the limit of `max` bytes (413 past it, 400 if malformed).
+pub(crate) fn decompress(raw: &[u8], enc: Encoding, max: usize) -> Result<Vec<u8>, Refusal> {
     let mut out = Vec::with_capacity(raw.len().min(max) * 2);
     let decoded = match enc {
-        Encoding::Identity => unreachable!("handled above"),
-        Encoding::Gzip => flate2::read::GzDecoder::new(&raw[..])
+        Encoding::Identity => {
+            out.extend_from_slice(raw);
+            Ok(raw.len())
+        }
+        Encoding::Gzip => flate2::read::GzDecoder::new(raw)
             .take(max as u64 + 1)
             .read_to_end(&mut out),
-        Encoding::Zstd => zstd::stream::read::Decoder::new(&raw[..])
+        Encoding::Zstd => zstd::stream::read::Decoder::new(raw)
             .and_then(|d| d.take(max as u64 + 1).read_to_end(&mut out)),
     };
     match decoded {

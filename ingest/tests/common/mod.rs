@@ -187,6 +187,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: String,
+    /// The body as sent (protobuf answers are not text).
+    pub bytes: Bytes,
     pub version: http::Version,
 }
 
@@ -200,8 +202,29 @@ pub enum Transport {
 
 /// Sends one request on a fresh connection.
 pub async fn request(addr: SocketAddr, t: &Transport, req: Request<Full<Bytes>>) -> Reply {
+    let resp = send(addr, t, req).await;
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
+        version,
+    }
+}
+
+/// Sends one request on a fresh connection; the response with its body still to read (for
+/// trailers, say).
+pub async fn send(
+    addr: SocketAddr,
+    t: &Transport,
+    req: Request<Full<Bytes>>,
+) -> hyper::Response<hyper::body::Incoming> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let resp = match t {
+    match t {
         Transport::Http1 => {
             let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
@@ -235,16 +258,6 @@ pub async fn request(addr: SocketAddr, t: &Transport, req: Request<Full<Bytes>>)
             tokio::spawn(conn);
             s.send_request(req).await.expect("h2 request")
         }
-    };
-    let status = resp.status().as_u16();
-    let version = resp.version();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        version,
     }
 }
 
