@@ -79,21 +79,33 @@ pub fn check(runs: &[Run]) -> Findings {
             r.name
         ));
     }
+    // A bench run's size is what its schedule offered (a run that lost samples is not smaller,
+    // only worse); an .hgrm file's is what it measured.
+    for c in runs.iter().flat_map(|r| &r.curves) {
+        if c.result.latency_us.corrected.count == 0 {
+            f.notes.push(format!("{}: no latency samples", c.label));
+        }
+    }
     let sizes: Vec<(&str, u64)> = runs
         .iter()
         .flat_map(|r| &r.curves)
-        .map(|c| (c.label.as_str(), c.result.latency_us.corrected.count))
+        .map(|c| {
+            let offered = c.result.counts.offered;
+            let n = if c.from_bench && offered > 0 {
+                offered
+            } else {
+                c.result.latency_us.corrected.count
+            };
+            (c.label.as_str(), n)
+        })
+        .filter(|(_, n)| *n > 0)
         .collect();
-    for (label, _) in sizes.iter().filter(|(_, n)| *n == 0) {
-        f.notes.push(format!("{label}: no latency samples"));
-    }
-    let counted: Vec<&(&str, u64)> = sizes.iter().filter(|(_, n)| *n > 0).collect();
-    let lo = counted.iter().min_by_key(|(_, n)| *n);
-    let hi = counted.iter().max_by_key(|(_, n)| *n);
+    let lo = sizes.iter().min_by_key(|(_, n)| *n);
+    let hi = sizes.iter().max_by_key(|(_, n)| *n);
     if let (Some((lo_l, lo_n)), Some((hi_l, hi_n))) = (lo, hi) {
         if *hi_n as f64 > *lo_n as f64 * SAMPLE_RATIO {
             f.problems.push(format!(
-                "the sample size differs: {hi_l} has {} latency samples, {lo_l} {} (more than {SAMPLE_RATIO}x apart: the tail percentiles of the smaller are less certain)",
+                "the sample size differs: {hi_l} has {} samples, {lo_l} {} (more than {SAMPLE_RATIO}x apart: the tail percentiles of the smaller are less certain)",
                 count(*hi_n),
                 count(*lo_n)
             ));
@@ -136,4 +148,71 @@ pub fn check(runs: &[Run]) -> Findings {
         ));
     }
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::runs::Curve;
+    use crate::report::Report;
+
+    fn run(name: &str, edit: impl FnOnce(&mut Report)) -> Run {
+        let mut report: Report =
+            serde_json::from_str(include_str!("../../tests/data/sample-report.json"))
+                .expect("the sample report reads");
+        edit(&mut report);
+        let curves = report
+            .systems
+            .iter()
+            .map(|s| Curve {
+                label: format!("{name}:{}", s.label),
+                system: s.label.clone(),
+                source: "report.json".into(),
+                result: s.clone(),
+                from_bench: true,
+            })
+            .collect();
+        Run {
+            arg: name.into(),
+            name: name.into(),
+            report: Some(report),
+            curves,
+        }
+    }
+
+    #[test]
+    fn a_run_that_lost_most_samples_is_worse_not_smaller() {
+        let base = run("a", |_| {});
+        let lossy = run("b", |r| {
+            let c = &mut r.systems[1];
+            c.latency_us.corrected.count /= 10;
+            c.counts.seen /= 10;
+            c.counts.lost = c.counts.acked - c.counts.seen;
+        });
+        let f = check(&[base, lossy]);
+        assert!(f.problems.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn a_different_load_or_sample_size_is_a_problem_and_other_flags_a_note() {
+        let base = run("a", |_| {});
+        let faster = run("b", |r| {
+            r.params["rate_per_s"] = 40_000.0.into();
+            r.params["batch"] = 10.into();
+            for s in &mut r.systems {
+                s.counts.offered *= 3;
+            }
+        });
+        let f = check(&[base, faster]);
+        assert_eq!(f.problems.len(), 2, "{f:?}");
+        assert!(f.problems[0].starts_with("the offered load differs: a 20,000/s, b 40,000/s"));
+        assert!(
+            f.problems[1].starts_with("the sample size differs"),
+            "{f:?}"
+        );
+        assert!(
+            f.notes.iter().any(|n| n == "batch differs: a 100, b 10"),
+            "{f:?}"
+        );
+    }
 }

@@ -56,8 +56,10 @@ pub struct Row {
     /// The curve this one is compared with (none for the base run's own curves).
     pub base: Option<String>,
     pub figures: Figures,
-    /// Per figure: this value over the base's.
+    /// Per figure: this value over the base's (where the base's is above zero).
     pub ratio: BTreeMap<&'static str, f64>,
+    /// Per figure: this value minus the base's.
+    pub change: BTreeMap<&'static str, f64>,
     /// Per figure: whether the difference from the base is within the repetitions' spread.
     pub within_spread: BTreeMap<&'static str, bool>,
     /// Per figure: the range over repetitions, when the run was repeated.
@@ -122,6 +124,7 @@ fn rows(runs: &[Run]) -> Vec<Row> {
         .map(|(run, c, base)| {
             let f = c.figures();
             let mut ratio = BTreeMap::new();
+            let mut change = BTreeMap::new();
             let mut within = BTreeMap::new();
             if let Some(b) = base {
                 let bf = b.figures();
@@ -130,6 +133,7 @@ fn rows(runs: &[Run]) -> Vec<Row> {
                         if x.v > 0.0 {
                             ratio.insert(m.name(), y.v / x.v);
                         }
+                        change.insert(m.name(), y.v - x.v);
                         within.insert(m.name(), gate::within_spread(&x, &y));
                     }
                 }
@@ -140,6 +144,7 @@ fn rows(runs: &[Run]) -> Vec<Row> {
                 base: base.map(|b| b.label.clone()),
                 figures: f,
                 ratio,
+                change,
                 within_spread: within,
                 spread: c.result.repeats.as_ref().map(|r| r.spread.clone()),
             }

@@ -26,12 +26,8 @@ pub fn render(runs: &[Run], d: &DiffSection) -> String {
             .as_ref()
             .map(|rep| format!("{} ({})", rep.command, rep.started))
             .unwrap_or_else(|| "an .hgrm file".into());
-        let _ = writeln!(
-            s,
-            "{} {}: {what}",
-            if i == 0 { "base" } else { "    " },
-            r.name
-        );
+        let role = if i == 0 { " (base)" } else { "" };
+        let _ = writeln!(s, "{}{role}: {what}", r.name);
     }
     for p in &d.problems {
         let _ = writeln!(s, "not comparable (--force): {p}");
@@ -59,9 +55,12 @@ pub fn render(runs: &[Run], d: &DiffSection) -> String {
                 } else {
                     ""
                 };
-                match r.ratio.get(m.name()) {
-                    Some(x) => format!("{noise}x{x:.2}"),
-                    None => "-".into(),
+                match (r.ratio.get(m.name()), r.change.get(m.name())) {
+                    (Some(x), _) => format!("{noise}x{x:.2}"),
+                    // From zero: the change itself.
+                    (None, Some(d)) if *d == 0.0 => format!("{noise}="),
+                    (None, Some(d)) => format!("{noise}+{}", gate::show(*m, *d)),
+                    (None, None) => "-".into(),
                 }
             }));
             table.push(line);
