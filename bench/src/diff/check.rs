@@ -153,7 +153,6 @@ pub fn check(runs: &[Run]) -> Findings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::runs::Curve;
     use crate::report::Report;
 
     fn run(name: &str, edit: impl FnOnce(&mut Report)) -> Run {
@@ -161,23 +160,7 @@ mod tests {
             serde_json::from_str(include_str!("../../tests/data/sample-report.json"))
                 .expect("the sample report reads");
         edit(&mut report);
-        let curves = report
-            .systems
-            .iter()
-            .map(|s| Curve {
-                label: format!("{name}:{}", s.label),
-                system: s.label.clone(),
-                source: "report.json".into(),
-                result: s.clone(),
-                from_bench: true,
-            })
-            .collect();
-        Run {
-            arg: name.into(),
-            name: name.into(),
-            report: Some(report),
-            curves,
-        }
+        Run::of_report(name.into(), name.into(), report, "report.json".as_ref())
     }
 
     #[test]

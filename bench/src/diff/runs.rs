@@ -22,6 +22,29 @@ pub struct Run {
     pub curves: Vec<Curve>,
 }
 
+impl Run {
+    /// The run a bench report read from `source` is: one curve per system, `NAME:label`.
+    pub fn of_report(arg: String, name: String, report: Report, source: &Path) -> Run {
+        let curves = report
+            .systems
+            .iter()
+            .map(|s| Curve {
+                label: format!("{name}:{}", s.label),
+                system: s.label.clone(),
+                source: source.to_path_buf(),
+                result: s.clone(),
+                from_bench: true,
+            })
+            .collect();
+        Run {
+            arg,
+            name,
+            report: Some(report),
+            curves,
+        }
+    }
+}
+
 /// One latency curve: a system of a bench run, or an `.hgrm` file.
 #[derive(Clone, Debug)]
 pub struct Curve {
@@ -123,23 +146,7 @@ fn load_folder(dir: &Path, arg: String, unit: HgrmUnit) -> anyhow::Result<Run> {
         if report.systems.is_empty() {
             bail!("{}: the report has no systems", json.display());
         }
-        let curves = report
-            .systems
-            .iter()
-            .map(|s| Curve {
-                label: format!("{name}:{}", s.label),
-                system: s.label.clone(),
-                source: json.clone(),
-                result: s.clone(),
-                from_bench: true,
-            })
-            .collect();
-        return Ok(Run {
-            arg,
-            name,
-            report: Some(report),
-            curves,
-        });
+        return Ok(Run::of_report(arg, name, report, &json));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
