@@ -168,17 +168,20 @@ async fn scenario(browser: &Chromium, s1: SocketAddr, s2: SocketAddr) -> Result<
     )?;
     page.close(&mut cdp).await?;
 
-    // 3. Refused streams say why: a wrong token, a wrong path, and (from the page System 2
-    // serves) System 1 not allowing System 2's origin.
+    // 3. Refused streams say why: a wrong token, a wrong path, (from the page System 2 serves)
+    // System 1 not allowing System 2's origin, and a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?;
     let page = cdp
         .open(&format!(
-            "http://{s2}/?compare=ws://{s2}/ws?token=wrong,ws://{s2}/nowhere?token={TOKEN},ws://{s1}/ws"
+            "http://{s2}/?compare=ws://{s2}/ws?token=wrong,ws://{s2}/nowhere?token={TOKEN},ws://{s1}/ws,ws://{closed}/ws"
         ))
         .await?;
     let s = page
-        .wait_for_state(&mut cdp, STATE, "three refusals explained", |s| {
+        .wait_for_state(&mut cdp, STATE, "four refusals explained", |s| {
             s["cols"].as_array().is_some_and(|c| {
-                c.len() == 3
+                c.len() == 4
                     && c.iter().all(|c| {
                         c["refusalStatus"].is_string()
                             && c["status"]
@@ -193,6 +196,7 @@ async fn scenario(browser: &Chromium, s1: SocketAddr, s2: SocketAddr) -> Result<
         ("401", "missing or wrong token"),
         ("404", "no route for /nowhere"),
         ("403", "may not open a dashboard here"),
+        ("unreachable", "no answer (server down, wrong address"),
     ];
     for (c, (status, why)) in cols.iter().zip(expect) {
         check(
@@ -214,6 +218,40 @@ async fn scenario(browser: &Chromium, s1: SocketAddr, s2: SocketAddr) -> Result<
         "the token is not echoed",
         &s,
     )?;
+    page.close(&mut cdp).await?;
+
+    // 4. An empty compare= shows the form, this host's stream filled in; submitting two URLs
+    // opens the columns.
+    let page = cdp.open(&format!("http://{s1}/?compare=")).await?;
+    let form = page
+        .wait_for_json(
+            &mut cdp,
+            r##"JSON.stringify([...document.querySelectorAll("#compare input")].map((i) => i.value))"##,
+            STATE.wait,
+            "the form",
+            |v| v.as_array().is_some_and(|i| i.len() == 2),
+        )
+        .await?;
+    check(
+        form == json!([format!("ws://{s1}/ws"), ""]),
+        "the form offers this host's stream first",
+        &form,
+    )?;
+    page.eval(
+        &mut cdp,
+        &format!(
+            r##"(() => {{ const i = document.querySelectorAll("#compare input");
+                 i[1].value = "ws://{s2}/ws?token={TOKEN}";
+                 document.querySelector("#compare form").requestSubmit(); return true; }})()"##
+        ),
+    )
+    .await?;
+    page.wait_for_state(&mut cdp, STATE, "the submitted streams in columns", |s| {
+        s["cols"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["state"] == "connected"))
+    })
+    .await?;
     page.close(&mut cdp).await?;
     let _ = cdp.call(None, "Browser.close", json!({})).await;
     Ok(())
