@@ -212,3 +212,51 @@ fn hgrm_curve(path: &Path, label: String, system: String, unit: HgrmUnit) -> any
         from_bench: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Hist;
+
+    #[test]
+    fn a_folder_without_a_report_is_read_from_its_hgrm_files() {
+        let dir = std::env::temp_dir().join(format!(
+            "bench-runs-test-{}-{}",
+            std::process::id(),
+            metrics_model::now_us()
+        ));
+        std::fs::create_dir_all(&dir).expect("folder");
+        let mut h = Hist::new();
+        for v in 100..=2000u64 {
+            h.record(v);
+        }
+        let text = hgrm::render(&h, 1000.0);
+        for name in ["system2.hgrm", "system2-uncorrected.hgrm", "notes.txt"] {
+            std::fs::write(dir.join(name), &text).expect("write");
+        }
+        let runs = load(&[dir.clone(), dir.join("system2.hgrm")], HgrmUnit::Ms).expect("loads");
+        let folder = file_name(&dir);
+        assert_eq!(
+            runs[0].curves.len(),
+            1,
+            "the uncorrected file is not a curve"
+        );
+        assert_eq!(runs[0].curves[0].label, format!("{folder}:system2"));
+        assert_eq!(runs[1].curves[0].label, "system2");
+        assert_eq!(runs[1].curves[0].system, "system2");
+        let f = runs[0].curves[0].figures();
+        assert_eq!(f.max, Some(h.max() as f64));
+        assert_eq!(f.lost, None);
+        let e = load(
+            &[dir.join("notes.txt").with_extension("nope")],
+            HgrmUnit::Ms,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no such results folder or .hgrm file"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -295,6 +295,17 @@ mod tests {
     }
 
     #[test]
+    fn wrk2_output_is_read_around_its_other_lines() {
+        let p = parse(include_str!("../../tests/data/wrk2.hgrm"), 1000.0).expect("parses");
+        let s = p.summary();
+        assert_eq!(s.count, 24_000);
+        assert_eq!((s.min, s.p50, s.p90, s.max), (167, 902, 1602, 14_227));
+        assert!((s.mean - 1004.0).abs() < 1e-6, "{}", s.mean);
+        // Its last row ends with `inf` and the table with the footer; what follows is skipped.
+        assert_eq!(p.points.last().map(|x| x.quantile), Some(1.0));
+    }
+
+    #[test]
     fn bad_distributions_are_refused_naming_the_line() {
         assert_eq!(parse("hello\n", 1.0), Err(ParseError::NoHeader));
         let head = "       Value   Percentile   TotalCount 1/(1-Percentile)\n\n";
