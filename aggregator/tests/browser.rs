@@ -16,7 +16,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aggregator::{Listeners, Server, Service, Settings};
@@ -186,19 +185,11 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
         "latency reads `p50 .. ms · p99 .. ms · last .. ms`",
         &s,
     )?;
-    if let Ok(path) = std::env::var("DASHBOARD_SCREENSHOT") {
-        // Let a few more seconds of data draw, for a screenshot worth looking at.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        page.screenshot(&mut cdp, Path::new(&path)).await?;
-    }
+    page.screenshot_if_asked(&mut cdp, "DASHBOARD_SCREENSHOT", Duration::from_secs(3))
+        .await?;
 
     // 2. Choosing a server in the filter subscribes to it and narrows the charts to it.
-    page.eval(
-        &mut cdp,
-        r#"(() => { const f = document.getElementById("server-filter");
-                   f.value = "sim-02"; f.dispatchEvent(new Event("change")); return true; })()"#,
-    )
-    .await?;
+    page.select(&mut cdp, "server-filter", "sim-02").await?;
     let s = page
         .wait_for_state(&mut cdp, STATE, "the filter narrowed to sim-02", |s| {
             s["confirmed"] == "sim-02" && s["plotted"] == "sim-02"
@@ -243,7 +234,8 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
     .await?;
     page.close(&mut cdp).await?;
 
-    // 4. Refused sockets (here: wrong token) show as disconnected, with an explanation.
+    // 4. Refused sockets (here: wrong token) show as disconnected, with the server's reason
+    // (asked again with a plain request: the browser hides the refused upgrade's status).
     let page = cdp.open(&format!("http://{addr}/?token=wrong")).await?;
     let s = page
         .wait_for_state(&mut cdp, STATE, "a refused socket reported", |s| {
@@ -253,6 +245,17 @@ async fn scenarios(browser: &Chromium, addr: SocketAddr) -> Result<(), String> {
             })
         })
         .await?;
+    check(
+        s["errors"]
+            .to_string()
+            .contains("401 missing or wrong token: this route needs the dashboard token")
+            && s["refusalStatus"] == "401"
+            && s["refusal"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("refused: 401 missing or wrong token")),
+        "the reason shown: 401, missing or wrong token",
+        &s,
+    )?;
     check(
         count(&s, "samples") == 0,
         "no samples without the token",
@@ -299,6 +302,8 @@ const PAGE_STATE_JS: &str = r##"(() => {
     options: q("server-filter") ? [...q("server-filter").options].map((o) => o.value) : null,
     selected: q("server-filter") ? q("server-filter").value : null,
     confirmed: q("server-filter") ? q("server-filter").dataset.filter : null,
+    refusal: q("refusal") && !q("refusal").hidden ? q("refusal").textContent.trim() : null,
+    refusalStatus: q("refusal") && !q("refusal").hidden ? q("refusal").dataset.status : null,
     windowRows: q("windows") ? q("windows").querySelectorAll("tr:not(:has(td.none))").length : null,
     errors: q("errors") ? [...q("errors").querySelectorAll("li:not(.none)")].map((li) => li.textContent) : null,
     cpuInk,

@@ -410,9 +410,13 @@ async fn http_routes() {
     let (status, body) = http_get(srv.addr, "/nope", "").await;
     assert_eq!(status, 404);
     assert_eq!(body, "{\"error\":\"no route for /nope\"}");
+    // A plain GET on the stream says what an upgrade would be told, readable from any page.
     let (status, body) = http_get(srv.addr, "/ws", "").await;
-    assert_eq!(status, 400);
-    assert!(body.contains("speaks WebSocket"), "{body}");
+    assert_eq!(status, 426);
+    assert!(
+        body.contains("speaks WebSocket") && body.contains("are accepted"),
+        "{body}"
+    );
     let (status, body) = http_get(srv.addr, "/stats", "").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"samples\":0"), "{body}");

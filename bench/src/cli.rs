@@ -31,6 +31,10 @@ pub enum Command {
     /// until --seconds pass: a CSV, a page with the curves, and a verdict on growth (the soak
     /// test's recorder, see scripts/soak). Fails when a process grew past its allowance or exited.
     Watch(WatchArgs),
+    /// Compares saved runs (results folders, .hgrm files of other tools): one report with
+    /// every curve overlaid and a table of the differences; --fail-if makes it a regression
+    /// gate for CI.
+    Diff(crate::diff::DiffArgs),
 }
 
 /// The flags of `bench watch`.
@@ -72,7 +76,7 @@ impl Command {
             Command::Compare(c) => Some(c),
             Command::Run(a) => Some(&a.common),
             Command::Max(a) => Some(&a.common),
-            Command::Watch(_) => None,
+            Command::Watch(_) | Command::Diff(_) => None,
         }
     }
 }
@@ -206,6 +210,11 @@ pub struct RunArgs {
     /// flags).
     #[arg(value_enum)]
     pub system: Which,
+    /// Runs the load this many times per system and records each repetition's figures and
+    /// their spread (the report's histograms are the repetition with the median p99), so that
+    /// `bench diff` can tell a difference from noise.
+    #[arg(long, env = "BENCH_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
     #[command(flatten)]
     pub common: CommonArgs,
 }

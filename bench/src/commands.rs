@@ -37,6 +37,9 @@ fn watch(cli: &Cli) -> anyhow::Result<()> {
 /// Runs `cli`.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     metrics_edge::tls::install_provider();
+    if let Command::Diff(a) = &cli.command {
+        return crate::diff::diff(a);
+    }
     let Some(common) = cli.command.common() else {
         return watch(&cli);
     };
@@ -72,11 +75,15 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         });
         match &cli.command {
             Command::Compare(a) => {
-                compare(a, Which::Both, "compare", &rts, &cancel).await
+                compare(a, Which::Both, "compare", 1, &rts, &cancel).await
             }
-            Command::Run(a) => compare(&a.common, a.system, "run", &rts, &cancel).await,
+            Command::Run(a) => {
+                compare(&a.common, a.system, "run", a.repeat, &rts, &cancel).await
+            }
             Command::Max(a) => crate::max::max(a, &rts, &cancel).await,
-            Command::Watch(_) => unreachable!("handled before the load runtimes start"),
+            Command::Watch(_) | Command::Diff(_) => {
+                unreachable!("handled before the load runtimes start")
+            }
         }
     });
     load_rt.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -206,11 +213,13 @@ pub(crate) fn write_report(
     Ok(())
 }
 
-/// `bench compare` and `bench run`: the load against each system `which` names, one report.
+/// `bench compare` and `bench run`: the load against each system `which` names (`repeat`
+/// times each), one report.
 async fn compare(
     c: &CommonArgs,
     which: Which,
     what: &str,
+    repeat: u32,
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -224,7 +233,17 @@ async fn compare(
         if cancel.is_cancelled() {
             break;
         }
-        measured.push(measure(s, c, &w, &mut redis, rts, cancel).await?);
+        let mut reps = Vec::new();
+        for i in 0..repeat {
+            if i > 0 && cancel.is_cancelled() {
+                break;
+            }
+            if repeat > 1 {
+                eprintln!("repetition {} of {repeat}", i + 1);
+            }
+            reps.push(measure(s, c, &w, &mut redis, rts, cancel).await?);
+        }
+        measured.push(crate::repeat::chosen(reps));
     }
     drop(redis);
     let report = report(

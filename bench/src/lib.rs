@@ -9,17 +9,19 @@
 //! [`progress`] on the terminal), and [`tally`] turns its records into a result; [`systems`]
 //! starts the systems in-process and [`setup`] sets them up from the flags; [`report`] writes
 //! the results; [`commands`] is what the `bench` binary's subcommands do, [`max`] the rate
-//! search of `bench max`, [`watch`] the soak test's recorder of memory and descriptors.
+//! search of `bench max`, [`watch`] the soak test's recorder of memory and descriptors; [`diff`] compares saved runs.
 
 pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod cpu;
 pub mod dashboard;
+pub mod diff;
 pub mod load;
 pub mod max;
 pub mod progress;
 pub mod record;
+pub mod repeat;
 pub mod report;
 pub mod run;
 pub mod schedule;

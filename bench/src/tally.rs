@@ -100,6 +100,7 @@ impl Recorded<'_> {
             ack_latency_us: ack.as_ref().map(LatencyBlock::of),
             timeline: self.timeline(),
             cpu,
+            repeats: None,
         };
         Measured {
             result,

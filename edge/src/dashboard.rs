@@ -103,14 +103,15 @@ where
     H: MessageHandler + 'static,
     F: FnOnce(Arc<Client>) -> H,
 {
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return Refusal::BadRequest(
-            "this endpoint speaks WebSocket: send an Upgrade: websocket request".into(),
-        )
-        .into_response();
-    }
     if let Err(e) = ctx.hub.check_filter(filter.as_deref()) {
         return Refusal::BadRequest(format!("serverId: {e}")).into_response();
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        // Checked last: a plain request learns every other reason first.
+        return Refusal::UpgradeRequired(
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request (the token, Origin and query of this one are accepted)".into(),
+        )
+        .into_response();
     }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,

@@ -74,6 +74,11 @@ pub enum Refusal {
     /// 503 with `Retry-After: 1`: a dependency (Redis) is down or slower than the deadline.
     #[error("{0}")]
     Unavailable(String),
+    /// 426 with `Upgrade: websocket`: a plain request to a WebSocket route that would
+    /// otherwise be admitted (a page checking why its socket failed learns that the token,
+    /// Origin and query were not the reason).
+    #[error("{0}")]
+    UpgradeRequired(String),
 }
 
 impl Refusal {
@@ -89,13 +94,21 @@ impl Refusal {
             Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
         }
     }
 
-    /// `{"error": message}` with the status and the headers the status calls for.
+    /// `{"error": message}` with the status and the headers the status calls for. Any page may
+    /// read it (`Access-Control-Allow-Origin: *`): a refusal carries no data, only why, and a
+    /// dashboard page served by one system that opens another's stream (side by side) can only
+    /// learn why its socket was refused by asking again with a plain request.
     pub fn into_response(self) -> Response<Body> {
         let mut r = error(self.status(), &self.to_string());
         let headers = r.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
         match self {
             Refusal::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -105,6 +118,9 @@ impl Refusal {
             }
             Refusal::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Refusal::UpgradeRequired(_) => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
             _ => {}
         }
@@ -153,5 +169,10 @@ mod tests {
             Refusal::NotFound("/x".into()).to_string(),
             "no route for /x"
         );
+        let r = Refusal::UpgradeRequired("speak WebSocket".into()).into_response();
+        assert_eq!(r.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(r.headers()[header::UPGRADE], "websocket");
+        // Readable by a page of any origin, whatever the refusal.
+        assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     }
 }

@@ -11,6 +11,12 @@ pub const STYLE_MARKER: &str = "__STYLE__";
 
 /// The page for `r`.
 pub fn render(r: &Report) -> String {
+    render_value(r)
+}
+
+/// The page for any document the template reads (a report, or `bench diff`'s report with its
+/// `diff` section).
+pub fn render_value<T: serde::Serialize>(r: &T) -> String {
     // Markup inside a script element (`</script>`, `<!--`) would end or hide it: every `<`
     // becomes the JSON escape `\u003c`, which reads back as the same text.
     let json = serde_json::to_string(r)

@@ -1,6 +1,7 @@
 //! The reports a run writes: a terminal table, HdrHistogram percentile distributions
 //! (`.hgrm`), a JSON document and one self-contained HTML page, under one results folder.
 
+pub mod figures;
 pub mod hgrm;
 pub mod html;
 pub mod table;
@@ -136,6 +137,10 @@ pub struct SystemResult {
     pub ack_latency_us: Option<LatencyBlock>,
     pub timeline: Vec<TimelinePoint>,
     pub cpu: crate::cpu::Usage,
+    /// `bench run --repeat N`: every repetition's figures and their spread; the rest of this
+    /// result (and the `.hgrm` files) is the repetition with the median p99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<figures::Repeats>,
 }
 
 /// The machine the run was on.

@@ -175,6 +175,41 @@ impl Page {
         Ok(())
     }
 
+    /// Chooses `value` in the `<select>` with id `id` as a user would (its `change` event fires);
+    /// fails when there is no such select or it offers no such option.
+    pub async fn select(&self, cdp: &mut Cdp, id: &str, value: &str) -> Result<(), String> {
+        let (id, value) = (json!(id), json!(value));
+        let done = self
+            .eval(
+                cdp,
+                &format!(
+                    "(() => {{ const f = document.getElementById({id}); \
+                     if (!f || ![...f.options].some((o) => o.value === {value})) return false; \
+                     f.value = {value}; f.dispatchEvent(new Event(\"change\")); return true; }})()"
+                ),
+            )
+            .await?;
+        if done != json!(true) {
+            return Err(format!("no <select id={id}> offering {value} on the page"));
+        }
+        Ok(())
+    }
+
+    /// When the environment variable `var` names a file, waits `settle` (for more live data to
+    /// draw) and saves a screenshot there: how the docs' pictures are taken.
+    pub async fn screenshot_if_asked(
+        &self,
+        cdp: &mut Cdp,
+        var: &str,
+        settle: Duration,
+    ) -> Result<(), String> {
+        if let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            tokio::time::sleep(settle).await;
+            self.screenshot(cdp, Path::new(&path)).await?;
+        }
+        Ok(())
+    }
+
     pub async fn close(self, cdp: &mut Cdp) -> Result<(), String> {
         cdp.call(
             None,
