@@ -72,9 +72,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         });
         match &cli.command {
             Command::Compare(a) => {
-                compare(a, Which::Both, "compare", &rts, &cancel).await
+                compare(&a.common, Which::Both, !a.no_relay, "compare", &rts, &cancel).await
             }
-            Command::Run(a) => compare(&a.common, a.system, "run", &rts, &cancel).await,
+            Command::Run(a) => {
+                compare(&a.common, a.system, a.with_relay, "run", &rts, &cancel).await
+            }
             Command::Max(a) => crate::max::max(a, &rts, &cancel).await,
             Command::Watch(_) => unreachable!("handled before the load runtimes start"),
         }
@@ -120,7 +122,11 @@ pub(crate) fn report(
         command: command_line(),
         params,
         machine: Machine::detect(),
-        systems: measured.iter().map(|m| m.result.clone()).collect(),
+        systems: {
+            let mut v: Vec<_> = measured.iter().map(|m| m.result.clone()).collect();
+            report::relate_to_relay(&mut v);
+            v
+        },
         steps,
     }
 }
@@ -206,16 +212,18 @@ pub(crate) fn write_report(
     Ok(())
 }
 
-/// `bench compare` and `bench run`: the load against each system `which` names, one report.
+/// `bench compare` and `bench run`: the load against each system `which` names (and the relay
+/// with each system's transport, `with_relay`), one report.
 async fn compare(
     c: &CommonArgs,
     which: Which,
+    with_relay: bool,
     what: &str,
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let w = Workload::from_flags(&c.load)?;
-    let systems = chosen(which);
+    let systems = chosen(which, &c.side, with_relay);
     ensure_files(&w, &c.side, &systems)?;
     let started = started_now();
     let mut redis = None;
