@@ -33,15 +33,7 @@
 //! thread closes a window when a sample from a later window arrives, or by timer
 //! `CLOSE_GRACE_MS` after its end, so samples still in the ring at the boundary are counted; the
 //! rare sample that arrives later still counts in the next window (`late`).
-//!
-//! A close of many servers makes many `window` events at once (one per server and length), and
-//! each goes to the dashboards and back to its agent's socket: 10,000 servers make 10,000
-//! writes to 10,000 sockets in the same instant, and the sample events published meanwhile
-//! wait behind them. So a close of more than [`SPREAD_MIN`] events is published in slices over
-//! `window_spread` (`--window-spread-ms`, at most half the shortest window), in order, instead
-//! of as one burst; a smaller close goes at once.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -65,12 +57,6 @@ pub const DEFAULT_MAX_SERVERS: usize = 100_000;
 
 /// Time after a window's end before the timer closes it.
 pub const CLOSE_GRACE_MS: u64 = 5;
-
-/// Closes of at most this many window events are published at once, larger ones in slices.
-pub const SPREAD_MIN: usize = 256;
-
-/// The default of `--window-spread-ms`.
-pub const DEFAULT_WINDOW_SPREAD: Duration = Duration::from_millis(500);
 
 /// Samples from one frame, stamped with their arrival time.
 pub struct Batch {
@@ -108,9 +94,6 @@ pub struct AggregatorOptions {
     /// Most servers kept; past it, samples of new servers are not aggregated (counted, and
     /// the sender is told).
     pub max_servers: usize,
-    /// A close of more than [`SPREAD_MIN`] window events is published in slices over this
-    /// (at most half the shortest window); zero publishes every close at once.
-    pub window_spread: Duration,
 }
 
 impl Default for AggregatorOptions {
@@ -121,58 +104,7 @@ impl Default for AggregatorOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             max_series: 1_000_000,
             max_servers: DEFAULT_MAX_SERVERS,
-            window_spread: DEFAULT_WINDOW_SPREAD,
         }
-    }
-}
-
-/// The window events of a close still to be published, and the pace they go at.
-struct Spread {
-    pending: VecDeque<Event>,
-    /// When the close being published started, and how many events it had.
-    started: Instant,
-    total: usize,
-    over: Duration,
-}
-
-impl Spread {
-    fn new(over: Duration) -> Self {
-        Self {
-            pending: VecDeque::new(),
-            started: Instant::now(),
-            total: 0,
-            over,
-        }
-    }
-
-    /// Takes the events of a new close. What is still pending of the previous one goes into
-    /// `now` first: a close never waits behind another.
-    fn add(&mut self, events: impl Iterator<Item = Event>, now: &mut Vec<Event>) {
-        now.extend(self.pending.drain(..));
-        self.pending.extend(events);
-        self.started = Instant::now();
-        self.total = self.pending.len();
-    }
-
-    /// Moves into `out` the events due by now: all of a small close, else the share of
-    /// `over` that has passed (the first slice at once).
-    fn due(&mut self, out: &mut Vec<Event>) {
-        let n = if self.total <= SPREAD_MIN || self.over.is_zero() {
-            self.pending.len()
-        } else {
-            let share = self.started.elapsed().as_secs_f64() / self.over.as_secs_f64();
-            let slices = (self.over.as_millis() as usize).max(1);
-            let sent = self.total - self.pending.len();
-            let target = ((self.total as f64 * share).ceil() as usize)
-                .max(self.total.div_ceil(slices))
-                .min(self.total);
-            target.saturating_sub(sent)
-        };
-        out.extend(self.pending.drain(..n.min(self.pending.len())));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pending.is_empty()
     }
 }
 
@@ -334,12 +266,10 @@ struct State {
     stats: Arc<AggregatorStats>,
     closed: Vec<ClosedWindow>,
     events: Vec<Event>,
-    spread: Spread,
 }
 
 impl State {
     fn new(opts: AggregatorOptions, hub: Arc<Hub>, stats: Arc<AggregatorStats>) -> Self {
-        let spread = Spread::new(spread_for(&opts.windows, opts.window_spread));
         Self {
             rollup: Rollup::new(opts.windows, opts.max_series, now_ms())
                 .with_max_servers(opts.max_servers),
@@ -348,7 +278,6 @@ impl State {
             stats,
             closed: Vec::new(),
             events: Vec::new(),
-            spread,
         }
     }
 
@@ -394,15 +323,11 @@ impl State {
                     .observe(started.elapsed().as_micros() as u64);
             }
             if stop.load(Ordering::Acquire) && ring.is_empty() {
-                self.spread.over = Duration::ZERO;
-                self.publish();
                 return;
             }
             if ring.is_empty() {
                 let next = self.rollup.next_close() + CLOSE_GRACE_MS;
-                // While a close is being spread, wake every millisecond for its next slice.
-                let most = if self.spread.is_empty() { 100 } else { 1 };
-                let wait = next.saturating_sub(now).clamp(1, most);
+                let wait = next.saturating_sub(now).clamp(1, 100);
                 std::thread::park_timeout(Duration::from_millis(wait));
             }
         }
@@ -421,30 +346,21 @@ impl State {
         self.stats
             .servers_refused
             .store(c.servers_refused, Ordering::Relaxed);
-        if !self.closed.is_empty() {
-            self.stats
-                .windows_emitted
-                .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
-            let closed = self.closed.drain(..).map(|w| Event {
-                kind: EventKind::Window,
-                server: w.server,
-                json: Bytes::from(w.json),
-                position: None,
-            });
-            self.spread.add(closed, &mut self.events);
+        if self.closed.is_empty() {
+            return;
         }
-        self.spread.due(&mut self.events);
-        if !self.events.is_empty() {
-            self.hub.publish(&self.events);
-            self.events.clear();
-        }
+        self.stats
+            .windows_emitted
+            .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
+        self.events.extend(self.closed.drain(..).map(|w| Event {
+            kind: EventKind::Window,
+            server: w.server,
+            json: Bytes::from(w.json),
+            position: None,
+        }));
+        self.hub.publish(&self.events);
+        self.events.clear();
     }
-}
-
-/// The spread a close is published over: `wanted`, at most half the shortest window.
-fn spread_for(windows: &[WindowSpec], wanted: Duration) -> Duration {
-    let shortest = windows.iter().map(|w| w.millis).min().unwrap_or(1_000);
-    wanted.min(Duration::from_millis(shortest / 2))
 }
 
 /// What an agent is told when samples of a new server are refused for `--max-servers`.
@@ -454,89 +370,4 @@ fn refused_message(server: &str, samples: usize, max: usize) -> String {
          {max} servers (--max-servers); they still went to dashboards as sample events, and \
          room frees up when servers fall silent for two of the longest windows"
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn events(n: usize) -> impl Iterator<Item = Event> {
-        (0..n).map(|i| Event {
-            kind: EventKind::Window,
-            server: Arc::from(format!("s{i}").as_str()),
-            json: Bytes::from(format!("{{\"i\":{i}}}")),
-            position: None,
-        })
-    }
-
-    fn ids(v: &[Event]) -> Vec<String> {
-        v.iter().map(|e| e.server.to_string()).collect()
-    }
-
-    #[test]
-    fn a_large_close_goes_out_in_slices_in_order_and_a_small_one_at_once() {
-        let hour = Duration::from_secs(3600);
-        let mut s = Spread::new(hour);
-        let mut out = Vec::new();
-        s.add(events(SPREAD_MIN), &mut out);
-        s.due(&mut out);
-        assert_eq!(out.len(), SPREAD_MIN, "a small close goes at once");
-        assert!(s.is_empty());
-
-        out.clear();
-        let n = 10_000;
-        s.add(events(n), &mut out);
-        assert!(out.is_empty());
-        s.due(&mut out);
-        // Spread over an hour: only the first slice is due now.
-        assert!(!out.is_empty() && out.len() < n / 100, "{}", out.len());
-        let first = out.len();
-        // Once the spread is over, the rest is due, in order.
-        s.started -= hour;
-        s.due(&mut out);
-        assert_eq!(out.len(), n);
-        assert_eq!(ids(&out), ids(&events(n).collect::<Vec<_>>()));
-        assert!(s.is_empty() && first > 0);
-
-        // A new close takes what is left of the previous one along first.
-        out.clear();
-        s.add(events(n), &mut out);
-        s.due(&mut out);
-        let sent = out.len();
-        out.clear();
-        s.add(events(3), &mut out);
-        assert_eq!(
-            out.len(),
-            n - sent,
-            "the previous close's rest, before the new one"
-        );
-        s.due(&mut out);
-        assert_eq!(out.len(), n - sent + 3);
-        assert_eq!(ids(&out[n - sent..]), ["s0", "s1", "s2"]);
-
-        // No spread: everything at once.
-        let mut none = Spread::new(Duration::ZERO);
-        out.clear();
-        none.add(events(n), &mut out);
-        none.due(&mut out);
-        assert_eq!(out.len(), n);
-    }
-
-    #[test]
-    fn the_spread_is_at_most_half_the_shortest_window() {
-        let w = WindowSpec::parse_list("200ms,1s").expect("windows");
-        assert_eq!(
-            spread_for(&w, DEFAULT_WINDOW_SPREAD),
-            Duration::from_millis(100)
-        );
-        let w = WindowSpec::parse_list("1s,10s").expect("windows");
-        assert_eq!(
-            spread_for(&w, DEFAULT_WINDOW_SPREAD),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            spread_for(&w, Duration::from_millis(250)),
-            Duration::from_millis(250)
-        );
-    }
 }

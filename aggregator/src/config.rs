@@ -6,9 +6,7 @@
 use clap::Parser;
 use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service, ServiceArgs};
 
-use crate::aggregate::{
-    AggregatorOptions, DEFAULT_MAX_SERVERS, DEFAULT_RING_BYTES, DEFAULT_WINDOW_SPREAD,
-};
+use crate::aggregate::{AggregatorOptions, DEFAULT_MAX_SERVERS, DEFAULT_RING_BYTES};
 
 /// System 2's defaults and environment prefix.
 pub const SERVICE: Service = Service {
@@ -36,11 +34,6 @@ pub struct Args {
     /// Servers silent for two of the longest windows are forgotten.
     #[arg(long, default_value_t = DEFAULT_MAX_SERVERS)]
     pub max_servers: usize,
-    /// A window close of many servers (more than 256 window events) is published in slices
-    /// over this many milliseconds instead of at once, so that it does not reach every agent's
-    /// socket in the same instant; at most half the shortest window; 0: all at once.
-    #[arg(long, default_value_t = DEFAULT_WINDOW_SPREAD.as_millis() as u64)]
-    pub window_spread_ms: u64,
     /// Built-in simulated agents to start (0: none). They connect over the plaintext listener.
     #[arg(long, default_value_t = 0)]
     pub simulate: usize,
@@ -56,7 +49,6 @@ pub struct Settings {
     pub ring: usize,
     pub ring_bytes: usize,
     pub max_servers: usize,
-    pub window_spread: std::time::Duration,
     pub simulate: usize,
     pub simulate_rate: f64,
 }
@@ -105,7 +97,6 @@ impl ServiceArgs for Args {
             ring: self.ring,
             ring_bytes: self.ring_bytes,
             max_servers: self.max_servers,
-            window_spread: std::time::Duration::from_millis(self.window_spread_ms),
             simulate: self.simulate,
             simulate_rate: self.simulate_rate,
         })
@@ -129,7 +120,6 @@ impl Settings {
             ring_bytes: self.ring_bytes,
             max_series: self.edge.max_series,
             max_servers: self.max_servers,
-            window_spread: self.window_spread,
         }
     }
 }
