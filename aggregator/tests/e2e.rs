@@ -421,3 +421,30 @@ async fn http_routes() {
     assert_eq!(status, 200);
     assert!(body.contains("\"samples\":0"), "{body}");
 }
+
+/// A close of many servers is published in slices (`--window-spread-ms`): every server's
+/// window still reaches the dashboard and the agent that sent it, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_of_many_servers_reaches_dashboards_and_agents_whole() {
+    let srv = start(settings()).await;
+    let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let mut agent = connect(srv.addr, "/ingest").await.expect("agent");
+    let n = 600;
+    let batch: Vec<String> = (0..n).map(|i| sample(&format!("many-{i}"), 1.0)).collect();
+    agent.send_text(&format!("[{}]", batch.join(","))).await;
+
+    // The first 200ms window of each server, from both sides: every one, once.
+    for (who, peer) in [("dashboard", &mut dash), ("agent", &mut agent)] {
+        let mut got = std::collections::BTreeSet::new();
+        while got.len() < n {
+            let w = peer.next_of("window").await;
+            let server = w["serverId"].as_str().expect("serverId").to_string();
+            if w["window"] != "200ms" || !server.starts_with("many-") {
+                continue;
+            }
+            assert_eq!(w["stats"]["cpu"]["count"], 1, "{who}: {w}");
+            assert!(got.insert(server), "{who}: a window twice: {w}");
+        }
+    }
+}

@@ -19,8 +19,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The same load against System 1 and System 2, one after the other, and one report.
-    Compare(CommonArgs),
+    /// The same load against System 1, System 2 and the reference relay (once per transport
+    /// the systems use), one after the other, and one report that states each system as a
+    /// fraction of the relay.
+    Compare(CompareArgs),
     /// The load against one system.
     Run(RunArgs),
     /// Per system, the highest rate dashboards keep up with: steps the rate up from --rate
@@ -73,7 +75,7 @@ impl Command {
     /// The flags every load command takes (`watch` runs no load).
     pub fn common(&self) -> Option<&CommonArgs> {
         match self {
-            Command::Compare(c) => Some(c),
+            Command::Compare(c) => Some(&c.common),
             Command::Run(a) => Some(&a.common),
             Command::Max(a) => Some(&a.common),
             Command::Watch(_) | Command::Diff(_) => None,
@@ -94,6 +96,11 @@ pub struct LoadArgs {
     /// 160 bytes).
     #[arg(long, env = "BENCH_METRICS", value_enum, default_value_t = crate::agent::MetricSet::Full)]
     pub metrics: crate::agent::MetricSet,
+    /// How the dashboards read each frame: `full` parses every frame completely into JSON
+    /// values, as a browser's JSON.parse does (the per-event cost a real dashboard pays);
+    /// `scan` only finds the bench's fields by substring search (the cheapest dashboard).
+    #[arg(long, env = "BENCH_DASHBOARD_PARSE", value_enum, default_value_t = crate::dashboard::ParseMode::Full)]
+    pub dashboard_parse: crate::dashboard::ParseMode,
     /// Agents (fake servers), each with its own connection.
     #[arg(long, env = "BENCH_AGENTS", default_value_t = 100)]
     pub agents: u64,
@@ -183,6 +190,10 @@ pub struct Side {
     /// How agents reach System 2.
     #[arg(long, env = "BENCH_SYSTEM2_TRANSPORT", value_enum, default_value_t = Transport::Ws)]
     pub system2_transport: Transport,
+    /// How agents reach the reference relay in `run relay` and `max relay` (ws, h1 or h2c;
+    /// next to a system, the relay takes that system's transport).
+    #[arg(long, env = "BENCH_RELAY_TRANSPORT", value_enum, default_value_t = Transport::Ws)]
+    pub relay_transport: Transport,
 }
 
 /// What every command takes: the systems, the load, and where the results go.
@@ -202,6 +213,17 @@ pub enum Which {
     System1,
     System2,
     Both,
+    /// The reference relay alone (the bench's own minimal relay, in-process).
+    Relay,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Leave out the reference relay (halves the run time; no fractions of the relay).
+    #[arg(long, env = "BENCH_NO_RELAY")]
+    pub no_relay: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -215,6 +237,10 @@ pub struct RunArgs {
     /// `bench diff` can tell a difference from noise.
     #[arg(long, env = "BENCH_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
+    /// Measure the reference relay too, with each system's transport, and state the system
+    /// as a fraction of it.
+    #[arg(long, env = "BENCH_WITH_RELAY")]
+    pub with_relay: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -236,6 +262,10 @@ pub struct MaxArgs {
     /// Most steps per system.
     #[arg(long, env = "BENCH_MAX_STEPS", default_value_t = 10)]
     pub max_steps: u32,
+    /// Search the reference relay's limit too, with each system's transport, and state each
+    /// system's best rate as a fraction of it.
+    #[arg(long, env = "BENCH_WITH_RELAY")]
+    pub with_relay: bool,
     // The first step's rate is --rate; each step lasts --duration after --warmup.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -262,8 +292,13 @@ mod tests {
         let Command::Compare(a) = cli.command else {
             panic!("compare");
         };
-        assert_eq!(a.load.rate, 50000.0);
-        assert_eq!(a.side.system1_transport, Transport::H2c);
+        assert_eq!(a.common.load.rate, 50000.0);
+        assert_eq!(a.common.side.system1_transport, Transport::H2c);
+        assert!(!a.no_relay);
+        assert_eq!(
+            a.common.load.dashboard_parse,
+            crate::dashboard::ParseMode::Full
+        );
         let e = Cli::try_parse_from(["bench", "run", "system3"]).unwrap_err();
         assert!(e.to_string().contains("system3"), "{e}");
     }

@@ -75,10 +75,10 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         });
         match &cli.command {
             Command::Compare(a) => {
-                compare(a, Which::Both, "compare", 1, &rts, &cancel).await
+                compare(&a.common, Which::Both, !a.no_relay, "compare", 1, &rts, &cancel).await
             }
             Command::Run(a) => {
-                compare(&a.common, a.system, "run", a.repeat, &rts, &cancel).await
+                compare(&a.common, a.system, a.with_relay, "run", a.repeat, &rts, &cancel).await
             }
             Command::Max(a) => crate::max::max(a, &rts, &cancel).await,
             Command::Watch(_) | Command::Diff(_) => {
@@ -127,7 +127,11 @@ pub(crate) fn report(
         command: command_line(),
         params,
         machine: Machine::detect(),
-        systems: measured.iter().map(|m| m.result.clone()).collect(),
+        systems: {
+            let mut v: Vec<_> = measured.iter().map(|m| m.result.clone()).collect();
+            report::relate_to_relay(&mut v);
+            v
+        },
         steps,
     }
 }
@@ -214,17 +218,18 @@ pub(crate) fn write_report(
 }
 
 /// `bench compare` and `bench run`: the load against each system `which` names (`repeat`
-/// times each), one report.
+/// times each, and the relay with each system's transport when `with_relay`), one report.
 async fn compare(
     c: &CommonArgs,
     which: Which,
+    with_relay: bool,
     what: &str,
     repeat: u32,
     rts: &Runtimes,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let w = Workload::from_flags(&c.load)?;
-    let systems = chosen(which);
+    let systems = chosen(which, &c.side, with_relay);
     ensure_files(&w, &c.side, &systems)?;
     let started = started_now();
     let mut redis = None;

@@ -75,6 +75,26 @@ pub struct Usage {
     /// Load generator CPU over wall time times the cores: 0.25 is half a core of two.
     pub load_generator_share: f64,
     pub cores: usize,
+    /// Samples sent while the CPU was counted (warm-up included), for the figures per sample.
+    #[serde(default)]
+    pub samples: u64,
+    /// `system_s` per sample sent, in µs (Redis not included).
+    #[serde(default)]
+    pub system_us_per_sample: Option<f64>,
+    /// `redis_s` per sample sent, in µs.
+    #[serde(default)]
+    pub redis_us_per_sample: Option<f64>,
+}
+
+impl Usage {
+    /// The usage with the per-sample figures for `samples` sent while it was counted.
+    pub fn per_sample(mut self, samples: u64) -> Self {
+        let per = |s: Option<f64>| s.filter(|_| samples > 0).map(|x| x * 1e6 / samples as f64);
+        self.samples = samples;
+        self.system_us_per_sample = per(self.system_s);
+        self.redis_us_per_sample = per(self.redis_s);
+        self
+    }
 }
 
 /// The usage between `a` and `b`, `wall_s` apart; `embedded` says whether the system under
@@ -98,6 +118,9 @@ pub fn usage(a: &Sample, b: &Sample, wall_s: f64, embedded: bool) -> Usage {
             0.0
         },
         cores,
+        samples: 0,
+        system_us_per_sample: None,
+        redis_us_per_sample: None,
     }
 }
 
@@ -142,5 +165,11 @@ mod tests {
         );
         // A system reached by URL is not this process: no figure for it.
         assert_eq!(usage(&a, &b, 0.3, false).system_s, None);
+        let per = u.per_sample(1000);
+        assert_eq!(
+            per.system_us_per_sample,
+            u.system_s.map(|s| s * 1e6 / 1000.0)
+        );
+        assert_eq!(u.per_sample(0).system_us_per_sample, None);
     }
 }

@@ -1,16 +1,21 @@
 //! The dashboards: WebSocket clients of `/ws` that find the bench's samples in the event
 //! stream, record their latency and remember which ones they saw.
 //!
-//! A dashboard may have to read hundreds of thousands of events a second on a shared core, so
-//! it does not parse JSON: it finds each `"type":"sample"` event and, inside it, the
-//! `serverId`, `bench_seq` and `send_us` fields, with SIMD substring search. Events of other
-//! runs and other agents (a shared system) are skipped by their server id.
+//! Two ways to read a frame ([`ParseMode`]): `full` parses every frame completely into JSON
+//! values, as a browser's `JSON.parse` (or a client in any language that parses each event)
+//! does, so the per-frame and per-event cost of the dashboard protocol is paid as a real
+//! dashboard pays it; `scan` does not parse JSON: it finds each `"type":"sample"` event and,
+//! inside it, the `serverId`, `bench_seq` and `send_us` fields, with SIMD substring search, so
+//! a dashboard on a shared core costs as little as possible. Events of other runs and other
+//! agents (a shared system) are skipped by their server id.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use fastwebsockets::OpCode;
 use memchr::memmem::Finder;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +29,102 @@ use crate::transport::{connect_ws, ConnectError, Endpoint};
 pub struct Found {
     pub seq: u64,
     pub send_us: u64,
+}
+
+/// How a dashboard reads each frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParseMode {
+    /// Every frame parsed completely into JSON values (objects, strings, numbers), as a
+    /// browser's `JSON.parse` does; the bench's fields are then read from those values.
+    Full,
+    /// Only the bench's fields, found by substring search; the rest of each frame is skipped.
+    Scan,
+}
+
+/// Reads frames as [`ParseMode`] says: finds this run's samples and the `dropped` reports.
+pub struct Reader {
+    mode: ParseMode,
+    scanner: Scanner,
+    buffers: simd_json::Buffers,
+}
+
+impl Reader {
+    pub fn new(mode: ParseMode, server_prefix: &str) -> Self {
+        Self {
+            mode,
+            scanner: Scanner::new(server_prefix),
+            buffers: simd_json::Buffers::default(),
+        }
+    }
+
+    /// Calls `found` for each sample event of this run in `frame` (one event or an array);
+    /// returns the `total` of the last `dropped` event, if any. `frame` may be changed (the
+    /// full parse works in place). A frame that is not JSON is an error in `full` mode.
+    pub fn read(
+        &mut self,
+        frame: &mut [u8],
+        mut found: impl FnMut(Found),
+    ) -> Result<Option<u64>, String> {
+        match self.mode {
+            ParseMode::Scan => {
+                self.scanner.scan(frame, found);
+                Ok(self.scanner.dropped_total(frame))
+            }
+            ParseMode::Full => {
+                let v = simd_json::to_borrowed_value_with_buffers(frame, &mut self.buffers)
+                    .map_err(|e| format!("a frame is not JSON: {e}"))?;
+                let mut dropped = None;
+                match &v {
+                    BorrowedValue::Array(events) => {
+                        for e in events.iter() {
+                            self.event(e, &mut found, &mut dropped);
+                        }
+                    }
+                    one => self.event(one, &mut found, &mut dropped),
+                }
+                Ok(dropped)
+            }
+        }
+    }
+
+    /// One parsed event: a sample of this run, or a `dropped` report.
+    fn event(
+        &self,
+        e: &BorrowedValue<'_>,
+        found: &mut impl FnMut(Found),
+        dropped: &mut Option<u64>,
+    ) {
+        match e.get_str("type") {
+            Some("sample") => {
+                let ours = e
+                    .get_str("serverId")
+                    .is_some_and(|s| s.as_bytes().starts_with(&self.scanner.prefix));
+                let Some(m) = e.get("metrics").filter(|_| ours) else {
+                    return;
+                };
+                let field = |k: &str| m.get(k).and_then(whole);
+                if let (Some(seq), Some(send_us)) = (field("bench_seq"), field("send_us")) {
+                    found(Found { seq, send_us });
+                }
+            }
+            Some("dropped") => {
+                if let Some(t) = e.get("total").and_then(whole) {
+                    *dropped = Some(t);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A JSON number that is a whole non-negative integer (written as `42` or `42.0`).
+fn whole(v: &BorrowedValue<'_>) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|x| x.is_finite() && *x >= 0.0 && x.fract() == 0.0 && *x < 2f64.powi(64))
+            .map(|x| x as u64)
+    })
 }
 
 /// Finds the samples of `server_prefix` in event frames.
@@ -109,6 +210,10 @@ pub struct Outcome {
     pub duplicates: u64,
     /// Samples the system said it shed for this dashboard (`dropped` events).
     pub dropped: u64,
+    /// Frames that held samples of this run, and those samples (warm-up included): how many
+    /// events the system puts in a frame.
+    pub sample_frames: u64,
+    pub framed_samples: u64,
     /// Why the stream ended early, if it did.
     pub error: Option<String>,
 }
@@ -187,16 +292,20 @@ pub async fn start(
                 unique: 0,
                 duplicates: 0,
                 dropped: 0,
+                sample_frames: 0,
+                framed_samples: 0,
                 error: Some("the run did not start".into()),
             };
         };
-        let scanner = Scanner::new(&plan.server_prefix);
+        let mut reader = Reader::new(plan.dashboard_parse, &plan.server_prefix);
         let first_sample = plan.first_measured * plan.batch;
         let mut out = Outcome {
             seen: Bits::new(plan.total_samples()),
             unique: 0,
             duplicates: 0,
             dropped: 0,
+            sample_frames: 0,
+            framed_samples: 0,
             error: None,
         };
         let mut found = Vec::with_capacity(1024);
@@ -206,7 +315,7 @@ pub async fn start(
                 _ = stop.cancelled() => break,
                 f = ws.read_frame() => f,
             };
-            let frame = match frame {
+            let mut frame = match frame {
                 Ok(f) => f,
                 Err(e) => {
                     out.error = Some(format!("dashboard stream failed: {e}"));
@@ -226,13 +335,19 @@ pub async fn start(
             }
             let now = metrics_model::now_us();
             found.clear();
-            scanner.scan(&frame.payload, |f| found.push(f));
-            if let Some(d) = scanner.dropped_total(&frame.payload) {
-                out.dropped = d;
+            match reader.read(frame.payload.to_mut(), |f| found.push(f)) {
+                Ok(Some(d)) => out.dropped = d,
+                Ok(None) => {}
+                // As a page logs an unparsable frame and reads on: the first is reported.
+                Err(e) => {
+                    out.error.get_or_insert(e);
+                }
             }
             if found.is_empty() {
                 continue;
             }
+            out.sample_frames += 1;
+            out.framed_samples += found.len() as u64;
             let sec = plan.second(now);
             let mut fresh = 0;
             let mut r = rec.lock().expect("dashboard recorder lock");
@@ -300,5 +415,41 @@ mod tests {
             s.dropped_total(br#"[{"type":"dropped","count":3,"total":12}]"#),
             Some(12)
         );
+    }
+
+    #[test]
+    fn a_full_parse_finds_what_the_scan_finds_and_refuses_what_is_not_json() {
+        let frames: [&[u8]; 4] = [
+            br#"[{"type":"sample","serverId":"bench-ab-3","timestamp":1,"metrics":{"send_us":1764349200123456,"bench_seq":42,"network.in":4.5},"id":"1-0/0"},{"type":"window","window":"1s","serverId":"bench-ab-3","stats":{"cpu":{"count":1}}},{"type":"sample","serverId":"other-1","metrics":{"send_us":5,"bench_seq":7}},{"type":"sample","serverId":"bench-ab-9","metrics":{"cpu":1,"bench_seq":43,"send_us":17.0}},{"type":"dropped","count":3,"total":12}]"#,
+            br#"{"serverId":"bench-ab-1","type":"sample","metrics":{"bench_seq":5,"send_us":9}}"#,
+            br#"{"type":"sample","serverId":"bench-ab-1","metrics":{"cpu":1}}"#,
+            br#"{"type":"hello","system":"x","windows":[],"serverTime":1,"filter":null}"#,
+        ];
+        for frame in frames {
+            let (mut scan, mut full) = (Vec::new(), Vec::new());
+            let mut a = frame.to_vec();
+            let d_scan = Reader::new(ParseMode::Scan, "bench-ab-")
+                .read(&mut a, |f| scan.push(f))
+                .expect("scan");
+            let mut b = frame.to_vec();
+            let d_full = Reader::new(ParseMode::Full, "bench-ab-")
+                .read(&mut b, |f| full.push(f))
+                .expect("full parse");
+            assert_eq!(scan, full, "{}", String::from_utf8_lossy(frame));
+            assert_eq!(d_scan, d_full);
+        }
+        let mut found = Vec::new();
+        let mut first = frames[0].to_vec();
+        let dropped = Reader::new(ParseMode::Full, "bench-ab-")
+            .read(&mut first, |f| found.push(f))
+            .expect("parses");
+        assert_eq!(found.len(), 2);
+        assert_eq!(dropped, Some(12));
+        // Unlike the scan, the full parse reads the whole frame: a broken one is an error.
+        let mut broken = br#"[{"type":"sample","serverId":"bench-ab-1","metrics":{"bench_seq":5,"send_us":9}},{"#.to_vec();
+        let e = Reader::new(ParseMode::Full, "bench-ab-")
+            .read(&mut broken, |_| {})
+            .unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
     }
 }

@@ -7,7 +7,8 @@
 //! connections; [`load`] runs the agents; [`dashboard`] runs the dashboards that see the
 //! samples arrive; [`record`] holds what both record; [`run`] is one measured run (with
 //! [`progress`] on the terminal), and [`tally`] turns its records into a result; [`systems`]
-//! starts the systems in-process and [`setup`] sets them up from the flags; [`report`] writes
+//! starts the systems in-process (and [`relay`], the reference relay they are measured
+//! against) and [`setup`] sets them up from the flags; [`report`] writes
 //! the results; [`commands`] is what the `bench` binary's subcommands do, [`max`] the rate
 //! search of `bench max`, [`watch`] the soak test's recorder of memory and descriptors; [`diff`] compares saved runs.
 
@@ -21,6 +22,7 @@ pub mod load;
 pub mod max;
 pub mod progress;
 pub mod record;
+pub mod relay;
 pub mod repeat;
 pub mod report;
 pub mod run;

@@ -49,6 +49,8 @@ pub struct Plan {
     pub batch: u64,
     pub metrics: crate::agent::MetricSet,
     pub agents: u64,
+    /// How the dashboards read each frame.
+    pub dashboard_parse: crate::dashboard::ParseMode,
     /// Messages before this index are warm-up: sent, not recorded.
     pub first_measured: u64,
     /// Prefix of every agent's server id: `bench-<tag>-`.

@@ -20,7 +20,7 @@ pub async fn max(a: &MaxArgs, rts: &Runtimes, cancel: &CancellationToken) -> any
         bail!("--factor must be above 1, got {}", a.factor);
     }
     let base = Workload::from_flags(&a.common.load)?;
-    let systems = chosen(a.system);
+    let systems = chosen(a.system, &a.common.side, a.with_relay);
     ensure_files(&base, &a.common.side, &systems)?;
     let started = started_now();
     let mut redis = None;

@@ -125,7 +125,9 @@ pub async fn run(
     progress.finish();
     let pacer_cpu = sending.pacer.join().unwrap_or(0.0);
     let outcomes = dashboards.outcomes().await?;
-    let cpu = cpu.usage(t, pacer_cpu);
+    let cpu = cpu
+        .usage(t, pacer_cpu)
+        .per_sample(rec.sent_all.load(Relaxed));
     let dash = dashboards.rec.lock().expect("lock");
     let recorded = Recorded {
         w,
@@ -189,6 +191,7 @@ fn plan(schedule: Schedule, w: &Workload) -> Plan {
         batch: w.batch,
         metrics: w.metrics,
         agents: w.agents,
+        dashboard_parse: w.dashboard_parse,
         first_measured,
         server_prefix: format!("bench-{}-", run_tag()),
         start,

@@ -12,13 +12,36 @@ use crate::systems::{self, Embedded, RedisChild};
 use crate::transport::{Endpoint, Transport};
 use crate::workload::Workload;
 
-/// The systems `which` names, in the order they run.
-pub fn chosen(which: Which) -> Vec<systems::Which> {
-    match which {
+/// Whether the reference relay takes agents on `t` (plaintext WebSocket, HTTP/1.1, h2c).
+pub fn relay_takes(t: Transport) -> bool {
+    matches!(t, Transport::Ws | Transport::H1 | Transport::H2c)
+}
+
+/// The systems `which` names, in the order they run; with `relay`, the reference relay after
+/// them, once for each transport they use that the relay takes.
+pub fn chosen(which: Which, side: &Side, relay: bool) -> Vec<systems::Which> {
+    let mut v = match which {
         Which::System1 => vec![systems::Which::System1],
         Which::System2 => vec![systems::Which::System2],
         Which::Both => vec![systems::Which::System1, systems::Which::System2],
+        Which::Relay => return vec![systems::Which::Relay(side.relay_transport)],
+    };
+    if relay {
+        let mut transports: Vec<Transport> = Vec::new();
+        for s in &v {
+            let t = SystemFlags::of(*s, side).transport;
+            if !relay_takes(t) {
+                eprintln!(
+                    "the reference relay does not take {}: no relay figures for that system",
+                    t.label()
+                );
+            } else if !transports.contains(&t) {
+                transports.push(t);
+            }
+        }
+        v.extend(transports.into_iter().map(systems::Which::Relay));
     }
+    v
 }
 
 /// What the flags say about one system, and how the reports name it.
@@ -27,8 +50,8 @@ struct SystemFlags<'a> {
     url: Option<&'a String>,
     dashboard: Option<&'a str>,
     transport: Transport,
-    name: &'static str,
-    label: &'static str,
+    name: String,
+    label: String,
     /// What the system is made of.
     what: &'static str,
 }
@@ -40,17 +63,25 @@ impl<'a> SystemFlags<'a> {
                 url: side.system1.as_ref(),
                 dashboard: side.system1_dashboard.as_deref(),
                 transport: side.system1_transport,
-                name: "System 1",
-                label: "system1",
+                name: "System 1".into(),
+                label: "system1".into(),
                 what: "Redis Streams, consumer-group workers, Pub/Sub, WebSocket broadcaster",
             },
             systems::Which::System2 => Self {
                 url: side.system2.as_ref(),
                 dashboard: side.system2_dashboard.as_deref(),
                 transport: side.system2_transport,
-                name: "System 2",
-                label: "system2",
+                name: "System 2".into(),
+                label: "system2".into(),
                 what: "in-memory lock-free aggregator, WebSocket in and out",
+            },
+            systems::Which::Relay(t) => Self {
+                url: None,
+                dashboard: None,
+                transport: t,
+                name: format!("Relay ({})", t.label()),
+                label: format!("relay-{}", t.label()),
+                what: "reference relay: parse, flatten, one frame per message to every dashboard; no windows, Redis or queue policy",
             },
         }
     }
@@ -58,8 +89,8 @@ impl<'a> SystemFlags<'a> {
     /// The target, reached at `target` (`embedded` or the URL) through `ep`.
     fn target(&self, target: String, ep: Endpoint, redis_pid: Option<u32>) -> Target {
         Target {
-            name: self.name.to_string(),
-            label: self.label.to_string(),
+            name: self.name.clone(),
+            label: self.label.clone(),
             description: format!("{} -> {}", self.transport.describe(), self.what),
             embedded: self.url.is_none(),
             target,
@@ -147,6 +178,10 @@ pub fn prepare(
         (systems::Which::System2, false) => bail!(
             "System 2 takes WebSocket: --system2-transport must be ws or wss, not {}",
             transport.label()
+        ),
+        (systems::Which::Relay(t), _) if !relay_takes(t) => bail!(
+            "the reference relay takes ws, h1 or h2c: --relay-transport must be one of them, not {}",
+            t.label()
         ),
         _ => {}
     }

@@ -1,5 +1,5 @@
-//! The systems under test when no URL is given: System 1 and System 2 started in this process
-//! on their own runtime (threads named `sut-*`, so their CPU time can be told apart from the
+//! The systems under test when no URL is given: System 1, System 2 and the reference relay
+//! ([`crate::relay`]) started in this process on their own runtime (threads named `sut-*`, so their CPU time can be told apart from the
 //! load generator's), and a redis-server child process on a free port for System 1.
 
 use std::io::{Read, Write};
@@ -112,6 +112,8 @@ impl Drop for RedisChild {
 pub enum Which {
     System1,
     System2,
+    /// The reference relay, measured with agents on this transport.
+    Relay(crate::transport::Transport),
 }
 
 /// A system running in this process.
@@ -159,6 +161,12 @@ impl Embedded {
         prefix: &str,
         threads: usize,
     ) -> Result<Self, SystemError> {
+        if matches!(which, Which::Relay(_)) && tls {
+            return Err(SystemError::Config(
+                "the reference relay speaks plaintext only: use --relay-transport ws, h1 or h2c"
+                    .into(),
+            ));
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("sut")
@@ -205,6 +213,14 @@ impl Embedded {
                         Ok((addrs.0, addrs.1, Box::pin(server.wait()) as Waiting))
                     })
                 }
+                Which::Relay(_) => Box::pin(async move {
+                    let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let addr = l.local_addr().map_err(|e| e.to_string())?;
+                    let serving = crate::relay::serve(l, stop);
+                    Ok((Some(addr), None, Box::pin(serving) as Waiting))
+                }),
             };
         rt.spawn(async move {
             match started.await {

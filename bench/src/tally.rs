@@ -38,6 +38,8 @@ struct Tally {
     /// Seen, each sample once per dashboard.
     seen: u64,
     dropped: u64,
+    sample_frames: u64,
+    framed_samples: u64,
     errors: Vec<String>,
 }
 
@@ -92,6 +94,8 @@ impl Recorded<'_> {
                 duplicated: tally.duplicated,
                 unacked_seen: tally.unacked_seen,
                 dropped_by_system: tally.dropped,
+                dashboard_frames: tally.sample_frames,
+                dashboard_framed_samples: tally.framed_samples,
                 dashboards: w.dashboards,
             },
             reasons: rec.reasons.lock().expect("lock").clone(),
@@ -101,6 +105,7 @@ impl Recorded<'_> {
             timeline: self.timeline(),
             cpu,
             repeats: None,
+            vs_relay: None,
         };
         Measured {
             result,
@@ -120,6 +125,8 @@ impl Recorded<'_> {
             t.duplicated += o.duplicates;
             t.seen += o.unique;
             t.dropped += o.dropped;
+            t.sample_frames += o.sample_frames;
+            t.framed_samples += o.framed_samples;
             if let Some(e) = &o.error {
                 t.errors.push(e.clone());
             }

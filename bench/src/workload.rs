@@ -24,6 +24,8 @@ pub struct Workload {
     pub burst: Option<Burst>,
     pub metrics: crate::agent::MetricSet,
     pub metrics_per_sample: usize,
+    /// How the dashboards read each frame.
+    pub dashboard_parse: crate::dashboard::ParseMode,
 }
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -70,6 +72,7 @@ impl Workload {
             }),
             metrics: l.metrics,
             metrics_per_sample: l.metrics.leaves(),
+            dashboard_parse: l.dashboard_parse,
         };
         let s = w.schedule()?;
         if s.total() < 1 {
@@ -118,6 +121,7 @@ mod tests {
             burst_period: 5.0,
             burst_length: 1.0,
             metrics: crate::agent::MetricSet::Full,
+            dashboard_parse: crate::dashboard::ParseMode::Full,
         };
         assert!(Workload::from_flags(&l)
             .unwrap_err()

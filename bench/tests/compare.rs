@@ -166,9 +166,26 @@ fn compare_writes_reports_that_add_up_and_render() {
     assert!(stdout.contains("latency p99"), "{stdout}");
 
     let systems = r["systems"].as_array().expect("systems");
-    assert_eq!(systems.len(), 2);
+    // System 1, System 2, then the reference relay with each one's transport.
+    let labels: Vec<&str> = systems.iter().filter_map(|s| s["label"].as_str()).collect();
+    assert_eq!(labels, ["system1", "system2", "relay-h2c", "relay-ws"]);
     assert_eq!(systems[0]["transport"], "h2c");
     assert_eq!(systems[1]["transport"], "ws");
+    assert_eq!(systems[2]["transport"], "h2c");
+    assert_eq!(systems[3]["transport"], "ws");
+    // Each system against the relay of its transport, measured in the same run.
+    for (s, relay) in [(&systems[0], "Relay (h2c)"), (&systems[1], "Relay (ws)")] {
+        let v = &s["vs_relay"];
+        assert_eq!(v["relay"], relay, "{v}");
+        for k in ["seen_per_s", "p99", "cpu_per_sample"] {
+            assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+        }
+        assert!(s["cpu"]["system_us_per_sample"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0));
+    }
+    assert!(systems[2]["vs_relay"].is_null());
+    assert!(stdout.contains("p99, times the relay's"), "{stdout}");
     for s in systems {
         check_counts_add_up(s, 2);
         assert_eq!(s["target"], "embedded");
@@ -184,6 +201,7 @@ fn compare_writes_reports_that_add_up_and_render() {
     // HTTP has acknowledgements; the WebSocket has none.
     assert!(n(&systems[0]["ack_latency_us"]["corrected"]["count"]) > 0);
     assert!(systems[1]["ack_latency_us"].is_null());
+    assert!(n(&systems[2]["ack_latency_us"]["corrected"]["count"]) > 0);
     // Redis ran as the bench's own child, and its CPU was counted.
     assert!(systems[0]["cpu"]["redis_s"].as_f64().is_some());
     assert_eq!(r["params"]["rate_per_s"], 400.0);
@@ -204,11 +222,16 @@ fn compare_writes_reports_that_add_up_and_render() {
         assert!(dom[at..].contains("<path"), "#{id} has no curves");
     }
     assert!(dom.contains("System 1") && dom.contains("System 2"));
+    assert!(
+        dom.contains("Against the reference relay"),
+        "the relay's table group"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The other transports: HTTP/1.1, HTTP/2 over TLS and the streaming endpoint into System 1,
-/// WebSocket over TLS into System 2.
+/// WebSocket over TLS into System 2, and the reference relay's HTTP/1.1 (both dashboard parse
+/// methods are used along the way).
 #[test]
 fn every_transport_delivers_every_sample() {
     for (system, flag, transport) in [
@@ -216,6 +239,7 @@ fn every_transport_delivers_every_sample() {
         ("system1", "--system1-transport", "h2tls"),
         ("system1", "--system1-transport", "stream"),
         ("system2", "--system2-transport", "wss"),
+        ("relay", "--relay-transport", "h1"),
     ] {
         let load = Load {
             rate: 300,
@@ -229,7 +253,11 @@ fn every_transport_delivers_every_sample() {
             transport,
             bench()
                 .args(["run", system, flag, transport])
-                .args(load.args()),
+                .args(load.args())
+                .args([
+                    "--dashboard-parse",
+                    if system == "system1" { "scan" } else { "full" },
+                ]),
         );
         let s = &r["systems"][0];
         assert_eq!(s["transport"], transport);

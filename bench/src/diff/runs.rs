@@ -203,6 +203,7 @@ fn hgrm_curve(path: &Path, label: String, system: String, unit: HgrmUnit) -> any
         timeline: Vec::new(),
         cpu: Default::default(),
         repeats: None,
+        vs_relay: None,
     };
     Ok(Curve {
         label,

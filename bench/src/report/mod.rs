@@ -103,6 +103,12 @@ pub struct Counts {
     pub unacked_seen: u64,
     /// Samples the system reported shedding for slow dashboards (`dropped` events).
     pub dropped_by_system: u64,
+    /// Frames the dashboards read that held samples of this run, and the samples in them
+    /// (warm-up included, summed over the dashboards): events per frame.
+    #[serde(default)]
+    pub dashboard_frames: u64,
+    #[serde(default)]
+    pub dashboard_framed_samples: u64,
     pub dashboards: u64,
 }
 
@@ -141,6 +147,61 @@ pub struct SystemResult {
     /// result (and the `.hgrm` files) is the repetition with the median p99.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<figures::Repeats>,
+    /// This system against the reference relay of the same run and transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_relay: Option<VsRelay>,
+}
+
+/// A system's figures as a fraction (or multiple) of the reference relay's, measured in the
+/// same run, with the same load and transport.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VsRelay {
+    /// The relay's name in the report (`Relay (ws)`).
+    pub relay: String,
+    /// Samples seen per second over the relay's: 1 is as many, 0.6 is 60 % of them.
+    pub seen_per_s: Option<f64>,
+    /// Corrected p50 and p99 latency over the relay's: 3 is three times the relay's.
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    /// System CPU per sample over the relay's (Redis not included): 2 is twice as much.
+    pub cpu_per_sample: Option<f64>,
+    /// The same with Redis's CPU added to the system's.
+    pub cpu_per_sample_with_redis: Option<f64>,
+}
+
+/// Whether `s` is a reference relay's result.
+pub fn is_relay(s: &SystemResult) -> bool {
+    s.label.starts_with("relay")
+}
+
+/// Sets each system's [`VsRelay`] against the relay result of the same transport, if any.
+pub fn relate_to_relay(systems: &mut [SystemResult]) {
+    let relays: Vec<SystemResult> = systems.iter().filter(|s| is_relay(s)).cloned().collect();
+    let ratio = |a: f64, b: f64| (a.is_finite() && b > 0.0).then(|| a / b);
+    let lat = |s: &SystemResult, p99: bool| {
+        let c = &s.latency_us.corrected;
+        (c.count > 0).then_some(if p99 { c.p99 } else { c.p50 } as f64)
+    };
+    for s in systems.iter_mut().filter(|s| !is_relay(s)) {
+        let Some(r) = relays.iter().find(|r| r.transport == s.transport) else {
+            continue;
+        };
+        let both = |f: &dyn Fn(&SystemResult) -> Option<f64>| match (f(s), f(r)) {
+            (Some(a), Some(b)) => ratio(a, b),
+            _ => None,
+        };
+        let with_redis = |x: &SystemResult| {
+            Some(x.cpu.system_us_per_sample? + x.cpu.redis_us_per_sample.unwrap_or(0.0))
+        };
+        s.vs_relay = Some(VsRelay {
+            relay: r.name.clone(),
+            seen_per_s: both(&|x| Some(x.throughput.seen_per_s)),
+            p50: both(&|x| lat(x, false)),
+            p99: both(&|x| lat(x, true)),
+            cpu_per_sample: both(&|x| x.cpu.system_us_per_sample),
+            cpu_per_sample_with_redis: both(&with_redis),
+        });
+    }
 }
 
 /// The machine the run was on.

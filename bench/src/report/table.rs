@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{LatencySummary, Report, SystemResult};
+use super::{is_relay, LatencySummary, Report, SystemResult};
 
 /// `1234` µs as `1.23 ms`, `850` µs as `850 µs`.
 pub fn duration_us(us: u64) -> String {
@@ -36,7 +36,47 @@ fn lat(l: &LatencySummary, f: impl Fn(&LatencySummary) -> u64) -> String {
     }
 }
 
-fn rows(s: &SystemResult) -> Vec<(&'static str, String)> {
+/// `x` as a multiple (`3.2x`), or `-`.
+fn times(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| format!("{x:.2}x"))
+}
+
+/// `x` µs per sample, or `-`.
+fn per_sample(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| format!("{x:.2} µs"))
+}
+
+/// The rows against the reference relay (`relay`: some system in the report has them).
+fn relay_rows(s: &SystemResult, v: &mut Vec<(&'static str, String)>) {
+    let r = s.vs_relay.as_ref();
+    let yardstick = || {
+        if is_relay(s) {
+            "(yardstick)".to_string()
+        } else {
+            "-".to_string()
+        }
+    };
+    let f = |x: Option<Option<f64>>, pct: bool| match x {
+        None => yardstick(),
+        Some(Some(x)) if pct => format!("{:.0}%", x * 100.0),
+        Some(x) => times(x),
+    };
+    v.extend([
+        ("seen/s, of the relay's", f(r.map(|r| r.seen_per_s), true)),
+        ("p50, times the relay's", f(r.map(|r| r.p50), false)),
+        ("p99, times the relay's", f(r.map(|r| r.p99), false)),
+        (
+            "CPU/sample, times the relay's",
+            f(r.map(|r| r.cpu_per_sample), false),
+        ),
+        (
+            "  with Redis",
+            f(r.map(|r| r.cpu_per_sample_with_redis), false),
+        ),
+    ]);
+}
+
+fn rows(s: &SystemResult, relay: bool) -> Vec<(&'static str, String)> {
     let c = &s.counts;
     let l = &s.latency_us;
     let mut v = vec![
@@ -109,6 +149,17 @@ fn rows(s: &SystemResult) -> Vec<(&'static str, String)> {
         ("duplicated", count(c.duplicated)),
         ("shed for slow dashboards", count(c.dropped_by_system)),
         (
+            "samples per dashboard frame",
+            if c.dashboard_frames == 0 {
+                "-".into()
+            } else {
+                format!(
+                    "{:.1}",
+                    c.dashboard_framed_samples as f64 / c.dashboard_frames as f64
+                )
+            },
+        ),
+        (
             "load generator CPU",
             format!(
                 "{:.0}% of {} cores",
@@ -125,7 +176,18 @@ fn rows(s: &SystemResult) -> Vec<(&'static str, String)> {
             "redis CPU",
             s.cpu.redis_s.map_or("-".into(), |x| format!("{x:.1} s")),
         ),
+        (
+            "system CPU per sample",
+            per_sample(s.cpu.system_us_per_sample),
+        ),
+        (
+            "redis CPU per sample",
+            per_sample(s.cpu.redis_us_per_sample),
+        ),
     ]);
+    if relay {
+        relay_rows(s, &mut v);
+    }
     v
 }
 
@@ -147,7 +209,8 @@ pub fn render(r: &Report) -> String {
         r.machine.cpus, r.machine.cpu_model, r.machine.memory_gib, r.machine.os
     );
     let _ = writeln!(s, "latency: ingest to dashboard, from the intended send time (coordinated-omission corrected)\n");
-    let cols: Vec<Vec<(&str, String)>> = r.systems.iter().map(rows).collect();
+    let relay = r.systems.iter().any(|s| s.vs_relay.is_some());
+    let cols: Vec<Vec<(&str, String)>> = r.systems.iter().map(|s| rows(s, relay)).collect();
     let Some(first) = cols.first() else {
         return s;
     };
