@@ -58,7 +58,7 @@ pub const DEFAULT_RING_BYTES: usize = 256 << 20;
 pub const DEFAULT_MAX_SERVERS: usize = 100_000;
 
 /// The default of `--window-spread-ms`.
-pub const DEFAULT_WINDOW_SPREAD_MS: u64 = 250;
+pub const DEFAULT_WINDOW_SPREAD_MS: u64 = 500;
 
 /// Time after a window's end before the timer closes it.
 pub const CLOSE_GRACE_MS: u64 = 5;
