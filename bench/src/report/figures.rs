@@ -45,12 +45,19 @@ impl Figures {
     /// Every figure of a bench result.
     pub fn of_result(s: &SystemResult) -> Self {
         let c = &s.counts;
+        // Per sample sent while the CPU was counted (warm-up included), as the run's own
+        // report states it; reports from before that figure existed: per acknowledged sample.
+        let samples = if s.cpu.samples > 0 {
+            s.cpu.samples
+        } else {
+            c.acked
+        };
         let cpu = s
             .cpu
             .system_s
             .map(|sys| sys + s.cpu.redis_s.unwrap_or(0.0))
-            .filter(|_| c.acked > 0)
-            .map(|t| t / c.acked as f64 * 1e6);
+            .filter(|_| samples > 0)
+            .map(|t| t / samples as f64 * 1e6);
         Self {
             seen: Some(c.seen as f64),
             lost: Some(c.lost as f64),
