@@ -160,7 +160,7 @@ fn evaluate(runs: &[Run], conditions: &[Condition]) -> anyhow::Result<Vec<Outcom
         .filter_map(|(_, c, b)| b.map(|b| (c, b)))
         .collect();
     if !conditions.is_empty() && paired.is_empty() {
-        bail!("--fail-if: no curve of the later runs has a base to compare with: the base run has several systems and none has the same name");
+        bail!("--fail-if: no curve of the later runs has a base to compare with: the base run has several systems and none has the same name (name one as FOLDER:SYSTEM, as in results/X:system2)");
     }
     for cond in conditions {
         for (c, b) in &paired {

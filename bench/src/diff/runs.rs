@@ -118,6 +118,9 @@ fn load_one(arg: &Path, unit: HgrmUnit) -> anyhow::Result<Run> {
         return load_folder(arg, shown, unit);
     }
     if !arg.exists() {
+        if let Some(run) = one_system(&shown, unit)? {
+            return Ok(run);
+        }
         bail!("{shown}: no such results folder or .hgrm file");
     }
     if arg.file_name().is_some_and(|n| n == "report.json") {
@@ -133,6 +136,30 @@ fn load_one(arg: &Path, unit: HgrmUnit) -> anyhow::Result<Run> {
         report: None,
         curves: vec![curve],
     })
+}
+
+/// `FOLDER:SYSTEM`: one system of a results folder (to set it against one `.hgrm` file, say),
+/// or `None` when the text before the last `:` is not a folder.
+fn one_system(shown: &str, unit: HgrmUnit) -> anyhow::Result<Option<Run>> {
+    let Some((dir, system)) = shown.rsplit_once(':') else {
+        return Ok(None);
+    };
+    if system.is_empty() || !Path::new(dir).is_dir() {
+        return Ok(None);
+    }
+    let mut run = load_folder(Path::new(dir), shown.to_string(), unit)?;
+    let has: Vec<String> = run.curves.iter().map(|c| c.system.clone()).collect();
+    run.curves.retain(|c| c.system == system);
+    if run.curves.is_empty() {
+        bail!(
+            "{shown}: {dir} has no system `{system}`; it has {}",
+            has.join(", ")
+        );
+    }
+    if let Some(r) = run.report.as_mut() {
+        r.systems.retain(|s| s.label == system);
+    }
+    Ok(Some(run))
 }
 
 fn load_folder(dir: &Path, arg: String, unit: HgrmUnit) -> anyhow::Result<Run> {
@@ -248,6 +275,24 @@ mod tests {
         let f = runs[0].curves[0].figures();
         assert_eq!(f.max, Some(h.max() as f64));
         assert_eq!(f.lost, None);
+        // One system of a folder: FOLDER:SYSTEM.
+        let one = load(
+            &[PathBuf::from(format!("{}:system2", dir.display()))],
+            HgrmUnit::Ms,
+        )
+        .expect("FOLDER:SYSTEM loads");
+        assert_eq!(one[0].curves.len(), 1);
+        assert_eq!(one[0].curves[0].system, "system2");
+        let e = load(
+            &[PathBuf::from(format!("{}:system9", dir.display()))],
+            HgrmUnit::Ms,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("has no system `system9`; it has system2"),
+            "{e}"
+        );
         let e = load(
             &[dir.join("notes.txt").with_extension("nope")],
             HgrmUnit::Ms,
