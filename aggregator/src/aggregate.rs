@@ -49,16 +49,13 @@ use metrics_model::rollup::{ClosedWindow, Rollup, SnapshotView, UnknownServer};
 use metrics_model::window::WindowSpec;
 use metrics_model::{event, now_ms, Sample};
 
-use crate::pacing::WindowPacer;
+use metrics_model::pacing::WindowPacer;
 
 /// The default of `--ring-bytes`.
 pub const DEFAULT_RING_BYTES: usize = 256 << 20;
 
 /// The default of `--max-servers`.
 pub const DEFAULT_MAX_SERVERS: usize = 100_000;
-
-/// The default of `--window-spread-ms`.
-pub const DEFAULT_WINDOW_SPREAD_MS: u64 = 500;
 
 /// Time after a window's end before the timer closes it.
 pub const CLOSE_GRACE_MS: u64 = 5;
@@ -100,7 +97,7 @@ pub struct AggregatorOptions {
     /// the sender is told).
     pub max_servers: usize,
     /// Milliseconds over which the window events of one close are let out
-    /// ([`crate::pacing`]); at most half the shortest window.
+    /// ([`metrics_model::pacing`]); at most half the shortest window.
     pub window_spread_ms: u64,
 }
 
@@ -112,7 +109,7 @@ impl Default for AggregatorOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             max_series: 1_000_000,
             max_servers: DEFAULT_MAX_SERVERS,
-            window_spread_ms: DEFAULT_WINDOW_SPREAD_MS,
+            window_spread_ms: metrics_model::pacing::DEFAULT_SPREAD_MS,
         }
     }
 }
@@ -274,7 +271,7 @@ struct State {
     hub: Arc<Hub>,
     stats: Arc<AggregatorStats>,
     closed: Vec<ClosedWindow>,
-    /// Closed windows waiting for their slice ([`crate::pacing`]), and those due now.
+    /// Closed windows waiting for their slice ([`metrics_model::pacing`]), and those due now.
     pacer: WindowPacer,
     due: Vec<ClosedWindow>,
     events: Vec<Event>,
@@ -282,8 +279,7 @@ struct State {
 
 impl State {
     fn new(opts: AggregatorOptions, hub: Arc<Hub>, stats: Arc<AggregatorStats>) -> Self {
-        let shortest = opts.windows.iter().map(|w| w.millis).min().unwrap_or(0);
-        let spread = opts.window_spread_ms.min(shortest / 2);
+        let spread = metrics_model::pacing::spread_for(opts.window_spread_ms, &opts.windows);
         Self {
             pacer: WindowPacer::new(spread),
             due: Vec::new(),

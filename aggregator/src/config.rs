@@ -6,9 +6,7 @@
 use clap::Parser;
 use metrics_edge::config::{self, EdgeArgs, EdgeConfigError, EdgeSettings, Service, ServiceArgs};
 
-use crate::aggregate::{
-    AggregatorOptions, DEFAULT_MAX_SERVERS, DEFAULT_RING_BYTES, DEFAULT_WINDOW_SPREAD_MS,
-};
+use crate::aggregate::{AggregatorOptions, DEFAULT_MAX_SERVERS, DEFAULT_RING_BYTES};
 
 /// System 2's defaults and environment prefix.
 pub const SERVICE: Service = Service {
@@ -36,11 +34,6 @@ pub struct Args {
     /// Servers silent for two of the longest windows are forgotten.
     #[arg(long, default_value_t = DEFAULT_MAX_SERVERS)]
     pub max_servers: usize,
-    /// Milliseconds over which the window events of one close are sent out, evenly, instead of
-    /// all at once (every server's windows close on the same boundary); a window event arrives
-    /// at most this late. At most half the shortest window; 0 sends them at once.
-    #[arg(long, default_value_t = DEFAULT_WINDOW_SPREAD_MS)]
-    pub window_spread_ms: u64,
     /// Built-in simulated agents to start (0: none). They connect over the plaintext listener.
     #[arg(long, default_value_t = 0)]
     pub simulate: usize,
@@ -56,7 +49,6 @@ pub struct Settings {
     pub ring: usize,
     pub ring_bytes: usize,
     pub max_servers: usize,
-    pub window_spread_ms: u64,
     pub simulate: usize,
     pub simulate_rate: f64,
 }
@@ -105,7 +97,6 @@ impl ServiceArgs for Args {
             ring: self.ring,
             ring_bytes: self.ring_bytes,
             max_servers: self.max_servers,
-            window_spread_ms: self.window_spread_ms,
             simulate: self.simulate,
             simulate_rate: self.simulate_rate,
         })
@@ -129,7 +120,7 @@ impl Settings {
             ring_bytes: self.ring_bytes,
             max_series: self.edge.max_series,
             max_servers: self.max_servers,
-            window_spread_ms: self.window_spread_ms,
+            window_spread_ms: self.edge.window_spread_ms,
         }
     }
 }

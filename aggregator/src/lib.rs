@@ -10,7 +10,6 @@
 pub mod agent;
 pub mod aggregate;
 pub mod config;
-pub mod pacing;
 pub mod server;
 pub mod simulate;
 

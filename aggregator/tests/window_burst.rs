@@ -2,11 +2,10 @@
 //! thousands of `window` events at once; sent as one burst they land in a dashboard's queue
 //! together, and a queue of events that may not be shed past its byte limit gets the dashboard
 //! closed (1008) although it reads as fast as it can. The aggregator lets them out over
-//! `--window-spread-ms` instead (`aggregator::pacing`).
+//! `--window-spread-ms` instead (`metrics_model::pacing`).
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +19,7 @@ async fn a_reading_dashboard_gets_every_window_of_four_thousand_servers() {
     // The whole close is over 600 KB of window events, five times this limit; let out over
     // 500 ms, the dashboard may fall 80 ms behind before it nears the limit.
     s.edge.queue.max_bytes = 128 << 10;
-    s.window_spread_ms = 500;
+    s.edge.window_spread_ms = 500;
     let srv = start(s).await;
 
     let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
@@ -36,26 +35,6 @@ async fn a_reading_dashboard_gets_every_window_of_four_thousand_servers() {
     }
 
     // Windows of the servers, by the first window they were all in.
-    let mut got: HashSet<String> = HashSet::new();
-    let mut bytes = 0usize;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while got.len() < servers {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {servers} windows arrived",
-            got.len()
-        );
-        match dash.next().await {
-            Incoming::Event(e) if e["type"] == "window" && e["serverId"] != "*" => {
-                bytes += e.to_string().len();
-                got.insert(e["serverId"].as_str().expect("serverId").to_string());
-            }
-            Incoming::Event(_) => {}
-            other => panic!(
-                "the dashboard lost its socket after {} windows: {other:?}",
-                got.len()
-            ),
-        }
-    }
+    let bytes = dash.windows_of(servers, Duration::from_secs(20)).await;
     assert!(bytes > 5 * (128 << 10), "the close was {bytes} bytes");
 }

@@ -137,6 +137,11 @@ pub struct EdgeArgs {
     /// Most (server, metric) series aggregated at once.
     #[arg(long, default_value_t = 1_000_000, global = true)]
     pub max_series: usize,
+    /// Milliseconds over which the window events of one close are sent out, evenly, instead of
+    /// all at once (every server's windows close on the same boundary); a window event arrives
+    /// at most this late. At most half the shortest window; 0 sends them at once.
+    #[arg(long, default_value_t = metrics_model::pacing::DEFAULT_SPREAD_MS, global = true)]
+    pub window_spread_ms: u64,
     /// Open connections per listener; past it a new connection is closed at once (and
     /// counted). Keep it below the open-file limit.
     #[arg(long, default_value_t = ListenLimits::DEFAULT.max_connections, global = true)]
@@ -217,6 +222,8 @@ pub struct EdgeSettings {
     pub queue: QueueLimits,
     pub windows: Vec<WindowSpec>,
     pub max_series: usize,
+    /// `--window-spread-ms`, already capped at half the shortest window.
+    pub window_spread_ms: u64,
     pub drain: Duration,
     /// What each listener allows its clients.
     pub conn: ListenLimits,
@@ -256,6 +263,7 @@ pub fn at_least(checks: &[(&'static str, u64, u64)]) -> Result<(), EdgeConfigErr
 impl EdgeArgs {
     /// Checks the shared flags.
     pub fn validate(&self) -> Result<EdgeSettings, EdgeConfigError> {
+        let windows = WindowSpec::parse_list(&self.windows)?;
         let listen = match self.listen.trim() {
             "off" | "" => None,
             a => Some(
@@ -351,8 +359,9 @@ impl EdgeArgs {
                 max_bytes: self.dashboard_queue_bytes,
                 max_ids: self.max_filter_ids,
             },
-            windows: WindowSpec::parse_list(&self.windows)?,
+            windows: windows.clone(),
             max_series: self.max_series,
+            window_spread_ms: metrics_model::pacing::spread_for(self.window_spread_ms, &windows),
             drain: Duration::from_millis(self.drain_ms),
             conn: ListenLimits {
                 max_connections: self.max_connections,

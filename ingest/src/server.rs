@@ -159,6 +159,7 @@ impl Service for Server {
                 claim_idle: settings.claim_idle,
                 windows: settings.edge.windows.clone(),
                 max_series: settings.edge.max_series,
+                window_spread_ms: settings.edge.window_spread_ms,
                 lease: settings.lease,
                 maxlen: settings.maxlen,
                 snapshot_ttl: settings.snapshot_ttl,

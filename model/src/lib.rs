@@ -12,12 +12,14 @@
 //!   quantiles (p50/p95/p99 within 1 % relative error).
 //! - [`event`]: the dashboard event encoding (`sample`, `window`, `hello`, ...).
 //! - [`rollup`]: the window state over many servers that both systems run.
+//! - [`pacing`]: the window events of one close let out evenly over `--window-spread-ms`.
 //! - [`random_walk`]: fake agents' metrics, for the simulated agents and the bench's load.
 
 pub mod control;
 pub mod decode;
 pub mod event;
 mod fast;
+pub mod pacing;
 pub mod random_walk;
 pub mod rollup;
 pub mod sample;

@@ -239,6 +239,34 @@ impl Peer {
         }
     }
 
+    /// Reads until a `window` event of each of `servers` distinct servers (`*` aside) has
+    /// come, within `within`; panics naming how many came if the socket is lost or time runs
+    /// out. Returns the bytes of those window events.
+    pub async fn windows_of(&mut self, servers: usize, within: Duration) -> usize {
+        let mut got = std::collections::HashSet::new();
+        let mut bytes = 0usize;
+        let deadline = tokio::time::Instant::now() + within;
+        while got.len() < servers {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {servers} windows arrived",
+                got.len()
+            );
+            match self.next().await {
+                Incoming::Event(e) if e["type"] == "window" && e["serverId"] != "*" => {
+                    bytes += e.to_string().len();
+                    got.insert(e["serverId"].as_str().unwrap_or_default().to_string());
+                }
+                Incoming::Event(_) => {}
+                other => panic!(
+                    "the dashboard lost its socket after {} windows: {other:?}",
+                    got.len()
+                ),
+            }
+        }
+        bytes
+    }
+
     /// Like `next_of`, also matching `serverId`.
     pub async fn next_for(&mut self, kind: &str, server: &str) -> Value {
         loop {

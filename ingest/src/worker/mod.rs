@@ -60,6 +60,9 @@ pub struct WorkerOptions {
     pub claim_idle: Duration,
     pub windows: Vec<WindowSpec>,
     pub max_series: usize,
+    /// `--window-spread-ms`: the window leader lets the windows of one close out over this
+    /// long ([`metrics_model::pacing`]).
+    pub window_spread_ms: u64,
     /// Window leader lease.
     pub lease: Duration,
     /// Entries the stream keeps (see [`retention`]).
@@ -150,14 +153,18 @@ pub fn start(
         life.token().clone(),
         stats.clone(),
     ));
+    let opts_spread = opts.window_spread_ms;
     let window_loop = windows::WindowLoop {
         pool,
         keys,
         opts,
         stats: stats.clone(),
-        decoder: wire::entry_decoder(),
+        decoder: Some(wire::entry_decoder()),
         rollup: None,
         closed: Vec::new(),
+        pacer: metrics_model::pacing::WindowPacer::new(opts_spread),
+        due: Vec::new(),
+        gathering: false,
         renewed: None,
     };
     life.spawn(reconnecting(window_loop, life.token().clone(), stats));

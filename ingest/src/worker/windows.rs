@@ -11,6 +11,16 @@
 //! counted twice only if the leader died between publishing a batch's windows and
 //! acknowledging the batch (two consecutive round trips).
 //!
+//! Two things keep the leader cheap and its closes gentle:
+//! - it reads the stream in gathered batches, not entry by entry (windows need an entry only by
+//!   their close): while entries keep coming it reads every [`GATHER_MS`];
+//! - the windows of one close go out in slices over `--window-spread-ms`
+//!   ([`metrics_model::pacing`]), as in System 2: with thousands of servers, one close published
+//!   at once is a burst of megabytes that every broadcaster and dashboard must take in the same
+//!   instant, and the samples behind it wait. A closed window waiting for its slice is lost
+//!   with the leader as an open one is (its entries are acknowledged); a leader that loses the
+//!   lease publishes what it still holds.
+//!
 //! Each batch of closed windows is appended to the window log (`{prefix}:windows:log`, capped
 //! at about `--window-log-len` batches) and published, in one script, so both happen at the
 //! same instant: the published message starts with a mark line carrying the log entry's id,
@@ -26,6 +36,7 @@ use deadpool_redis::{Connection, Pool};
 use metrics_edge::hub::EventKind;
 use metrics_model::decode::Decoder;
 use metrics_model::now_ms;
+use metrics_model::pacing::WindowPacer;
 use metrics_model::rollup::{ClosedWindow, Rollup};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,16 +52,34 @@ const CLOSE_GRACE_MS: u64 = 5;
 /// Entries a new leader claims per round trip while taking over.
 const TAKE_OVER_PAGE: usize = 1_000;
 
+/// How long the leader lets entries gather in the stream between reads while they keep
+/// coming (see [`WindowLoop::roll`]).
+const GATHER_MS: u64 = 20;
+
+/// How often the leader lets out a slice of a close that is being spread.
+const PACE_STEP_MS: u64 = 10;
+
+/// Redis times a blocking read out in its periodic tasks (`hz`, 10 a second by default), so a
+/// `BLOCK` shorter than this can end up to this much late: shorter waits are slept here.
+const BLOCK_FLOOR_MS: u64 = 100;
+
 /// One worker's window loop.
 pub(super) struct WindowLoop {
     pub pool: Pool,
     pub keys: Keys,
     pub opts: WorkerOptions,
     pub stats: Arc<WorkerStats>,
-    pub decoder: Decoder,
+    /// Taken while a batch is added off the runtime (see [`WindowLoop::add_and_close`]).
+    pub decoder: Option<Decoder>,
     /// `Some` while this worker is the leader.
     pub rollup: Option<Rollup>,
     pub closed: Vec<ClosedWindow>,
+    /// Closed windows waiting for their slice of `--window-spread-ms`.
+    pub pacer: WindowPacer,
+    /// Windows let out by the pacer and not yet published.
+    pub due: Vec<ClosedWindow>,
+    /// The last read found entries (and was not full): let more gather before the next.
+    pub gathering: bool,
     /// When this connection last took or renewed the lease.
     pub renewed: Option<Instant>,
 }
@@ -79,7 +108,7 @@ impl Session for WindowLoop {
             }
             return Ok(());
         }
-        self.roll(conn).await
+        self.roll(conn, shutdown).await
     }
 }
 
@@ -97,6 +126,10 @@ impl WindowLoop {
             if self.rollup.take().is_some() {
                 tracing::info!(worker = %self.opts.name, "lost the window lease");
             }
+            // Windows this worker closed while it led are its own to publish: the next leader
+            // starts fresh windows and will not close these.
+            self.pacer.flush(&mut self.due);
+            self.publish_due(conn).await?;
             return Ok(false);
         }
         self.renewed = Some(Instant::now());
@@ -129,7 +162,7 @@ impl WindowLoop {
             self.stats.note_claimed(&claimed);
             add_entries(
                 rollup,
-                &mut self.decoder,
+                self.decoder.get_or_insert_with(wire::entry_decoder),
                 &mut claimed.entries,
                 &mut self.closed,
             );
@@ -141,41 +174,112 @@ impl WindowLoop {
         }
     }
 
-    /// Reads new entries (waiting at most until the next window closes), adds them, publishes
-    /// the windows that closed, acknowledges.
-    async fn roll(&mut self, conn: &mut Connection) -> Result<(), WorkerError> {
-        let Some(rollup) = self.rollup.as_mut() else {
+    /// Reads new entries, adds them, lets out the closed windows that are due, acknowledges.
+    ///
+    /// Windows need each entry only by their close, so the leader does not read each entry as
+    /// it lands (a round trip per front-door flush, on top of the sample workers' own): after a
+    /// read that found entries it lets more gather for [`GATHER_MS`] (less when a close or a
+    /// slice of the pacer is due sooner); after an empty one it blocks until an entry comes or
+    /// something is due (sleeping instead when that is sooner than [`BLOCK_FLOOR_MS`]).
+    async fn roll(
+        &mut self,
+        conn: &mut Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let Some(rollup) = self.rollup.as_ref() else {
             return Ok(());
         };
-        let until_close = rollup.next_close().saturating_sub(now_ms()).clamp(1, 250);
         let opts = &self.opts;
-        let mut entries = group::read(
-            conn,
-            &self.keys,
-            WINDOWS_GROUP,
-            &opts.name,
-            opts.batch,
-            until_close,
-        )
-        .await?;
-        add_entries(rollup, &mut self.decoder, &mut entries, &mut self.closed);
+        let now = now_ms();
+        let mut due_at = rollup.next_close().saturating_add(CLOSE_GRACE_MS);
+        if !self.pacer.is_empty() {
+            due_at = due_at.min(now + PACE_STEP_MS);
+        }
+        let wait = due_at.saturating_sub(now);
+        let entries = if self.gathering || !self.pacer.is_empty() || wait < BLOCK_FLOOR_MS {
+            let wait = wait.min(GATHER_MS);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            group::read_now(conn, &self.keys, WINDOWS_GROUP, &opts.name, opts.batch).await?
+        } else {
+            let block = wait.min(250);
+            group::read(
+                conn,
+                &self.keys,
+                WINDOWS_GROUP,
+                &opts.name,
+                opts.batch,
+                block,
+            )
+            .await?
+        };
+        // A full read means a backlog: read again at once.
+        self.gathering = !entries.is_empty() && entries.len() < opts.batch;
         let started = Instant::now();
-        rollup.close_due(now_ms(), CLOSE_GRACE_MS, &mut self.closed);
-        if !self.closed.is_empty() {
-            let ttl_ms = self.opts.snapshot_ttl.as_millis() as u64;
-            let log_len = self.opts.window_log_len;
-            let max_message = self.opts.pubsub_message_bytes;
-            publish_windows(conn, &self.keys, &self.closed, ttl_ms, log_len, max_message).await?;
+        let Some(entries) = self.add_and_close(entries).await else {
+            return Ok(());
+        };
+        let now = now_ms();
+        self.pacer.push(&mut self.closed, now);
+        if shutdown.is_cancelled() {
+            self.pacer.flush(&mut self.due);
+        } else {
+            self.pacer.due(now, &mut self.due);
+        }
+        if self.publish_due(conn).await? > 0 {
             self.stats
                 .window_close
                 .observe(started.elapsed().as_micros() as u64);
-            self.stats
-                .windows
-                .fetch_add(self.closed.len() as u64, Ordering::Relaxed);
-            self.closed.clear();
         }
         group::ack(conn, &self.keys, WINDOWS_GROUP, &entries).await?;
         Ok(())
+    }
+
+    /// Adds `entries` to the roll-up and closes the windows due, off the runtime's threads:
+    /// a close of thousands of servers takes the CPU for tens of milliseconds (about 90 ms for
+    /// 10,000 servers of 12 metrics here), which on a runtime thread would hold up every
+    /// request and socket queued behind it. Gives the entries back to be acknowledged; `None`
+    /// when the runtime is shutting down (the open windows are lost then in any case).
+    async fn add_and_close(&mut self, mut entries: Vec<RawEntry>) -> Option<Vec<RawEntry>> {
+        let mut rollup = self.rollup.take()?;
+        let mut decoder = self.decoder.take().unwrap_or_else(wire::entry_decoder);
+        let mut closed = std::mem::take(&mut self.closed);
+        let done = tokio::task::spawn_blocking(move || {
+            add_entries(&mut rollup, &mut decoder, &mut entries, &mut closed);
+            rollup.close_due(now_ms(), CLOSE_GRACE_MS, &mut closed);
+            (rollup, decoder, closed, entries)
+        })
+        .await;
+        match done {
+            Ok((rollup, decoder, closed, entries)) => {
+                self.rollup = Some(rollup);
+                self.decoder = Some(decoder);
+                self.closed = closed;
+                Some(entries)
+            }
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => None,
+            },
+        }
+    }
+
+    /// Publishes the windows let out so far; on an error they stay, to go out on the next
+    /// connection.
+    async fn publish_due(&mut self, conn: &mut Connection) -> Result<usize, WorkerError> {
+        let n = self.due.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let ttl_ms = self.opts.snapshot_ttl.as_millis() as u64;
+        let log_len = self.opts.window_log_len;
+        let max_message = self.opts.pubsub_message_bytes;
+        publish_windows(conn, &self.keys, &self.due, ttl_ms, log_len, max_message).await?;
+        self.stats.windows.fetch_add(n as u64, Ordering::Relaxed);
+        self.due.clear();
+        Ok(n)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Window events let out evenly instead of all at once.
 //!
-//! Every server's 1 s window closes at the same boundary, so with 10,000 servers the aggregator
-//! has 10,000 window events to publish in the same millisecond (20,000 at a 10 s boundary).
+//! Every server's 1 s window closes at the same boundary, so with 10,000 servers a roll-up
+//! (System 2's aggregator, System 1's window leader) has 10,000 window events to publish in the
+//! same millisecond (20,000 at a 10 s boundary).
 //! Published together, they land in every dashboard's queue as one burst of megabytes: the
 //! samples published right after wait behind it, and a dashboard's queue of events that may not
 //! be shed can pass its byte limit and get the dashboard closed. The pacer releases the events
@@ -10,7 +11,23 @@
 
 use std::collections::VecDeque;
 
-use metrics_model::rollup::ClosedWindow;
+use crate::rollup::ClosedWindow;
+use crate::window::WindowSpec;
+
+/// The default of `--window-spread-ms`.
+pub const DEFAULT_SPREAD_MS: u64 = 500;
+
+/// Queued windows up to this many go out at once: a slice this small (a few hundred KB of
+/// events) costs a dashboard nothing, and windows that close a few at a time (servers whose
+/// samples cross a boundary one by one) are then never held back.
+pub const AT_ONCE: usize = 256;
+
+/// The spread actually used for `windows`: `wanted`, at most half the shortest window (a
+/// close must be out before the next one).
+pub fn spread_for(wanted: u64, windows: &[WindowSpec]) -> u64 {
+    let shortest = windows.iter().map(|w| w.millis).min().unwrap_or(0);
+    wanted.min(shortest / 2)
+}
 
 /// Closed windows waiting to be published, and the line they are let out along.
 #[derive(Debug)]
@@ -50,7 +67,7 @@ impl WindowPacer {
     /// The windows due by `now_ms`, in the order they closed.
     pub fn due(&mut self, now_ms: u64, out: &mut Vec<ClosedWindow>) {
         let elapsed = now_ms.saturating_sub(self.start);
-        let n = if self.spread_ms == 0 || elapsed >= self.spread_ms {
+        let n = if self.spread_ms == 0 || elapsed >= self.spread_ms || self.queue.len() <= AT_ONCE {
             self.queue.len()
         } else {
             // Due by now on the line, rounded up so the first slice goes out at once.
@@ -104,7 +121,9 @@ mod tests {
         }
         assert_eq!(out.len(), 10_000, "all out by the end of the spread");
         assert!(p.is_empty());
-        assert!(per_ms.iter().all(|&n| n == 100), "{per_ms:?}");
+        // The last 256 or fewer go together.
+        assert!(per_ms[..98].iter().all(|&n| n == 100), "{per_ms:?}");
+        assert_eq!(per_ms[98..], [200, 0]);
         assert_eq!(names(&out[..3]), ["s0", "s1", "s2"], "in close order");
     }
 
@@ -124,17 +143,34 @@ mod tests {
     #[test]
     fn a_new_close_joins_what_is_left_on_a_new_line() {
         let mut p = WindowPacer::new(10);
-        p.push(&mut windows(100, "a"), 0);
+        p.push(&mut windows(1_000, "a"), 0);
         let mut out = Vec::new();
         p.due(4, &mut out);
-        assert_eq!(out.len(), 50);
-        p.push(&mut windows(50, "b"), 5);
-        for t in 5..15 {
+        assert_eq!(out.len(), 500);
+        p.push(&mut windows(500, "b"), 5);
+        p.due(5, &mut out);
+        assert_eq!(out.len(), 600, "the line starts again over what is queued");
+        for t in 6..15 {
             p.due(t, &mut out);
         }
-        assert_eq!(out.len(), 150);
-        assert_eq!(names(&out[49..51]), ["a49", "a50"]);
-        assert_eq!(names(&out[100..101]), ["b0"]);
+        assert_eq!(out.len(), 1_500);
+        assert_eq!(names(&out[499..501]), ["a499", "a500"]);
+        assert_eq!(names(&out[1_000..1_001]), ["b0"]);
+    }
+
+    #[test]
+    fn a_small_queue_goes_out_at_once() {
+        let mut p = WindowPacer::new(500);
+        let mut out = Vec::new();
+        for t in 0..10 {
+            p.push(&mut windows(AT_ONCE / 2, "s"), t);
+            p.due(t, &mut out);
+            assert!(p.is_empty(), "a few windows at a time are never held back");
+        }
+        p.push(&mut windows(AT_ONCE + 100, "b"), 10);
+        p.due(10, &mut out);
+        assert!(!p.is_empty(), "a burst is spread");
+        assert_eq!(out.len(), 10 * (AT_ONCE / 2) + 1);
     }
 
     #[test]
