@@ -17,6 +17,12 @@
 //!   ones seen stay, later new names are left out of the hash (their samples are stored and
 //!   published as usual), counted, and logged once per server. This is decided in the
 //!   worker, not at the front door, because only Redis knows which names a hash already has.
+//!   The script costs Redis about ten times a plain `HSET`, so once it has admitted every
+//!   name of a server's sample, this worker writes that server's samples with the same names
+//!   with `HSET` (they add no field). Should the hash vanish under it (deleted by hand; expiry
+//!   is ruled out, see `Refreshed::forget_before`), that `HSET` recreates it without its count,
+//!   which it notices from the reply and goes back to the script; the bound can then be passed
+//!   by at most one sample's names.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -104,23 +110,40 @@ pub(super) struct SampleLoop {
     pub script: Option<String>,
 }
 
-/// When each server's snapshot expiry was last refreshed by this worker (ms), and whether its
-/// hash was found at `--max-fields-per-server` (logged once).
+/// What this worker knows of each server's snapshot hash: when it last refreshed its expiry
+/// (ms), whether it found it at `--max-fields-per-server` (logged once), and which set of
+/// metric names [`SNAPSHOT_SCRIPT`] last admitted whole (a fingerprint).
 #[derive(Default)]
-pub(super) struct Refreshed(HashMap<String, (u64, bool)>);
+pub(super) struct Refreshed(HashMap<String, Known>);
+
+#[derive(Default)]
+struct Known {
+    refreshed_at: u64,
+    at_limit: bool,
+    /// The names of a sample whose every field the script admitted: they are all in the hash,
+    /// so a sample with the same names changes none of its field count and is written with a
+    /// plain `HSET` (a tenth of the script's cost in Redis).
+    admitted: Option<u64>,
+}
 
 impl Refreshed {
     /// Whether `server`'s expiry is due for a refresh at `now` (a tenth of the TTL after the
     /// last one), noting it as refreshed if so.
     fn due(&mut self, server: &str, now: u64, ttl: u64) -> bool {
         match self.0.get_mut(server) {
-            Some((last, _)) if now.saturating_sub(*last) < ttl / 10 => false,
-            Some((last, _)) => {
-                *last = now;
+            Some(k) if now.saturating_sub(k.refreshed_at) < ttl / 10 => false,
+            Some(k) => {
+                k.refreshed_at = now;
                 true
             }
             None => {
-                self.0.insert(server.to_string(), (now, false));
+                self.0.insert(
+                    server.to_string(),
+                    Known {
+                        refreshed_at: now,
+                        ..Known::default()
+                    },
+                );
                 true
             }
         }
@@ -128,19 +151,41 @@ impl Refreshed {
 
     /// Notes `server` as at the field limit; true the first time.
     fn first_at_limit(&mut self, server: &str) -> bool {
-        match self.0.get_mut(server) {
-            Some((_, at)) => !std::mem::replace(at, true),
-            None => {
-                self.0.insert(server.to_string(), (0, true));
-                true
-            }
+        let k = self.0.entry(server.to_string()).or_default();
+        !std::mem::replace(&mut k.at_limit, true)
+    }
+
+    /// Whether the hash of `server` is known to hold every name of `names` already.
+    fn admitted(&self, server: &str, names: u64) -> bool {
+        self.0
+            .get(server)
+            .is_some_and(|k| k.admitted == Some(names))
+    }
+
+    /// Notes what a snapshot write learned: `names` all admitted, or nothing known (`None`).
+    fn set_admitted(&mut self, server: &str, names: Option<u64>) {
+        if let Some(k) = self.0.get_mut(server) {
+            k.admitted = names;
         }
     }
 
-    /// Forgets servers last refreshed before `t`.
+    /// Forgets servers last refreshed before `t` (their hashes may have expired since, so
+    /// what was admitted is not known any more).
     fn forget_before(&mut self, t: u64) {
-        self.0.retain(|_, (last, _)| *last >= t);
+        self.0.retain(|_, k| k.refreshed_at >= t);
     }
+}
+
+/// A fingerprint of a sample's metric names, in order (an agent sends the same names in the
+/// same order sample after sample).
+fn names_fingerprint(sample: &Sample) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (name, _) in sample.metrics.iter() {
+        name.hash(&mut h);
+    }
+    sample.metrics.len().hash(&mut h);
+    h.finish()
 }
 
 impl Session for SampleLoop {
@@ -330,10 +375,21 @@ impl SampleLoop {
         );
         let limit = self.opts.max_fields + RESERVED_FIELDS;
         let sha = self.script.as_deref().unwrap_or_default();
+        // Per server, in the order of the replies: its names' fingerprint, and whether it was
+        // written with a plain HSET (the reply counts fields added) or the script (fields left
+        // out).
+        let mut writes = Vec::with_capacity(latest.len());
         for (server, l) in &latest {
             let key = keys.server(server);
-            // Not ignored: each answers how many fields it left out.
-            pipe.add_command(l.snapshot_cmd(sha, &key, limit));
+            let names = names_fingerprint(&l.sample);
+            let plain = self.refreshed.admitted(server, names);
+            // Not ignored: each answers how many fields it added or left out.
+            if plain {
+                pipe.add_command(l.hset_cmd(&key));
+            } else {
+                pipe.add_command(l.snapshot_cmd(sha, &key, limit));
+            }
+            writes.push((names, plain));
             // The expiry and the last-seen time are refreshed a few times per TTL, not per
             // batch: two more commands per server per batch would show in Redis's CPU.
             if self.refreshed.due(server, now, ttl) {
@@ -358,8 +414,19 @@ impl SampleLoop {
         }
         pipe.add_command(ack_cmd(keys, WORKERS_GROUP, entries))
             .ignore();
-        let left_out: Vec<u64> = pipe.query_async(conn).await?;
-        for ((server, _), dropped) in latest.iter().zip(left_out) {
+        let replies: Vec<u64> = pipe.query_async(conn).await?;
+        for (((server, _), (names, plain)), n) in latest.iter().zip(writes).zip(replies) {
+            if plain {
+                // A field added means the hash was not what this worker knew (it expired or
+                // was deleted): back to the script, which keeps the count.
+                if n > 0 {
+                    self.refreshed.set_admitted(server, None);
+                }
+                continue;
+            }
+            let dropped = n;
+            self.refreshed
+                .set_admitted(server, (dropped == 0).then_some(names));
             if dropped == 0 {
                 continue;
             }
@@ -438,11 +505,22 @@ impl Latest {
     /// most `limit` fields.
     fn snapshot_cmd(&self, sha: &str, key: &str, limit: usize) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sha)
-            .arg(1)
-            .arg(key)
-            .arg(limit)
-            .arg("_timestamp")
+        cmd.arg(sha).arg(1).arg(key).arg(limit);
+        self.fields(&mut cmd);
+        cmd
+    }
+
+    /// The same fields as one `HSET`, for a hash known to hold all of them already.
+    fn hset_cmd(&self, key: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key);
+        self.fields(&mut cmd);
+        cmd
+    }
+
+    /// The reserved fields, then each metric's latest value.
+    fn fields(&self, cmd: &mut redis::Cmd) {
+        cmd.arg("_timestamp")
             .arg(self.sample.timestamp)
             .arg("_arrival")
             .arg(self.arrival)
@@ -455,6 +533,5 @@ impl Latest {
             event::write_f64(&mut b, v);
             cmd.arg(name).arg(b);
         }
-        cmd
     }
 }
