@@ -685,9 +685,24 @@ pub fn redirect_to_https<B>(req: &Request<B>, tls_port: u16) -> Response<Body> {
     }
 }
 
-/// Binds `addr`, naming it in the error.
+/// Connections the kernel holds for the accept loop (capped by `net.core.somaxconn`). The
+/// usual 1,024 overflows when thousands of agents connect at once (a fleet reconnecting after
+/// a restart): the kernel then drops handshakes, falls back to SYN cookies and some clients see
+/// their connection fail later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a [`LISTEN_BACKLOG`] queue, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(LISTEN_BACKLOG)
+        })
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
 }
