@@ -425,6 +425,16 @@ impl Shared {
             "WebSocket peers dropped for not taking a frame within --write-timeout-ms.",
             hub.write_timeouts(),
         )
+        .gauge(
+            "websocket_dashboard_writers_active",
+            "Dashboard writers that wrote a frame within the last second (what --dashboard-frame-budget is shared by).",
+            hub.frame_gauge().active() as f64,
+        )
+        .counter(
+            "websocket_frame_waits_total",
+            "Times a dashboard writer held its events back for --dashboard-frame-budget, so they went out together.",
+            hub.frame_gauge().waits(),
+        )
         .counter(
             "hub_samples_shed_total",
             "Sample events dropped from the queues of clients that did not keep up (--dashboard-queue, --dashboard-queue-bytes).",

@@ -20,6 +20,7 @@ use metrics_model::Limits;
 
 use crate::admin::AdminSettings;
 use crate::auth::{AllowedOrigins, Auth, OriginError};
+use crate::frame_budget::DEFAULT_BUDGET;
 use crate::hub::QueueLimits;
 use crate::listener::ListenLimits;
 use crate::tls::ClientAuth;
@@ -115,6 +116,12 @@ pub struct EdgeArgs {
     /// events alone pass it is closed (1008).
     #[arg(long, default_value_t = 16 << 20, global = true)]
     pub dashboard_queue_bytes: usize,
+    /// Frames per second all dashboard sockets together aim at: each active dashboard's
+    /// writer waits (active dashboards / budget) between frames, so the events published
+    /// meanwhile go out as one array frame; waits under 1 ms are not made, so a few
+    /// dashboards never wait. 0: no budget (a frame per drain of the queue).
+    #[arg(long, default_value_t = DEFAULT_BUDGET, global = true)]
+    pub dashboard_frame_budget: u32,
     /// Most server ids in one client's filter: a `register` or `subscribe` message or a
     /// `?serverId=` naming more is refused whole (an `error` event; a 400 at the upgrade) and
     /// changes nothing; an agent socket gets windows back for at most this many of the
@@ -350,6 +357,7 @@ impl EdgeArgs {
                 ping_interval: Duration::from_millis(self.ping_interval_ms),
                 ping_timeout: Duration::from_millis(self.ping_timeout_ms),
                 write_timeout: Duration::from_millis(self.write_timeout_ms),
+                frame_budget: self.dashboard_frame_budget,
                 ..WsConfig::default()
             },
             queue: QueueLimits {

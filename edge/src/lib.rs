@@ -10,7 +10,8 @@
 //! - [`ws`]: WebSocket sessions: message reassembly with size limits, the close codes the
 //!   contract requires (1007, 1009, 1002), pings and the outgoing writer.
 //! - [`hub`]: dashboard fan-out with a bounded queue per client that sheds old `sample` events
-//!   and never `window` events.
+//!   and never `window` events; [`frame_budget`]: with many dashboards, their writers group
+//!   events into fewer frames.
 //! - [`dashboard`]: the `/ws` dashboard session, and [`page`]: the embedded dashboard page.
 //! - [`http`]: response helpers (JSON errors, the page).
 //! - [`config`]: the flags both services take; [`lifecycle`]: shutdown and task tracking;
@@ -25,6 +26,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod dashboard;
+pub mod frame_budget;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

@@ -15,6 +15,11 @@
 //! write: the liveness check runs between writes, so it is late by at most one write timeout.
 //! The timeout is per frame (batches are at most `max_out_frame`), not per event.
 //!
+//! With many dashboards, a writer that wrote its last frame less than its share of the frame
+//! budget ago lets the events queue until that interval is over, so they go out as one array
+//! frame (`crate::frame_budget`); a pong or a close owed ends the wait at once, and pings, the
+//! ping deadline and shutdown are served during it.
+//!
 //! Close codes: 1007 for a text message that is not UTF-8, 1009 for a frame or message over the
 //! limit, 1002 for protocol errors, 1001 on server shutdown or when the peer stops answering
 //! pings, 1008 for a dashboard too slow to keep its window events.
@@ -31,7 +36,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Client, CloseReason};
+use crate::frame_budget::{Pacer, DEFAULT_BUDGET};
+use crate::hub::{Audience, Client, CloseReason};
 use crate::lifecycle::Lifecycle;
 
 type Io = TokioIo<Upgraded>;
@@ -51,6 +57,9 @@ pub struct WsConfig {
     pub max_out_frame: usize,
     /// Drop a peer whose socket does not take a frame (or a flush) within this.
     pub write_timeout: Duration,
+    /// Frames per second the dashboard writers aim at together; 0: no budget (see
+    /// [`crate::frame_budget`]).
+    pub frame_budget: u32,
 }
 
 impl WsConfig {
@@ -66,6 +75,7 @@ impl Default for WsConfig {
             ping_timeout: Duration::from_secs(10),
             max_out_frame: 256 << 10,
             write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+            frame_budget: DEFAULT_BUDGET,
         }
     }
 }
@@ -406,10 +416,26 @@ async fn run_writer(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pinged_at: Option<u64> = None;
     let mut buf = Vec::new();
+    let mut pace = Pacer::new(cfg.frame_budget, client.frame_gauge().clone());
+    // Set while queued events wait out this writer's frame interval (the frame budget).
+    let mut due: Option<tokio::time::Instant> = None;
     let result: Result<(), WriteError> = async {
         loop {
+            let idle_at = pace.idle_at();
             tokio::select! {
-                _ = client.notified() => {}
+                _ = client.notified(), if due.is_none() => {
+                    if let Some(at) = pace.due(tokio::time::Instant::now()) {
+                        due = Some(at);
+                        continue;
+                    }
+                }
+                // The end of the frame interval, or a pong or a close owed: those never wait.
+                _ = until(due), if due.is_some() => {}
+                _ = client.urgent(), if due.is_some() => {}
+                _ = until(idle_at), if due.is_none() && idle_at.is_some() => {
+                    pace.idle();
+                    continue;
+                }
                 _ = end.cancelled() => {}
                 _ = shutdown.cancelled() => {
                     out.close(code::GOING_AWAY, "server shutting down").await?;
@@ -440,6 +466,7 @@ async fn run_writer(
                     continue;
                 }
             }
+            due = None;
             let d = client.drain();
             if let Some(p) = &d.pong {
                 out.frame(Frame::pong(Payload::Borrowed(p))).await?;
@@ -450,6 +477,12 @@ async fn run_writer(
                 out.frame(Frame::text(Payload::Owned(ev))).await?;
             }
             write_events(&mut out, &d.events, cfg.max_out_frame, &mut buf).await?;
+            if !d.events.is_empty() {
+                pace.wrote(
+                    tokio::time::Instant::now(),
+                    client.audience() == Audience::Dashboard,
+                );
+            }
             if d.overflowed {
                 out.close(code::POLICY, "client too slow: window events backed up").await?;
                 return Ok(());
@@ -480,6 +513,14 @@ async fn run_writer(
         }
     }
     end.cancel();
+}
+
+/// Sleeps until `at`; never ends for `None` (a `select!` branch disabled by its condition).
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why the writer stopped writing.

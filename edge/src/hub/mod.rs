@@ -35,6 +35,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 use metrics_model::decode::MAX_NAME_LEN;
 
+use crate::frame_budget::FrameGauge;
+
 mod outbox;
 mod position;
 mod registry;
@@ -141,6 +143,8 @@ pub struct Client {
     write_timeouts: Arc<AtomicU64>,
     /// The hub's count of sample events shed for slow clients.
     shed: Arc<AtomicU64>,
+    /// The hub's active dashboard writers, for the frame budget.
+    frames: Arc<FrameGauge>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -237,6 +241,17 @@ impl Client {
         self.outbox.notified().await
     }
 
+    /// Waits until a pong or a close was asked for: what a writer waiting out its frame
+    /// interval breaks off for (a stale wake-up is possible and harmless).
+    pub async fn urgent(&self) {
+        self.outbox.urgent().await
+    }
+
+    /// The frame budget's gauge this client's writer counts itself in (shared by the hub).
+    pub fn frame_gauge(&self) -> &Arc<FrameGauge> {
+        &self.frames
+    }
+
     /// Takes everything queued, events in publication order.
     pub fn drain(&self) -> Drained {
         let d = self.outbox.drain();
@@ -275,6 +290,7 @@ pub struct Hub {
     published: AtomicU64,
     write_timeouts: Arc<AtomicU64>,
     shed: Arc<AtomicU64>,
+    frames: Arc<FrameGauge>,
 }
 
 /// Removes its client from the hub when dropped.
@@ -307,6 +323,7 @@ impl Hub {
             published: AtomicU64::new(0),
             write_timeouts: Arc::new(AtomicU64::new(0)),
             shed: Arc::new(AtomicU64::new(0)),
+            frames: Arc::new(FrameGauge::default()),
         })
     }
 
@@ -362,6 +379,7 @@ impl Hub {
             left: AtomicBool::new(false),
             write_timeouts: self.write_timeouts.clone(),
             shed: self.shed.clone(),
+            frames: self.frames.clone(),
         });
         if held {
             client.hold();
@@ -515,5 +533,11 @@ impl Hub {
     /// Sample events shed so far for clients that read too slowly, all clients together.
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
+    }
+
+    /// The frame budget's gauge: dashboard writers active now, and how often one held its
+    /// events back to group them.
+    pub fn frame_gauge(&self) -> &FrameGauge {
+        &self.frames
     }
 }

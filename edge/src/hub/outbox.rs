@@ -57,6 +57,9 @@ pub struct Drained {
 pub(super) struct Outbox {
     queue: Mutex<Queue>,
     notify: Notify,
+    /// Also woken for a pong or a close: what a writer holding its events back for the frame
+    /// budget must not hold back.
+    urgent: Notify,
     limits: QueueLimits,
 }
 
@@ -111,6 +114,7 @@ impl Outbox {
         Self {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
+            urgent: Notify::new(),
             limits,
         }
     }
@@ -179,6 +183,7 @@ impl Outbox {
     pub(super) fn pong(&self, payload: Bytes) {
         lock(&self.queue).pong = Some(payload);
         self.notify.notify_one();
+        self.urgent.notify_one();
     }
 
     /// Decides what to do with a `snapshot.request`: build one when none is queued; otherwise
@@ -213,11 +218,18 @@ impl Outbox {
         }
         drop(q);
         self.notify.notify_one();
+        self.urgent.notify_one();
     }
 
     /// Waits until something was queued.
     pub(super) async fn notified(&self) {
         self.notify.notified().await
+    }
+
+    /// Waits until a pong or a close was asked for (possibly already written: a stale wake-up
+    /// costs one early drain).
+    pub(super) async fn urgent(&self) {
+        self.urgent.notified().await
     }
 
     /// Takes everything queued, events in publication order.
