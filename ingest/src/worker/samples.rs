@@ -528,10 +528,12 @@ impl Latest {
             .arg(&*self.node)
             .arg("_id")
             .arg(self.pos.to_string());
+        // The command copies each argument: one buffer serves every value.
+        let mut b = Vec::with_capacity(24);
         for (name, v) in self.sample.metrics.iter() {
-            let mut b = Vec::with_capacity(24);
+            b.clear();
             event::write_f64(&mut b, v);
-            cmd.arg(name).arg(b);
+            cmd.arg(name).arg(&b[..]);
         }
     }
 }
