@@ -144,29 +144,25 @@ impl WindowLoop {
     async fn take_over(&mut self, conn: &mut Connection) -> Result<(), WorkerError> {
         tracing::info!(worker = %self.opts.name, "window leader");
         let opts = &self.opts;
-        let rollup =
-            self.rollup
-                .insert(Rollup::new(opts.windows.clone(), opts.max_series, now_ms()));
+        self.rollup = Some(Rollup::new(opts.windows.clone(), opts.max_series, now_ms()));
         let mut cursor = "0-0".to_string();
         loop {
-            let mut claimed = group::claim(
+            let claimed = group::claim(
                 conn,
                 &self.keys,
                 WINDOWS_GROUP,
-                &opts.name,
+                &self.opts.name,
                 Duration::ZERO,
                 TAKE_OVER_PAGE,
                 &cursor,
             )
             .await?;
             self.stats.note_claimed(&claimed);
-            add_entries(
-                rollup,
-                self.decoder.get_or_insert_with(wire::entry_decoder),
-                &mut claimed.entries,
-                &mut self.closed,
-            );
-            group::ack(conn, &self.keys, WINDOWS_GROUP, &claimed.entries).await?;
+            // Pages of a thousand entries: off the runtime like any other batch.
+            let Some(entries) = self.add_and_close(claimed.entries).await else {
+                return Ok(());
+            };
+            group::ack(conn, &self.keys, WINDOWS_GROUP, &entries).await?;
             if claimed.next == "0-0" {
                 return Ok(());
             }
