@@ -141,7 +141,9 @@ impl Recorded<'_> {
         // Per dashboard: differences of the rounded running total, so the seconds add up to
         // the total exactly.
         let mut running = (0u64, 0u64);
-        (0..self.seconds)
+        // Samples seen after the measured seconds (late, in the grace period) get seconds of
+        // their own: cut off, the seconds would not add up to what was seen.
+        (0..self.seconds.max(self.dash.per_sec.len()))
             .map(|s| {
                 let (seen, p99) = self.dash.per_sec.get(s).map_or((0, None), |(n, h)| {
                     (*n, (!h.is_empty()).then(|| h.value_at_quantile(0.99)))
