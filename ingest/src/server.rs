@@ -386,7 +386,7 @@ async fn metrics(app: &App, timeout: Duration) -> String {
     }
     e.histogram(
         "ingest_window_close_seconds",
-        "Time to close the due windows and publish them to Redis, per pass of the window leader that closed any.",
+        "Time to add a read's entries, close the due windows and publish what the pacer lets out, per pass of the window leader that published any.",
         &w.window_close,
     );
     let b = &app.broadcast_stats;

@@ -98,8 +98,8 @@ pub struct WorkerStats {
     pub fields_refused: AtomicU64,
     /// Servers this worker found at `--max-fields-per-server` (each logged once).
     pub servers_at_field_limit: AtomicU64,
-    /// Time to close due windows and publish them to Redis, in microseconds, per pass of the
-    /// window leader that closed any.
+    /// Time to add a read's entries, close the due windows and publish what the pacer lets
+    /// out, in microseconds, per pass of the window leader that published any.
     pub window_close: metrics_edge::admin::Histogram,
 }
 
