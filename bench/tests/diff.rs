@@ -233,7 +233,16 @@ fn the_gate_fails_a_worse_run_and_repeats_record_the_spread() {
     let rep = &r["systems"][0]["repeats"];
     assert_eq!(rep["runs"].as_array().map(Vec::len), Some(3), "{rep}");
     let p99 = &rep["spread"]["p99"];
-    assert!(p99["min"].as_f64() <= p99["max"].as_f64(), "{rep}");
+    let runs: Vec<f64> = rep["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["p99"].as_f64().expect("a repetition's p99"))
+        .collect();
+    let lowest = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(p99["min"].as_f64(), Some(lowest), "{rep}");
+    assert_eq!(p99["max"].as_f64(), Some(highest), "{rep}");
     assert_eq!(rep["spread"]["lost"]["max"], 0.0, "{rep}");
     // The report is the median repetition's.
     let chosen = rep["chosen"].as_u64().expect("chosen") as usize;
@@ -276,7 +285,8 @@ fn the_gate_fails_a_worse_run_and_repeats_record_the_spread() {
     );
     let _ = std::fs::remove_dir_all(dir);
 
-    // The same run against itself: every difference is within its spread, and the gate passes.
+    // The same run against itself: no change, so no condition holds, and every difference is
+    // marked within the spread.
     let (out, dir) = diff(
         "gate-same",
         &["--fail-if", "p99>+0%", "--fail-if", "lost>0", bs, bs],
@@ -288,6 +298,20 @@ fn the_gate_fails_a_worse_run_and_repeats_record_the_spread() {
         "{stdout}"
     );
     assert!(stdout.contains("~x1.00"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+
+    // A condition on a difference that the run meets against itself (no change at all) is
+    // within its spread, so it does not fail; a fixed limit it meets does.
+    let (out, dir) = diff("gate-noise", &["--fail-if", "p99>=+0%", bs, bs]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 met only within the spread of the repetitions"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let (out, dir) = diff("gate-limit", &["--fail-if", "p99>=0us", bs, bs]);
+    assert!(!out.status.success(), "{:?}", text(&out));
 
     // Conditions that cannot be read, and figures an .hgrm file does not have.
     let (out, _) = diff("gate-bad", &["--fail-if", "p98>+10%", bs, ns]);

@@ -1,7 +1,8 @@
 //! The regression gate of `bench diff --fail-if`: conditions such as `p99>+10%`, `p50>2ms`,
 //! `lost>0`, `seen<-5%`, checked for every curve of the newer runs against its base curve.
-//! A condition met by a difference within the spread of repeated runs (`bench run --repeat`)
-//! is reported but does not fail: it is noise, not a regression.
+//! A condition on a difference (`p99>+10%`) met within the spread of repeated runs
+//! (`bench run --repeat`) is reported but does not fail: it is noise, not a regression. A fixed
+//! limit (`p50>2ms`) is not excused by the spread.
 
 use std::str::FromStr;
 
@@ -211,7 +212,10 @@ impl Condition {
             Threshold::Value(v) => (new.v, v),
         };
         let met = self.op.holds(lhs, limit);
-        let within = met && within_spread(base, new);
+        // The spread excuses a difference from the base, not a fixed limit (`p50>2ms`,
+        // `lost>0`): the base's noise says nothing about where such a limit lies.
+        let relative = !matches!(self.threshold, Threshold::Value(_));
+        let within = met && relative && within_spread(base, new);
         let m = self.metric;
         let pct_text = if pct.is_finite() {
             format!("{pct:+.1}%")
@@ -319,5 +323,13 @@ mod tests {
         assert!(o.text.contains("within the spread"));
         let o = c("p99>+10%").check("a", &base, "b", &v(1300.0));
         assert!(o.fails());
+        // A fixed limit is not excused by the base's spread.
+        let o = c("p99>1100us").check("a", &base, "b", &v(1200.0));
+        assert!(o.met && !o.within_spread && o.fails(), "{o:?}");
+        let lossy = Value {
+            v: 0.0,
+            spread: Range::of(&[0.0, 0.0, 5.0]),
+        };
+        assert!(c("lost>0").check("a", &lossy, "b", &v(3.0)).fails());
     }
 }

@@ -31,7 +31,8 @@ pub struct DiffArgs {
     pub runs: Vec<PathBuf>,
     /// Fail (exit 1, with the reason on one line) when this holds for a curve against its base,
     /// as in `p99>+10%`, `p50>2ms`, `lost>0`, `seen<-5%`, `cpu_per_sample>+20%`. Repeat the
-    /// flag for several; a difference within the spread of repeated runs does not fail.
+    /// flag for several; a difference within the spread of repeated runs does not fail a condition
+    /// on a difference (a fixed limit still does).
     #[arg(long = "fail-if", env = "BENCH_FAIL_IF", value_delimiter = ';')]
     pub fail_if: Vec<Condition>,
     /// Compare even when the offered load or the sample size differ.
