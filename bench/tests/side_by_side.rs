@@ -23,8 +23,13 @@ const TOKEN: &str = "side-by-side-token";
 const STATE: PageState = PageState::new(STATE_JS);
 
 /// The simulated servers' samples to System 1, as its agents send them (`POST /metrics`, the
-/// same walk and metric set System 2's simulated agents use), until `stop`.
-async fn post_samples(addr: SocketAddr, servers: usize, stop: CancellationToken) {
+/// same walk and metric set System 2's simulated agents use), until `stop`; the first refusal
+/// ends it with the answer.
+async fn post_samples(
+    addr: SocketAddr,
+    servers: usize,
+    stop: CancellationToken,
+) -> Result<(), String> {
     let mut walks: Vec<RandomWalk> = (0..servers)
         .map(|i| RandomWalk::new(i as u64 + 1))
         .collect();
@@ -58,12 +63,14 @@ async fn post_samples(addr: SocketAddr, servers: usize, stop: CancellationToken)
         let _ = s.write_all(head.as_bytes()).await;
         let _ = s.write_all(&body).await;
         let _ = s.read_to_end(&mut reply).await;
-        assert!(
-            reply.starts_with(b"HTTP/1.1 202"),
-            "System 1 refused the samples: {}",
-            String::from_utf8_lossy(&reply)
-        );
+        if !reply.starts_with(b"HTTP/1.1 202") {
+            return Err(format!(
+                "System 1 refused the samples: {}",
+                String::from_utf8_lossy(&reply)
+            ));
+        }
     }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,10 +95,16 @@ async fn side_by_side_shows_both_systems_and_says_why_a_stream_was_refused() {
         Some(TOKEN.to_string()),
         agents.clone(),
     ));
-    tokio::spawn(post_samples(s1.addr, 2, agents.clone()));
+    let poster = tokio::spawn(post_samples(s1.addr, 2, agents.clone()));
 
     let browser = Chromium::launch(&binary);
     let outcome = tokio::time::timeout(TEST_BUDGET, scenario(&browser, s1.addr, s2.addr)).await;
+    agents.cancel();
+    // A refusal explains a page without System 1's samples better than the page's wait does.
+    poster
+        .await
+        .expect("the sample poster panicked")
+        .expect("System 1 took every POST");
     browser.finish(outcome);
 }
 
