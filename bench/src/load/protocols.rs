@@ -19,7 +19,7 @@ use ingest::front::protocols::otlp_proto::{
     ScopeMetrics,
 };
 use ingest::front::protocols::remote_write::{TimeSeries, WriteRequest};
-use metrics_model::decode::Decoder;
+use metrics_model::decode::with_decoder;
 use metrics_model::Sample;
 use prost::Message;
 
@@ -29,9 +29,8 @@ use crate::record::LoadRecorder;
 /// The samples in `json` (a sample or an array, as the JSON transports send), each with its
 /// time in ms: one apart, the last at `send_us`.
 fn timed(json: &mut [u8], send_us: u64) -> Vec<(Sample, u64)> {
-    let samples = Decoder::default()
-        .decode_json(json, 0)
-        .expect("the bench's own samples are valid");
+    let samples =
+        with_decoder(|d| d.decode_json(json, 0)).expect("the bench's own samples are valid");
     let n = samples.len() as u64;
     let last_ms = send_us / 1000;
     samples
