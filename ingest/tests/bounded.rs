@@ -152,3 +152,101 @@ async fn a_servers_snapshot_keeps_at_most_max_fields_names() {
     assert_eq!(w["snapshotFieldsRefused"], 6 + 8 + 8 + 8 + 1, "{w}");
     assert_eq!(w["serversAtFieldLimit"], 1, "{w}");
 }
+
+/// Calls of `cmd` Redis has served (`INFO commandstats`).
+fn calls(redis: &Redis, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Posts `body` and waits until the worker has processed `samples` samples in all.
+async fn post_processed(addr: std::net::SocketAddr, body: &str, samples: u64) {
+    post_accepted(addr, &Transport::H2c, body.to_string()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while worker_stats(addr).await["samples"] != samples {
+        assert!(tokio::time::Instant::now() < deadline, "processed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Once the field-bound script has admitted every name of a server's sample, samples with the
+/// same names (in any order) skip it; a hash deleted under the worker sends it back to the
+/// script, and the bound still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_names_skip_the_snapshot_script_until_the_hash_is_gone() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.max_fields_per_server = 4;
+    let srv = start(s).await;
+    let key = "metrics:server:known";
+    post_processed(
+        srv.addr,
+        r#"{"serverId":"known","metrics":{"a":1,"b":2}}"#,
+        1,
+    )
+    .await;
+    let scripted = calls(&redis, "evalsha");
+    assert!(scripted >= 1, "the first sample goes through the script");
+    post_processed(
+        srv.addr,
+        r#"{"serverId":"known","metrics":{"b":3,"a":4}}"#,
+        2,
+    )
+    .await;
+    post_processed(
+        srv.addr,
+        r#"{"serverId":"known","metrics":{"a":5,"b":6}}"#,
+        3,
+    )
+    .await;
+    assert_eq!(
+        calls(&redis, "evalsha"),
+        scripted,
+        "known names skip the script"
+    );
+    let a: Option<String> = redis::cmd("HGET")
+        .arg(key)
+        .arg("a")
+        .query(&mut redis.conn())
+        .expect("HGET");
+    assert_eq!(a.as_deref(), Some("5"), "and are written all the same");
+
+    // The hash deleted by hand: the plain write recreates it, sees fields added, and the next
+    // sample goes through the script again.
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .query(&mut redis.conn())
+        .expect("DEL");
+    post_processed(
+        srv.addr,
+        r#"{"serverId":"known","metrics":{"a":7,"b":8}}"#,
+        4,
+    )
+    .await;
+    post_processed(
+        srv.addr,
+        r#"{"serverId":"known","metrics":{"c":1,"d":1,"e":1,"f":1}}"#,
+        5,
+    )
+    .await;
+    assert_eq!(calls(&redis, "evalsha"), scripted + 1, "back to the script");
+    let kept = metric_fields(&redis, key);
+    assert!(
+        kept.len() <= 4 + 4,
+        "within one sample's names of the bound: {kept:?}"
+    );
+    post_processed(
+        srv.addr,
+        r#"{"serverId":"known","metrics":{"g":1,"h":1,"i":1,"j":1}}"#,
+        6,
+    )
+    .await;
+    assert_eq!(metric_fields(&redis, key), kept, "and no further");
+}

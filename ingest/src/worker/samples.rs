@@ -20,9 +20,9 @@
 //!   The script costs Redis about ten times a plain `HSET`, so once it has admitted every
 //!   name of a server's sample, this worker writes that server's samples with the same names
 //!   with `HSET` (they add no field). Should the hash vanish under it (deleted by hand; expiry
-//!   is ruled out, see `Refreshed::forget_before`), that `HSET` recreates it without its count,
-//!   which it notices from the reply and goes back to the script; the bound can then be passed
-//!   by at most one sample's names.
+//!   is ruled out, see `Refreshed::forget_before`), that `HSET` makes it again: the reply says
+//!   how many fields it added, which go into the count as the script would have counted them,
+//!   and the script decides that server's next sample, so the bound holds.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -176,16 +176,19 @@ impl Refreshed {
     }
 }
 
-/// A fingerprint of a sample's metric names, in order (an agent sends the same names in the
-/// same order sample after sample).
+/// A fingerprint of a sample's set of metric names, whatever their order (an agent may
+/// serialise a map in a different order each time). Names within a sample are unique (decoding
+/// refuses duplicates), so a sum of per-name hashes with the count identifies the set.
 fn names_fingerprint(sample: &Sample) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (name, _) in sample.metrics.iter() {
-        name.hash(&mut h);
-    }
-    sample.metrics.len().hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    let hasher =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    sample
+        .metrics
+        .iter()
+        .fold(sample.metrics.len() as u64, |acc, (name, _)| {
+            acc.wrapping_add(hasher.hash_one(name))
+        })
 }
 
 impl Session for SampleLoop {
@@ -415,12 +418,21 @@ impl SampleLoop {
         pipe.add_command(ack_cmd(keys, WORKERS_GROUP, entries))
             .ignore();
         let replies: Vec<u64> = pipe.query_async(conn).await?;
+        // Hashes a plain write found gone and made again: their count, as the script keeps it.
+        let mut recount = redis::pipe();
         for (((server, _), (names, plain)), n) in latest.iter().zip(writes).zip(replies) {
             if plain {
-                // A field added means the hash was not what this worker knew (it expired or
-                // was deleted): back to the script, which keeps the count.
+                // A field added means the hash was not what this worker knew (it was deleted
+                // under it): the write made it again with every field it carried, which the
+                // count takes in, and the script decides the next sample.
                 if n > 0 {
                     self.refreshed.set_admitted(server, None);
+                    recount
+                        .cmd("HINCRBY")
+                        .arg(keys.server(server))
+                        .arg("_fields")
+                        .arg(n)
+                        .ignore();
                 }
                 continue;
             }
@@ -439,6 +451,9 @@ impl SampleLoop {
                     "a server's snapshot hash is at --max-fields-per-server; its new metric names are stored and published but left out of its snapshot (logged once per server)"
                 );
             }
+        }
+        if recount.cmd_iter().next().is_some() {
+            recount.query_async::<()>(conn).await?;
         }
         stats
             .largest_message
