@@ -380,15 +380,13 @@ impl<'m> Batch<'m> {
     /// The samples (a group of more than `limits.max_metrics` values becomes several samples of
     /// the same server and time), or 413 when there are more than `limits.max_batch`.
     pub fn finish(mut self, limits: Limits) -> Result<Mapped, Refusal> {
-        for g in &mut self.groups {
-            let dups = drop_duplicates(&mut g.metrics);
-            self.counts.carried -= dups;
-            let j = Uncarried::ALL
-                .iter()
-                .position(|x| *x == Uncarried::Duplicate)
-                .unwrap_or(0);
-            self.counts.uncarried[j] += dups;
-        }
+        let dups: u64 = self
+            .groups
+            .iter_mut()
+            .map(|g| drop_duplicates(&mut g.metrics))
+            .sum();
+        self.counts.carried -= dups;
+        self.skip(Uncarried::Duplicate, dups);
         let per = limits.max_metrics.max(1);
         let total: usize = self
             .groups
@@ -425,7 +423,10 @@ impl<'m> Batch<'m> {
 /// Removes the values whose name came earlier in `metrics` (the first stays); how many.
 fn drop_duplicates(metrics: &mut Vec<(String, f64)>) -> u64 {
     let n = metrics.len();
-    if n < 2 {
+    // The usual case, no duplicate among a few values, is found without allocating (as
+    // `Metrics::find_duplicate` does); only then are the names sorted.
+    let maybe = n > 24 || (1..n).any(|i| (0..i).any(|j| metrics[j].0 == metrics[i].0));
+    if !maybe {
         return 0;
     }
     let mut order: Vec<usize> = (0..n).collect();
@@ -651,6 +652,37 @@ mod tests {
             .counts
             .message()
             .contains("1 values: not a finite number"));
+    }
+
+    #[test]
+    fn a_repeated_name_keeps_its_first_value_and_is_counted_once_per_repeat() {
+        let m = Mapping::default();
+        let mut b = Batch::new(&m, 1000);
+        b.value("a", 5, Ok("x".into()), 1.0);
+        b.value("b", 5, Ok("y".into()), 1.0);
+        b.value("a", 5, Ok("x".into()), 2.0);
+        b.value("a", 5, Ok("x".into()), 3.0);
+        let out = b.finish(Limits::default()).expect("mapped");
+        assert_eq!(flat(&out), ["a@5 x=1", "b@5 y=1"]);
+        assert_eq!(out.counts.carried, 2);
+        let j = Uncarried::ALL
+            .iter()
+            .position(|x| *x == Uncarried::Duplicate)
+            .expect("a duplicate reason");
+        assert_eq!(out.counts.uncarried[j], 2);
+        // More values than the quick scan looks at take the sorting path.
+        let mut b = Batch::new(&m, 1000);
+        for i in 0..30 {
+            b.value("a", 5, Ok(format!("m{}", i % 20)), i as f64);
+        }
+        let out = b.finish(Limits::default()).expect("mapped");
+        assert_eq!(out.counts.carried, 20);
+        assert_eq!(out.counts.uncarried[j], 10);
+        assert!(
+            flat(&out).contains(&"a@5 m3=3".to_string()),
+            "{:?}",
+            flat(&out)
+        );
     }
 
     #[test]
