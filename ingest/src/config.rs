@@ -103,9 +103,12 @@ pub struct Args {
     pub lease_ms: u64,
     /// Messages of closed windows kept in `{prefix}:windows:log` (about), from which a
     /// broadcaster that lost its Pub/Sub link recovers the windows published meanwhile. The
-    /// leader writes about one a second (more with many servers): the default covers about two
-    /// minutes of disconnection, and keeps the log's size in Redis small (a soak run with 50
-    /// servers measured about 94 KB a message).
+    /// leader writes about one a second with a few servers whose windows close together: the
+    /// default then covers about two minutes of disconnection and keeps the log small (a soak
+    /// run with 50 servers measured about 94 KB a message). It writes more with many servers: a
+    /// close of more than 256 windows goes out in slices over `--window-spread-ms`, a message
+    /// each (up to 51 a close at the default spread), so with thousands of servers the default
+    /// covers seconds; raise it with the number of servers.
     #[arg(long, default_value_t = 120, global = true)]
     pub window_log_len: u64,
     /// Watermark adoptions the broadcaster keeps (about) in `{prefix}:broadcaster:resume`,

@@ -80,7 +80,6 @@ impl WindowPacer {
 
     /// Everything still queued (on shutdown).
     pub fn flush(&mut self, out: &mut Vec<ClosedWindow>) {
-        self.released += self.queue.len();
         out.extend(self.queue.drain(..));
     }
 

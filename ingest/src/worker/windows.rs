@@ -187,7 +187,8 @@ impl WindowLoop {
         };
         let opts = &self.opts;
         let now = now_ms();
-        let mut due_at = rollup.next_close().saturating_add(CLOSE_GRACE_MS);
+        let close_at = rollup.next_close().saturating_add(CLOSE_GRACE_MS);
+        let mut due_at = close_at;
         if !self.pacer.is_empty() {
             due_at = due_at.min(now + PACE_STEP_MS);
         }
@@ -214,8 +215,14 @@ impl WindowLoop {
         // A full read means a backlog: read again at once.
         self.gathering = !entries.is_empty() && entries.len() < opts.batch;
         let started = Instant::now();
-        let Some(entries) = self.add_and_close(entries).await else {
-            return Ok(());
+        // The blocking pool only when there is work for it: entries, or a close due.
+        let entries = if entries.is_empty() && now_ms() < close_at {
+            entries
+        } else {
+            let Some(entries) = self.add_and_close(entries).await else {
+                return Ok(());
+            };
+            entries
         };
         let now = now_ms();
         self.pacer.push(&mut self.closed, now);
