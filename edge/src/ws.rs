@@ -172,7 +172,8 @@ struct RawFrame {
 /// fastwebsockets for memory: fastwebsockets gives each reader an 8 KiB buffer for the life of
 /// the socket, more than everything else an idle connection holds. This reader's buffer is
 /// released whenever it is empty after a frame, so a peer between messages (a dashboard that
-/// only answers pings, an agent between samples) holds no read buffer at all. The socket's
+/// only answers pings, an agent between samples) holds no read buffer of its own, only the
+/// 512-byte first-read array inside the session task (against 8 KiB). The socket's
 /// write side, and the upgrade, are still fastwebsockets'.
 struct FrameReader<R> {
     io: R,
@@ -248,8 +249,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads until `buf` holds at least `n` bytes. While the buffer is released (between
-    /// messages), the wait for the next byte holds no heap: the first read goes to a small
-    /// array, and the buffer is made for what arrived.
+    /// messages), the wait for the next byte holds no buffer of its own: the first read goes to
+    /// a 512-byte array (which lives in the session task's future), and the buffer is made for
+    /// what arrived.
     async fn fill(&mut self, n: usize) -> Result<(), End> {
         while self.buf.len() < n {
             if self.buf.capacity() == 0 {
@@ -257,14 +259,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 match self.io.read(&mut first).await {
                     Ok(0) | Err(_) => return Err(End { close: None }),
                     Ok(k) => {
-                        self.buf.reserve(k.max(n));
+                        // A full array means more is coming: room for a read chunk at once,
+                        // so a frame of up to 4 KiB needs no second allocation.
+                        let room = if k == FIRST_READ {
+                            READ_CHUNK + MAX_HEAD
+                        } else {
+                            0
+                        };
+                        self.buf.reserve(k.max(n).max(room));
                         self.buf.extend_from_slice(&first[..k]);
                     }
                 }
                 continue;
             }
-            let want = (n - self.buf.len()).max(READ_CHUNK) + MAX_HEAD;
-            self.buf.reserve(want);
+            let missing = n - self.buf.len();
+            if self.buf.capacity() - self.buf.len() < missing {
+                self.buf.reserve(missing.max(READ_CHUNK) + MAX_HEAD);
+            }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Err(End { close: None }),
                 Ok(_) => {}
