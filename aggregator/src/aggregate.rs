@@ -133,7 +133,8 @@ pub struct AggregatorStats {
     pub ring_bytes: AtomicUsize,
     /// Agent frames refused whole for not decoding (an `error` event each).
     pub frames_refused: AtomicU64,
-    /// Time to close due windows and publish them, in microseconds, per pass that closed any.
+    /// Time to close due windows and publish what the pacer lets out at once (the first slice
+    /// of a large close), in microseconds, per pass that closed any.
     pub close_cost: Histogram,
 }
 

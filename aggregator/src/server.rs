@@ -199,7 +199,7 @@ fn metrics(agg: &Aggregator) -> String {
     )
     .histogram(
         "aggregator_window_close_seconds",
-        "Time to close the due windows and publish them, per pass of the aggregator that closed any.",
+        "Time to close the due windows and publish what --window-spread-ms lets out at once (the first slice of a large close), per pass of the aggregator that closed any.",
         &s.close_cost,
     )
     .gauge(
