@@ -230,7 +230,8 @@ pub struct EdgeSettings {
     pub queue: QueueLimits,
     pub windows: Vec<WindowSpec>,
     pub max_series: usize,
-    /// `--window-spread-ms`, already capped at half the shortest window.
+    /// `--window-spread-ms` as given; whoever paces closes caps it at half the shortest window
+    /// (`metrics_model::pacing::spread_for`).
     pub window_spread_ms: u64,
     pub drain: Duration,
     /// What each listener allows its clients.
@@ -271,7 +272,6 @@ pub fn at_least(checks: &[(&'static str, u64, u64)]) -> Result<(), EdgeConfigErr
 impl EdgeArgs {
     /// Checks the shared flags.
     pub fn validate(&self) -> Result<EdgeSettings, EdgeConfigError> {
-        let windows = WindowSpec::parse_list(&self.windows)?;
         let listen = match self.listen.trim() {
             "off" | "" => None,
             a => Some(
@@ -368,9 +368,9 @@ impl EdgeArgs {
                 max_bytes: self.dashboard_queue_bytes,
                 max_ids: self.max_filter_ids,
             },
-            windows: windows.clone(),
+            windows: WindowSpec::parse_list(&self.windows)?,
             max_series: self.max_series,
-            window_spread_ms: metrics_model::pacing::spread_for(self.window_spread_ms, &windows),
+            window_spread_ms: self.window_spread_ms,
             drain: Duration::from_millis(self.drain_ms),
             conn: ListenLimits {
                 max_connections: self.max_connections,

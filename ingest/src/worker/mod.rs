@@ -153,7 +153,7 @@ pub fn start(
         life.token().clone(),
         stats.clone(),
     ));
-    let opts_spread = opts.window_spread_ms;
+    let opts_spread = metrics_model::pacing::spread_for(opts.window_spread_ms, &opts.windows);
     let window_loop = windows::WindowLoop {
         pool,
         keys,
