@@ -29,6 +29,7 @@ const OTHER_PARAMS: &[&str] = &[
     "duration_s",
     "system1_transport",
     "system2_transport",
+    "dashboard_parse",
 ];
 
 fn param<'a>(r: &'a Run, key: &str) -> Option<&'a Value> {

@@ -22,7 +22,8 @@ pub struct Figures {
     pub seen: Option<f64>,
     /// Acknowledged samples not seen.
     pub lost: Option<f64>,
-    /// CPU time of the system under test (and its Redis) per acknowledged sample, µs.
+    /// CPU time of the system under test (and its Redis) per sample sent while the CPU was
+    /// counted (warm-up included), µs; per acknowledged sample for reports that lack that count.
     pub cpu_per_sample: Option<f64>,
 }
 
@@ -116,11 +117,6 @@ impl Metric {
     /// Whether the value is a duration in µs (latency and CPU per sample).
     pub fn is_time(self) -> bool {
         !matches!(self, Metric::Seen | Metric::Lost)
-    }
-
-    /// Whether a larger value is worse (all but `seen`).
-    pub fn higher_is_worse(self) -> bool {
-        self != Metric::Seen
     }
 
     pub fn of(self, f: &Figures) -> Option<f64> {
