@@ -214,7 +214,9 @@ impl Embedded {
                     })
                 }
                 Which::Relay(_) => Box::pin(async move {
-                    let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                    // The systems' bind: the same accept queue for the yardstick.
+                    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                    let l = metrics_edge::listener::bind(local)
                         .await
                         .map_err(|e| e.to_string())?;
                     let addr = l.local_addr().map_err(|e| e.to_string())?;

@@ -30,14 +30,12 @@ pub async fn local_listeners(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: crate::listener::ListenLimits,
 ) -> crate::listener::Listeners {
-    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // The production bind, so the tests' listeners queue as many connections as the services'.
+    let plain = crate::listener::bind(local).await.expect("bind");
     let tls = match tls {
         Some(cfg) => Some((
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind tls"),
+            crate::listener::bind(local).await.expect("bind tls"),
             tokio_rustls::TlsAcceptor::from(cfg),
         )),
         None => None,
