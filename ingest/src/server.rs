@@ -152,6 +152,7 @@ impl Service for Server {
                 name: settings.node_id.clone(),
                 batch: settings.read_count(),
                 fill: settings.worker_batch,
+                gather: settings.worker_gather,
                 read_bytes: settings.worker_read_bytes,
                 max_entry: settings.max_entry_bytes,
                 pubsub_message_bytes: settings.pubsub_message_bytes,

@@ -450,3 +450,42 @@ async fn a_dashboard_resumes_with_since_without_gaps_or_repeats() {
     assert_eq!(status, 400);
     assert!(body.contains("since `yesterday`"), "{body}");
 }
+
+/// With `--worker-gather-ms`, a steady flow of requests is read, published and acknowledged in
+/// batches (one Pub/Sub message for several requests), and every sample still arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gathering_worker_takes_a_steady_flow_in_batches() {
+    let redis = Redis::start();
+    let mut s = settings(&redis);
+    s.worker_gather = Duration::from_millis(200);
+    let srv = start(s).await;
+    let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+
+    // 40 requests, one at a time, about 20 ms apart: without a gather each one is its own
+    // read and its own message.
+    let requests = 40;
+    for i in 0..requests {
+        post_accepted(srv.addr, &Transport::H2c, sample(&format!("g{i}"), 1.0)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < requests {
+        match dash.next().await {
+            Incoming::Event(e) if e["type"] == "sample" => {
+                let id = e["serverId"].as_str().expect("serverId").to_string();
+                assert!(seen.insert(id), "sample sent twice: {e}");
+            }
+            Incoming::Event(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let (_, body) = http_get(srv.addr, "/stats", "").await;
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("stats");
+    let publishes = stats["worker"]["publishes"].as_u64().expect("publishes");
+    // About a second of requests, one read in 200 ms: a handful of messages, not one each.
+    assert!(
+        publishes <= requests as u64 / 3,
+        "{publishes} messages for {requests} requests"
+    );
+}

@@ -48,6 +48,8 @@ pub struct WorkerOptions {
     /// Most entries the sample loop gathers into one batch, in rounds of reads each sized by
     /// what is left of `read_bytes` (`--worker-batch`).
     pub fill: usize,
+    /// Least time between the sample loop's reads (`--worker-gather-ms`).
+    pub gather: Duration,
     /// Bytes of entries a batch may hold (`--worker-read-bytes`).
     pub read_bytes: usize,
     /// Largest entry the front doors write (`--max-entry-bytes`).
@@ -147,6 +149,7 @@ pub fn start(
         last_backlog_log: None,
         refreshed: samples::Refreshed::default(),
         script: None,
+        last_read: tokio::time::Instant::now(),
     };
     life.spawn(reconnecting(
         sample_loop,

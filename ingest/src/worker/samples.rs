@@ -2,7 +2,9 @@
 //! `sample` events, update the per-server snapshot hashes, acknowledge, all in one pipeline.
 //!
 //! Per batch: one snapshot update per server in the batch ([`SNAPSHOT_SCRIPT`]), one `PUBLISH`
-//! per message, and one `XACK` after them. Every half `--claim-idle-ms` the loop first claims
+//! per message, and one `XACK` after them. These costs are per batch whatever its size, so
+//! `--worker-gather-ms` lets a steady flow gather between reads (at most one read a gather); an
+//! idle worker blocks in `XREADGROUP` and takes a new entry the moment it is written. Every half `--claim-idle-ms` the loop first claims
 //! entries left pending that long by a silent (presumably dead) worker.
 //!
 //! Everything is bounded in bytes, because an entry can be large (`--max-entry-bytes`):
@@ -108,6 +110,8 @@ pub(super) struct SampleLoop {
     pub refreshed: Refreshed,
     /// The SHA1 of [`SNAPSHOT_SCRIPT`], once loaded on this connection.
     pub script: Option<String>,
+    /// When the last read of new entries was sent (`--worker-gather-ms` counts from it).
+    pub last_read: Instant,
 }
 
 /// What this worker knows of each server's snapshot hash: when it last refreshed its expiry
@@ -233,6 +237,13 @@ impl Session for SampleLoop {
             entries = claimed.entries;
         }
         if entries.is_empty() {
+            // At most one read a gather: entries written meanwhile wait for it and go as one
+            // batch. After a longer wait (the read blocked on an idle stream) this is past.
+            let (due, now) = (self.last_read + opts.gather, Instant::now());
+            if due > now {
+                tokio::time::sleep_until(due).await;
+            }
+            self.last_read = due.max(now);
             entries = group::read(conn, keys, WORKERS_GROUP, &opts.name, opts.batch, 1000).await?;
             fill(conn, keys, opts, &mut entries).await?;
         }
