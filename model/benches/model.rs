@@ -3,11 +3,14 @@
 //!   batch of 100;
 //! - a window update (target: 20 M updates/s on one core), our bit-bucket sketch beside an
 //!   HDR histogram and beside a plain `Vec` push (what an exact sort-at-close would cost);
-//! - encoding a `sample` event.
+//! - encoding a `sample` event;
+//! - the roll-up's add of a batch (both systems' window aggregation: a look-up per server and
+//!   per metric, per server and for all servers, then a window update per window length).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use metrics_model::decode::Decoder;
-use metrics_model::window::WindowStats;
+use metrics_model::rollup::Rollup;
+use metrics_model::window::{WindowSpec, WindowStats};
 use metrics_model::{event, Sample};
 use std::hint::black_box;
 
@@ -138,5 +141,37 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, window, encode);
+fn rollup(c: &mut Criterion) {
+    // The bench's full samples: 12 metrics each, 100 a batch from 20 servers.
+    let body: String = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"serverId":"server-{}","timestamp":1764349200123,"metrics":{{"cpu":{i}.5,"memory":61.2,"disk":70.1,"load":{{"m1":1.5,"m5":1.2,"m15":0.9}},"network":{{"in":812,"out":230,"errors":0}},"processes":{{"total":180,"running":3}},"uptime":86400}}}}"#,
+                i % 20
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let samples = Decoder::default()
+        .decode_ndjson(&mut body.into_bytes(), 1_764_349_200_000)
+        .expect("valid");
+    assert_eq!(samples[0].metrics.len(), 12);
+    let windows = WindowSpec::parse_list("1s,10s,1m").expect("windows");
+    let mut g = c.benchmark_group("rollup");
+    g.throughput(Throughput::Elements(samples.len() as u64));
+    let now = 1_764_349_200_000;
+    let mut r = Rollup::new(windows, 1_000_000, now);
+    let mut out = Vec::new();
+    g.bench_function(
+        "add 100 samples of 12 metrics (20 servers, 3 windows)",
+        |b| {
+            b.iter(|| {
+                black_box(r.add_reporting(now + 10, black_box(&samples), &mut out));
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, decode, window, encode, rollup);
 criterion_main!(benches);

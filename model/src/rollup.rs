@@ -110,6 +110,18 @@ impl SnapshotView {
 struct Series {
     stats: Vec<WindowStats>,
     last: f64,
+    /// A server's series: where the all-servers series of the same name is in
+    /// `Rollup::global` (its list only grows), so that look-up is made once, not per value.
+    global: Option<usize>,
+}
+
+impl Series {
+    fn record(&mut self, v: f64) {
+        self.last = v;
+        for st in &mut self.stats {
+            st.record(v);
+        }
+    }
 }
 
 /// Series in first-seen order, found by name (shared with snapshot views).
@@ -126,22 +138,30 @@ impl SeriesSet {
         windows: usize,
         budget: &mut Budget<'_>,
     ) -> Option<&mut Series> {
+        let i = self.index_of(name, windows, budget)?;
+        Some(&mut self.list[i].1)
+    }
+
+    /// Where the series `name` is in the list, made if the budget allows.
+    fn index_of(&mut self, name: &str, windows: usize, budget: &mut Budget<'_>) -> Option<usize> {
         if let Some(&i) = self.index.get(name) {
-            return Some(&mut self.list[i].1);
+            return Some(i);
         }
         if !budget.take() {
             return None;
         }
         let name: Arc<str> = Arc::from(name);
-        self.index.insert(name.clone(), self.list.len());
+        let i = self.list.len();
+        self.index.insert(name.clone(), i);
         self.list.push((
             name,
             Series {
                 stats: (0..windows).map(|_| WindowStats::default()).collect(),
                 last: 0.0,
+                global: None,
             },
         ));
-        self.list.last_mut().map(|(_, s)| s)
+        Some(i)
     }
 
     fn summaries(&self, w: usize) -> Vec<(&str, Summary)> {
@@ -298,17 +318,20 @@ impl Rollup {
             server.last_ts = s.timestamp;
             server.last_arrival = t;
             for (name, v) in s.metrics.iter() {
-                if let Some(series) = server.series.get_or_insert(name, nw, &mut budget) {
-                    series.last = v;
-                    for st in &mut series.stats {
-                        st.record(v);
+                // The server's series first, then the all-servers one, each within the budget;
+                // a server's series remembers where the other is.
+                let global = match server.series.get_or_insert(name, nw, &mut budget) {
+                    Some(series) => {
+                        series.record(v);
+                        if series.global.is_none() {
+                            series.global = self.global.index_of(name, nw, &mut budget);
+                        }
+                        series.global
                     }
-                }
-                if let Some(series) = self.global.get_or_insert(name, nw, &mut budget) {
-                    series.last = v;
-                    for st in &mut series.stats {
-                        st.record(v);
-                    }
+                    None => self.global.index_of(name, nw, &mut budget),
+                };
+                if let Some(g) = global {
+                    self.global.list[g].1.record(v);
                 }
             }
         }
@@ -414,5 +437,58 @@ impl Rollup {
             servers,
             all,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Decoder;
+
+    fn samples(body: &str, ts: u64) -> Vec<Sample> {
+        Decoder::default()
+            .decode_ndjson(&mut body.as_bytes().to_vec(), ts)
+            .expect("valid")
+    }
+
+    /// The `"*"` window of `out` for `label`, as text.
+    fn star(out: &[ClosedWindow], label: &str) -> String {
+        let w = out
+            .iter()
+            .find(|w| &*w.server == "*" && &*w.label == label)
+            .expect("a * window");
+        String::from_utf8(w.json.clone()).expect("utf-8")
+    }
+
+    /// A server's series remembers where the all-servers series is; one the budget refused at
+    /// first is looked up again on later values, and made once the budget has room.
+    #[test]
+    fn all_servers_series_follow_each_value_and_the_budget() {
+        let t0 = 1_764_349_200_000;
+        let mut r = Rollup::new(WindowSpec::parse_list("1s").expect("windows"), 3, t0);
+        let mut out = Vec::new();
+        // a.x, *.x, a.y take the budget of 3; *.y is refused.
+        let body = r#"{"serverId":"a","metrics":{"x":1,"y":2}}"#;
+        r.add_reporting(t0 + 10, &samples(body, t0 + 10), &mut out);
+        r.add_reporting(t0 + 20, &samples(body, t0 + 20), &mut out);
+        assert_eq!(r.counts().series_refused, 2, "*.y refused at each value");
+        r.close_due(t0 + 2_000, 0, &mut out);
+        let w = star(&out, "1s");
+        assert!(w.contains(r#""x""#) && !w.contains(r#""y""#), "{w}");
+        assert!(w.contains(r#""count":2"#), "both values of x: {w}");
+
+        // Silent for two windows, a is forgotten; its two series go back to the budget, which
+        // b's sample then spends on b.y and *.y.
+        out.clear();
+        let later = t0 + 5_000;
+        r.add_reporting(
+            later,
+            &samples(r#"{"serverId":"b","metrics":{"y":5}}"#, later),
+            &mut out,
+        );
+        r.close_due(later + 2_000, 0, &mut out);
+        assert_eq!(r.counts().servers, 0, "b forgotten by then too");
+        let w = star(&out, "1s");
+        assert!(w.contains(r#""y""#), "*.y made once there was room: {w}");
     }
 }
