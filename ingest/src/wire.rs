@@ -152,6 +152,8 @@ pub enum EntryError {
     NoHeader(String),
     #[error("entry {0}: {1}")]
     Samples(String, DecodeError),
+    #[error("entry {0}, sample line {1}: {2}")]
+    Line(String, usize, &'static str),
 }
 
 /// The limits entries are decoded with: the front door already applied its own.
@@ -184,6 +186,218 @@ pub fn decode_entry(e: &mut RawEntry, decoder: &mut Decoder) -> Result<StoredEnt
         node,
         samples,
     })
+}
+
+/// A stream entry as the sample workers read it: its lines found and checked, none decoded (see
+/// [`scan_entry`]).
+#[derive(Debug)]
+pub struct ScannedEntry<'a> {
+    pub arrival_ms: u64,
+    /// The front door that accepted it.
+    pub node: &'a str,
+    value: &'a [u8],
+    pub lines: Vec<StoredLine>,
+}
+
+/// One sample line of a [`ScannedEntry`]: where it is in the entry's value, where its server
+/// id is, and where `,"metrics":{` begins.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredLine {
+    start: usize,
+    end: usize,
+    server: (usize, usize),
+    metrics_at: usize,
+}
+
+impl<'a> ScannedEntry<'a> {
+    /// The line's server id.
+    pub fn server(&self, l: &StoredLine) -> &'a str {
+        // Checked by the scan: 1 to 128 bytes of `[A-Za-z0-9_.:-]`.
+        std::str::from_utf8(&self.value[l.server.0..l.server.1]).unwrap_or_default()
+    }
+
+    /// The line as stored (no newline): `{"serverId":S,"timestamp":MS,"metrics":{...}}`.
+    pub fn line(&self, l: &StoredLine) -> &'a [u8] {
+        &self.value[l.start..l.end]
+    }
+
+    /// The `sample` event of the line, carrying its position as `id`: the stored line with
+    /// `"type"` and `"id"` spliced in, byte for byte what [`sample_event`] writes for the
+    /// decoded sample (the stored numbers are already in the events' form), at the cost of
+    /// two copies.
+    pub fn sample_event(&self, out: &mut Vec<u8>, l: &StoredLine, pos: Position) {
+        let line = self.line(l);
+        out.extend_from_slice(b"{\"type\":\"sample\",");
+        out.extend_from_slice(&line[1..l.metrics_at]);
+        out.extend_from_slice(b",\"id\":\"");
+        write_position(out, pos);
+        out.push(b'"');
+        out.extend_from_slice(&line[l.metrics_at..]);
+    }
+}
+
+/// Appends `ms-seq/index` without formatting machinery.
+fn write_position(out: &mut Vec<u8>, pos: Position) {
+    event::write_u64(out, pos.ms);
+    out.push(b'-');
+    event::write_u64(out, pos.seq);
+    out.push(b'/');
+    event::write_u64(out, u64::from(pos.index));
+}
+
+/// Reads an entry written by [`encode_entry`] without decoding its samples: the header, then
+/// each line checked against the exact form [`event::agent_sample`] writes (names of
+/// `[A-Za-z0-9_.:-]`, 1 to 128 bytes; 1 to 256 metrics; JSON numbers), so whatever passes is
+/// valid JSON with no name repeated, and can go to dashboards as it is. Decoding every sample
+/// only to write it out again cost the workers more than anything else they did with a batch.
+/// The scan does not convert numbers: the one sample per server that the snapshot needs is
+/// decoded (`worker::samples`), and a number out of range there (`1e999`, which our front door
+/// never writes) sends its entry to the dead-letter stream as before; elsewhere in a batch it
+/// would be published as stored.
+pub fn scan_entry<'a>(id: &str, value: &'a [u8]) -> Result<ScannedEntry<'a>, EntryError> {
+    let nl = value
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| EntryError::NoHeader(id.to_string()))?;
+    let (arrival_ms, node) = std::str::from_utf8(&value[..nl])
+        .ok()
+        .and_then(|h| h.split_once(' '))
+        .and_then(|(a, n)| Some((a.parse().ok()?, n)))
+        .ok_or_else(|| EntryError::NoHeader(id.to_string()))?;
+    let mut lines = Vec::new();
+    let mut names = Vec::new();
+    let mut start = nl + 1;
+    while start < value.len() {
+        let end = value[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(value.len(), |i| start + i);
+        if end > start {
+            let line = scan_line(&value[start..end], &mut names)
+                .map_err(|why| EntryError::Line(id.to_string(), lines.len() + 1, why))?;
+            lines.push(StoredLine {
+                start,
+                end,
+                server: (start + line.0 .0, start + line.0 .1),
+                metrics_at: line.1,
+            });
+        }
+        start = end + 1;
+    }
+    if lines.is_empty() {
+        return Err(EntryError::Line(id.to_string(), 1, "no sample"));
+    }
+    Ok(ScannedEntry {
+        arrival_ms,
+        node,
+        value,
+        lines,
+    })
+}
+
+/// Checks one stored line; returns where its server id is and where `,"metrics":{` begins.
+/// `names` is scratch space for the metric names' ranges.
+fn scan_line(
+    b: &[u8],
+    names: &mut Vec<(usize, usize)>,
+) -> Result<((usize, usize), usize), &'static str> {
+    let mut i = 0;
+    let expect = |i: &mut usize, lit: &[u8], why| {
+        if b[*i..].starts_with(lit) {
+            *i += lit.len();
+            Ok(())
+        } else {
+            Err(why)
+        }
+    };
+    expect(&mut i, b"{\"serverId\":\"", "not a stored sample")?;
+    let server = name(b, &mut i).ok_or("bad server id")?;
+    expect(&mut i, b"\",\"timestamp\":", "no timestamp")?;
+    let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return Err("bad timestamp");
+    }
+    i += digits;
+    let metrics_at = i;
+    expect(&mut i, b",\"metrics\":{", "no metrics")?;
+    names.clear();
+    loop {
+        expect(&mut i, b"\"", "bad metric name")?;
+        names.push(name(b, &mut i).ok_or("bad metric name")?);
+        expect(&mut i, b"\":", "bad metric name")?;
+        number(b, &mut i).ok_or("bad number")?;
+        if names.len() > Limits::default().max_metrics {
+            return Err("too many metrics");
+        }
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return Err("bad metrics"),
+        }
+    }
+    if &b[i..] != b"}}" {
+        return Err("trailing bytes");
+    }
+    // As the decoder does: a pairwise look for the usual few names, a sort for more.
+    let text = |r: &(usize, usize)| &b[r.0..r.1];
+    let repeated = if names.len() <= 24 {
+        (1..names.len()).any(|j| names[..j].iter().any(|a| text(a) == text(&names[j])))
+    } else {
+        names.sort_unstable_by(|x, y| text(x).cmp(text(y)));
+        names.windows(2).any(|w| text(&w[0]) == text(&w[1]))
+    };
+    if repeated {
+        return Err("a metric name repeated");
+    }
+    Ok((server, metrics_at))
+}
+
+/// A name of 1 to 128 bytes of `[A-Za-z0-9_.:-]` followed by a quote: its range; `i` is left
+/// at the quote.
+fn name(b: &[u8], i: &mut usize) -> Option<(usize, usize)> {
+    let start = *i;
+    let len = b[start..]
+        .iter()
+        .take_while(|&&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
+        .count();
+    if len == 0 || len > metrics_model::decode::MAX_NAME_LEN || b.get(start + len) != Some(&b'"') {
+        return None;
+    }
+    *i = start + len;
+    Some((start, start + len))
+}
+
+/// A JSON number: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn number(b: &[u8], i: &mut usize) -> Option<()> {
+    let digits = |i: &mut usize| {
+        let n = b[*i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        *i += n;
+        n
+    };
+    if b.get(*i) == Some(&b'-') {
+        *i += 1;
+    }
+    let int_start = *i;
+    let n = digits(i);
+    if n == 0 || (n > 1 && b[int_start] == b'0') {
+        return None;
+    }
+    if b.get(*i) == Some(&b'.') {
+        *i += 1;
+        if digits(i) == 0 {
+            return None;
+        }
+    }
+    if matches!(b.get(*i), Some(b'e' | b'E')) {
+        *i += 1;
+        if matches!(b.get(*i), Some(b'+' | b'-')) {
+            *i += 1;
+        }
+        if digits(i) == 0 {
+            return None;
+        }
+    }
+    Some(())
 }
 
 /// Splits an entry's value into arrival time, node id and the NDJSON samples.

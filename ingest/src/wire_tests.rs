@@ -255,3 +255,150 @@ fn the_default_entry_limit_fits_ordinary_bodies_and_not_the_blow_up() {
     assert!(blown > 12 * body.len(), "{blown} from {}", body.len());
     assert!(blown > max_entry);
 }
+
+/// The workers publish a stored line spliced, not decoded and written again: the event must be
+/// byte for byte what the decoded sample gives, whatever the values (integers, short decimals,
+/// the shortest-representation path, exponents, negative zero) and names.
+#[test]
+fn spliced_sample_events_are_the_decoded_ones() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut values = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -3.25,
+        0.1,
+        42.5,
+        1e-7,
+        1e300,
+        -2.5e-300,
+        9.007_199_254_740_993e15,
+    ];
+    for _ in 0..2_000 {
+        let r = next();
+        values.push(match r % 4 {
+            0 => (r >> 8) as i64 as f64,
+            1 => ((r >> 8) % 1_000_000) as f64 / 10f64.powi((r % 5) as i32),
+            2 => f64::from_bits(r >> 2).min(f64::MAX),
+            _ => -(((r >> 11) as f64) / (1u64 << 53) as f64),
+        });
+    }
+    values.retain(|v| v.is_finite());
+    let long = "n".repeat(metrics_model::decode::MAX_NAME_LEN);
+    let mut body = Vec::new();
+    for (i, chunk) in values.chunks(7).enumerate() {
+        let metrics: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                let name = if j == 0 {
+                    long.clone()
+                } else {
+                    format!("m-{j}.a_b:c")
+                };
+                format!("\"{name}\":{}", serde_json::to_string(v).expect("number"))
+            })
+            .collect();
+        body.push(format!(
+            r#"{{"serverId":"srv:{i}.x-y_z","timestamp":{},"metrics":{{{}}}}}"#,
+            1_764_349_200_000u64 + i as u64,
+            metrics.join(",")
+        ));
+    }
+    let samples = decode_front(&format!("[{}]", body.join(",")), Limits::default());
+    let value = encode_entry(1_764_349_200_123, "node-1", &samples);
+    let id = "1764349200123-4";
+    let scanned = scan_entry(id, &value).expect("scans");
+    assert_eq!(
+        (scanned.arrival_ms, scanned.node),
+        (1_764_349_200_123, "node-1")
+    );
+    assert_eq!(scanned.lines.len(), samples.len());
+    let (mut spliced, mut written) = (Vec::new(), Vec::new());
+    for (i, (l, s)) in scanned.lines.iter().zip(&samples).enumerate() {
+        let pos = Position::from_entry(id, i as u32).expect("pos");
+        assert_eq!(scanned.server(l), s.server_id);
+        spliced.clear();
+        written.clear();
+        scanned.sample_event(&mut spliced, l, pos);
+        sample_event(&mut written, s, pos);
+        assert_eq!(
+            String::from_utf8_lossy(&spliced),
+            String::from_utf8_lossy(&written)
+        );
+    }
+}
+
+/// A line that is not in the stored form is refused with its entry, line and what is wrong,
+/// so the entry goes to the dead-letter stream instead of an invalid event to dashboards.
+#[test]
+fn lines_not_in_the_stored_form_are_refused_by_name() {
+    let ok = r#"{"serverId":"a","timestamp":7,"metrics":{"cpu":1.5}}"#;
+    let many: Vec<String> = (0..=Limits::default().max_metrics)
+        .map(|i| format!("\"m{i}\":1"))
+        .collect();
+    let too_many = format!(
+        r#"{{"serverId":"a","timestamp":7,"metrics":{{{}}}}}"#,
+        many.join(",")
+    );
+    let long = format!(
+        r#"{{"serverId":"a","timestamp":7,"metrics":{{"{}":1}}}}"#,
+        "n".repeat(metrics_model::decode::MAX_NAME_LEN + 1)
+    );
+    // Past 24 names the repeat is found by sorting.
+    let wide: Vec<String> = (0..30).map(|i| format!("\"m{}\":1", i % 29)).collect();
+    let wide_repeat = format!(
+        r#"{{"serverId":"a","timestamp":7,"metrics":{{{}}}}}"#,
+        wide.join(",")
+    );
+    let m = |metrics: &str| format!(r#"{{"serverId":"a","timestamp":7,"metrics":{metrics}}}"#);
+    for (line, why) in [
+        (
+            r#"{"serverId":"a","timestamp":7}"#.to_string(),
+            "no metrics",
+        ),
+        (
+            r#"{"timestamp":7,"serverId":"a","metrics":{"cpu":1}}"#.to_string(),
+            "not a stored sample",
+        ),
+        (
+            r#"{"serverId":"a\",\"x","timestamp":7,"metrics":{"cpu":1}}"#.to_string(),
+            "bad server id",
+        ),
+        (
+            r#"{"serverId":"a","timestamp":-7,"metrics":{"cpu":1}}"#.to_string(),
+            "bad timestamp",
+        ),
+        (m("{}"), "bad metric name"),
+        (m(r#"{"c u":1}"#), "bad metric name"),
+        (long, "bad metric name"),
+        (m(r#"{"cpu":01}"#), "bad number"),
+        (m(r#"{"cpu":1.}"#), "bad number"),
+        (m(r#"{"cpu":null}"#), "bad number"),
+        (m(r#"{"cpu":1e}"#), "bad number"),
+        (m(r#"{"cpu":1 }"#), "bad metrics"),
+        (m(r#"{"cpu":1}"#) + ",", "trailing bytes"),
+        (too_many, "too many metrics"),
+        (m(r#"{"cpu":1,"mem":2,"cpu":3}"#), "a metric name repeated"),
+        (wide_repeat, "a metric name repeated"),
+    ] {
+        let value = format!("1 n\n{ok}\n{line}\n");
+        let e = scan_entry("9-0", value.as_bytes()).expect_err(&line);
+        assert_eq!(e, EntryError::Line("9-0".into(), 2, why), "{line}");
+        assert_eq!(e.to_string(), format!("entry 9-0, sample line 2: {why}"));
+    }
+    assert_eq!(
+        scan_entry("9-1", b"1 n\n").expect_err("empty"),
+        EntryError::Line("9-1".into(), 1, "no sample")
+    );
+    assert_eq!(
+        scan_entry("9-2", b"no header").expect_err("headless"),
+        EntryError::NoHeader("9-2".into())
+    );
+}

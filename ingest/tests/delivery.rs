@@ -24,6 +24,20 @@ fn xadd_raw(redis: &Redis, values: &[&[u8]]) -> Vec<String> {
     pipe.query(&mut redis.conn()).expect("XADD")
 }
 
+/// The dead-letter stream's entries, each as its fields.
+fn dead_letters(redis: &Redis) -> Vec<std::collections::HashMap<String, String>> {
+    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("metrics:deadletter")
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .expect("XRANGE");
+    letters
+        .into_iter()
+        .map(|(_, f)| f.into_iter().collect())
+        .collect()
+}
+
 /// Sample events for `server` a dashboard sees until `n` arrived (or the wait runs out).
 async fn count_samples(dash: &mut Peer, server: &str, n: usize) -> usize {
     let mut seen = 0;
@@ -66,14 +80,9 @@ async fn an_entry_no_reader_can_decode_is_dead_lettered_and_counted() {
     post_accepted(srv.addr, &Transport::H2c, sample("fine", 1.0)).await;
     assert_eq!(count_samples(&mut dash, "fine", 1).await, 1);
 
-    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg("metrics:deadletter")
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.conn())
-        .expect("XRANGE");
+    let letters = dead_letters(&redis);
     assert_eq!(letters.len(), 1, "{letters:?}");
-    let fields: std::collections::HashMap<_, _> = letters[0].1.iter().cloned().collect();
+    let fields = &letters[0];
     assert_eq!(fields["id"], bad[0]);
     assert_eq!(fields["e"], "not an entry of ours");
     assert!(fields["error"].contains("header"), "{fields:?}");
@@ -94,6 +103,51 @@ async fn an_entry_no_reader_can_decode_is_dead_lettered_and_counted() {
         summary.first(),
         Some(&redis::Value::Int(0)),
         "the bad entry is acknowledged once set aside"
+    );
+}
+
+/// The workers publish stored lines without decoding them (only each server's latest sample
+/// is decoded, for its snapshot). An entry in our own form whose number does not decode, or
+/// whose lines are not in that form, is set aside whole all the same: none of its samples
+/// reaches a dashboard, and the good entries around it do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_the_workers_do_not_decode_whole_are_set_aside_whole() {
+    let redis = Redis::start();
+    let srv = start(settings(&redis)).await;
+    let mut dash = connect(srv.addr, "/ws").await.expect("dashboard");
+    dash.next_of("hello").await;
+    let line = |server: &str, cpu: &str| {
+        format!(r#"{{"serverId":"{server}","timestamp":7,"metrics":{{"cpu":{cpu}}}}}"#)
+    };
+    // Out of range on its server's latest line; a line not in the stored form after a good one.
+    let huge = format!("1 n\n{}\n{}\n", line("gone", "1"), line("gone", "1e999"));
+    let broken = format!("1 n\n{}\n{}x\n", line("gone", "2"), line("other", "3"));
+    let bad = xadd_raw(&redis, &[huge.as_bytes(), broken.as_bytes()]);
+    post_accepted(srv.addr, &Transport::H2c, sample("fine", 1.0)).await;
+
+    let mut seen = Vec::new();
+    while !seen.iter().any(|s| s == "fine") {
+        match dash.next().await {
+            Incoming::Event(e) if e["type"] == "sample" => {
+                seen.push(e["serverId"].as_str().expect("serverId").to_string())
+            }
+            Incoming::Event(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, ["fine"], "nothing of the set-aside entries published");
+    let errors: std::collections::HashMap<String, String> = dead_letters(&redis)
+        .into_iter()
+        .map(|f| (f["id"].clone(), f["error"].clone()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[&bad[0]].starts_with(&format!("entry {}: ", bad[0])),
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors[&bad[1]],
+        format!("entry {}, sample line 2: trailing bytes", bad[1])
     );
 }
 

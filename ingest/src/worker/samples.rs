@@ -331,36 +331,72 @@ impl SampleLoop {
         let (keys, stats) = (&self.keys, &self.stats);
         let mut lines = Vec::with_capacity(entries.len() * 256);
         let mut messages = Vec::new();
-        // Latest sample per server in this batch, for the snapshot hashes.
-        let mut latest: HashMap<String, Latest> = HashMap::new();
         let mut n = 0u64;
         let (max_message, mut in_message) = (self.opts.pubsub_message_bytes, 0u64);
         let mut json = Vec::with_capacity(256);
         let mut undecodable = Vec::new();
-        for e in entries.iter_mut() {
-            let d = match wire::decode_entry(e, &mut self.decoder) {
-                Ok(d) => d,
-                Err(err) => {
-                    // Not retried forever, never acknowledged silently: moved aside below.
-                    undecodable.push((e.id.clone(), err));
-                    continue;
-                }
+        let mut scanned = Vec::with_capacity(entries.len());
+        for e in entries.iter() {
+            let Some(value) = e.value.as_deref() else {
+                undecodable.push((e.id.clone(), EntryError::NoField(e.id.clone())));
+                continue;
             };
-            let node: Arc<str> = Arc::from(d.node.as_str());
-            for (i, s) in d.samples.into_iter().enumerate() {
-                let Some(pos) = Position::from_entry(&d.id, i as u32) else {
+            match wire::scan_entry(&e.id, value) {
+                Ok(d) => scanned.push((e.id.as_str(), d)),
+                // Not retried forever, never acknowledged silently: moved aside below.
+                Err(err) => undecodable.push((e.id.clone(), err)),
+            }
+        }
+        // Each server's latest sample is decoded, for its snapshot hash. One that does not
+        // decode (the scan passes valid JSON, not every number: 1e999) has its entry moved
+        // aside whole, as before the scan, and the latest are looked for again.
+        let latest = loop {
+            let mut newest: HashMap<&str, (usize, usize)> = HashMap::new();
+            for (k, (_, d)) in scanned.iter().enumerate() {
+                for (i, l) in d.lines.iter().enumerate() {
+                    newest.insert(d.server(l), (k, i));
+                }
+            }
+            let mut latest: Vec<(String, Latest)> = Vec::with_capacity(newest.len());
+            let mut bad = None;
+            for (server, (k, i)) in newest {
+                let (id, d) = &scanned[k];
+                let mut line = d.line(&d.lines[i]).to_vec();
+                let decoded = self.decoder.decode_ndjson(&mut line, d.arrival_ms);
+                match (decoded, Position::from_entry(id, i as u32)) {
+                    (Ok(mut one), Some(pos)) if one.len() == 1 => latest.push((
+                        server.to_string(),
+                        Latest {
+                            sample: one.remove(0),
+                            pos,
+                            arrival: d.arrival_ms,
+                            node: Arc::from(d.node),
+                        },
+                    )),
+                    (Err(err), _) => {
+                        bad = Some((k, err));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match bad {
+                None => break latest,
+                Some((k, err)) => {
+                    let (id, _) = scanned.remove(k);
+                    undecodable.push((id.to_string(), EntryError::Samples(id.to_string(), err)));
+                }
+            }
+        };
+        for (id, d) in &scanned {
+            for (i, l) in d.lines.iter().enumerate() {
+                let Some(pos) = Position::from_entry(id, i as u32) else {
                     continue;
                 };
                 json.clear();
-                wire::sample_event(&mut json, &s, pos);
+                d.sample_event(&mut json, l, pos);
                 let before = lines.len();
-                wire::write_line(
-                    &mut lines,
-                    EventKind::Sample,
-                    &s.server_id,
-                    Some(pos),
-                    &json,
-                );
+                wire::write_line(&mut lines, EventKind::Sample, d.server(l), Some(pos), &json);
                 n += 1;
                 if lines.len() > max_message && before > 0 {
                     // The line goes on into the next message.
@@ -373,13 +409,6 @@ impl SampleLoop {
                     messages.push(std::mem::take(&mut lines));
                     in_message = 0;
                 }
-                let latest_of_server = Latest {
-                    sample: s,
-                    pos,
-                    arrival: d.arrival_ms,
-                    node: node.clone(),
-                };
-                latest.insert(latest_of_server.sample.server_id.clone(), latest_of_server);
             }
         }
         let mut pipe = redis::pipe();
