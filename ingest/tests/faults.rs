@@ -10,8 +10,19 @@ use std::time::Duration;
 use common::*;
 use ingest::Role;
 
+/// The real `ingest worker` process, killed and reaped when dropped, so a test that fails
+/// leaves none behind (each would retry its test's vanished Redis for ever).
+struct Worker(std::process::Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Spawns the real `ingest worker` binary against `redis`.
-fn spawn_worker(redis: &Redis, name: &str, pause_ms: Option<u64>) -> std::process::Child {
+fn spawn_worker(redis: &Redis, name: &str, pause_ms: Option<u64>) -> Worker {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingest"));
     cmd.args([
         "worker",
@@ -33,7 +44,7 @@ fn spawn_worker(redis: &Redis, name: &str, pause_ms: Option<u64>) -> std::proces
     if let Some(p) = pause_ms {
         cmd.env("INGEST_FAULT_PAUSE_MS", p.to_string());
     }
-    cmd.spawn().expect("spawn the ingest binary")
+    Worker(cmd.spawn().expect("spawn the ingest binary"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,12 +76,12 @@ async fn worker_killed_mid_batch_loses_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
     }
-    a.kill().expect("SIGKILL worker A");
-    a.wait().expect("reap worker A");
+    a.0.kill().expect("SIGKILL worker A");
+    a.0.wait().expect("reap worker A");
     assert!(pending(&redis) > 0, "worker A died with entries pending");
 
     // Worker B claims what A left and publishes everything.
-    let mut b = spawn_worker(&redis, "worker-b", None);
+    let b = spawn_worker(&redis, "worker-b", None);
     let mut seen = HashSet::new();
     while seen.len() < acknowledged.len() {
         let e = dash.next_of("sample").await;
@@ -83,8 +94,7 @@ async fn worker_killed_mid_batch_loses_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
     }
-    b.kill().expect("stop worker B");
-    let _ = b.wait();
+    drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +105,7 @@ async fn several_workers_share_the_stream_and_windows_count_each_sample_once() {
     let dashboards = start_role(s, Role::Broadcaster).await;
     let mut dash = connect(dashboards.addr, "/ws").await.expect("dashboard");
     dash.next_of("hello").await;
-    let mut workers = [
+    let workers = [
         spawn_worker(&redis, "w1", None),
         spawn_worker(&redis, "w2", None),
     ];
@@ -133,10 +143,7 @@ async fn several_workers_share_the_stream_and_windows_count_each_sample_once() {
         .query(&mut redis.conn())
         .expect("XINFO");
     assert_eq!(consumers.len(), 2, "both workers read from the group");
-    for w in &mut workers {
-        w.kill().expect("stop worker");
-        let _ = w.wait();
-    }
+    drop(workers);
 }
 
 fn info_field(redis: &Redis, section: &str, field: &str) -> u64 {
