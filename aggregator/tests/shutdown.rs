@@ -43,17 +43,19 @@ async fn agent(addr: SocketAddr, id: usize) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_closes_dashboards_and_agents_with_1001_within_the_drain() {
     let drain_ms = 3_000u64;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--drain-ms",
-            &drain_ms.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the aggregator binary");
+    let mut child = metrics_edge::testing::KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--drain-ms",
+                &drain_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the aggregator binary"),
+    );
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let addr: SocketAddr = loop {
         let line = lines.next().expect("printed its address").expect("stdout");

@@ -136,23 +136,25 @@ async fn sighup_reloads_the_certificate_of_a_tls_only_binary() {
     let ca = Authority::new("test root").expect("CA");
     let first = ca.server(&[]).expect("cert");
     let files = CertFiles::new(&first.cert_pem, &first.key_pem);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aggregator"))
-        .args([
-            "--listen",
-            "off",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-reload-ms",
-            "0",
-        ])
-        .arg("--tls-cert")
-        .arg(&files.cert)
-        .arg("--tls-key")
-        .arg(&files.key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the aggregator binary");
+    let mut child = metrics_edge::testing::KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .args([
+                "--listen",
+                "off",
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-reload-ms",
+                "0",
+            ])
+            .arg("--tls-cert")
+            .arg(&files.cert)
+            .arg("--tls-key")
+            .arg(&files.key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the aggregator binary"),
+    );
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let port: u16 = loop {
         let line = lines.next().expect("printed its address").expect("stdout");

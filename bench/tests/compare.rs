@@ -108,22 +108,24 @@ fn rendered_dom(html: &Path) -> String {
     std::fs::create_dir_all(&profile).expect("profile folder");
     // To a file, not a pipe: a page bigger than the pipe buffer would block the browser.
     let dom_file = profile.join("dom.html");
-    let mut child = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            &format!("--user-data-dir={}", profile.display()),
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("file://{}", html.display()))
-        .stdout(std::fs::File::create(&dom_file).expect("dom file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromium starts");
+    let mut child = metrics_edge::testing::KillOnDrop::new(
+        Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                &format!("--user-data-dir={}", profile.display()),
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+            ])
+            .arg(format!("file://{}", html.display()))
+            .stdout(std::fs::File::create(&dom_file).expect("dom file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium starts"),
+    );
     // Bounded: a browser that hangs fails the test instead of the suite.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -353,15 +355,17 @@ fn ctrl_c_stops_the_run_and_still_writes_the_report() {
         warmup: 0.2,
         grace: 1.0,
     };
-    let mut child = bench()
-        .args(["run", "system2"])
-        .args(load.args())
-        .arg("--out")
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = metrics_edge::testing::KillOnDrop::new(
+        bench()
+            .args(["run", "system2"])
+            .args(load.args())
+            .arg("--out")
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
     std::thread::sleep(Duration::from_secs(3));
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -376,7 +380,7 @@ fn ctrl_c_stops_the_run_and_still_writes_the_report() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = child.wait_with_output().expect("output");
+    let out = child.into_inner().wait_with_output().expect("output");
     assert!(
         out.status.success(),
         "{}",

@@ -24,6 +24,45 @@ use tokio::sync::mpsc;
 
 use crate::client::{self, ClientError};
 
+/// A child process that is killed and reaped when dropped, so a test that fails halfway
+/// leaves nothing running (a service whose Redis or peer vanished with the test would wait
+/// for ever). Derefs to the [`std::process::Child`].
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child, no longer killed on drop (for `wait_with_output`, which takes it).
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("the child is held until into_inner")
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the child is held until into_inner")
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("the child is held until into_inner")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A plaintext listener on 127.0.0.1:0, and a TLS one with `tls` when given, applying
 /// `limits`.
 pub async fn local_listeners(
