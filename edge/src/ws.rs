@@ -354,10 +354,7 @@ pub fn split(
 ) -> (MessageReader, WriteHalf, Arc<AtomicU64>, Instant) {
     let (r, w) = tokio::io::split(TokioIo::new(upgraded));
     let (_, mut w) = fastwebsockets::after_handshake_split(tokio::io::empty(), w, Role::Server);
-    // Frames over 1 KiB (a dashboard's arrays of events) go out as one vectored write of
-    // header and payload instead of being copied behind the header first: the copy was 2 to
-    // 3 % of either system's CPU with busy dashboards.
-    w.set_writev(true);
+    w.set_writev(false);
     let epoch = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let reader = MessageReader {
