@@ -10,19 +10,9 @@ use std::time::Duration;
 use common::*;
 use ingest::Role;
 
-/// The real `ingest worker` process, killed and reaped when dropped, so a test that fails
-/// leaves none behind (each would retry its test's vanished Redis for ever).
-struct Worker(std::process::Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns the real `ingest worker` binary against `redis`.
-fn spawn_worker(redis: &Redis, name: &str, pause_ms: Option<u64>) -> Worker {
+/// Spawns the real `ingest worker` binary against `redis`; killed when dropped, so a test
+/// that fails leaves none behind (each would retry its test's vanished Redis for ever).
+fn spawn_worker(redis: &Redis, name: &str, pause_ms: Option<u64>) -> KillOnDrop {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingest"));
     cmd.args([
         "worker",
@@ -44,7 +34,7 @@ fn spawn_worker(redis: &Redis, name: &str, pause_ms: Option<u64>) -> Worker {
     if let Some(p) = pause_ms {
         cmd.env("INGEST_FAULT_PAUSE_MS", p.to_string());
     }
-    Worker(cmd.spawn().expect("spawn the ingest binary"))
+    KillOnDrop::new(cmd.spawn().expect("spawn the ingest binary"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,8 +66,8 @@ async fn worker_killed_mid_batch_loses_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
     }
-    a.0.kill().expect("SIGKILL worker A");
-    a.0.wait().expect("reap worker A");
+    a.kill().expect("SIGKILL worker A");
+    a.wait().expect("reap worker A");
     assert!(pending(&redis) > 0, "worker A died with entries pending");
 
     // Worker B claims what A left and publishes everything.
