@@ -465,7 +465,7 @@ pub fn write_line(
     out.extend_from_slice(server.as_bytes());
     out.push(b'\t');
     if let Some(p) = pos {
-        out.extend_from_slice(p.to_string().as_bytes());
+        write_position(out, p);
     }
     out.push(b'\t');
     out.extend_from_slice(json);
