@@ -1,11 +1,14 @@
 //! The sample loop of a worker: read (or claim) a batch from the `workers` group, publish its
 //! `sample` events, update the per-server snapshot hashes, acknowledge, all in one pipeline.
+//! A stored line becomes its event by a splice, not a decode ([`wire::scan_entry`]); only each
+//! server's latest sample in the batch is decoded, for its snapshot.
 //!
 //! Per batch: one snapshot update per server in the batch ([`SNAPSHOT_SCRIPT`]), one `PUBLISH`
 //! per message, and one `XACK` after them. These costs are per batch whatever its size, so
-//! `--worker-gather-ms` lets a steady flow gather between reads (at most one read a gather); an
-//! idle worker blocks in `XREADGROUP` and takes a new entry the moment it is written. Every half `--claim-idle-ms` the loop first claims
-//! entries left pending that long by a silent (presumably dead) worker.
+//! `--worker-gather-ms` lets a steady flow gather between reads (at most one read a gather);
+//! an idle worker blocks in `XREADGROUP` and takes a new entry the moment it is written.
+//! Every half `--claim-idle-ms` the loop first claims entries left pending that long by a
+//! silent (presumably dead) worker.
 //!
 //! Everything is bounded in bytes, because an entry can be large (`--max-entry-bytes`):
 //! - a batch is read in rounds, each `XREADGROUP` asking for no more entries than what is left
