@@ -132,16 +132,6 @@ struct SeriesSet {
 }
 
 impl SeriesSet {
-    fn get_or_insert(
-        &mut self,
-        name: &str,
-        windows: usize,
-        budget: &mut Budget<'_>,
-    ) -> Option<&mut Series> {
-        let i = self.index_of(name, windows, budget)?;
-        Some(&mut self.list[i].1)
-    }
-
     /// Where the series `name` is in the list, made if the budget allows.
     fn index_of(&mut self, name: &str, windows: usize, budget: &mut Budget<'_>) -> Option<usize> {
         if let Some(&i) = self.index.get(name) {
@@ -200,9 +190,16 @@ struct ServerState {
     last_ts: u64,
     last_arrival: u64,
     series: SeriesSet,
+    /// Where the series of the server's last sample are in `series.list`, in that sample's
+    /// order (`NO_SERIES`: refused for the budget). An agent sends the same names in the same
+    /// order sample after sample, so a name compare here replaces a hash look-up per value.
+    layout: Vec<usize>,
     /// The last `window` event of each window length, for snapshots.
     last_windows: Vec<Option<Arc<[u8]>>>,
 }
+
+/// A layout slot whose name has no series (refused for the budget): looked up every time.
+const NO_SERIES: usize = usize::MAX;
 
 /// Window state for a set of servers.
 pub struct Rollup {
@@ -311,17 +308,32 @@ impl Rollup {
                         last_ts: 0,
                         last_arrival: 0,
                         series: SeriesSet::default(),
+                        layout: Vec::new(),
                         last_windows: vec![None; nw],
                     })
                 }
             };
             server.last_ts = s.timestamp;
             server.last_arrival = t;
-            for (name, v) in s.metrics.iter() {
+            server.layout.truncate(s.metrics.len());
+            for (i, (name, v)) in s.metrics.iter().enumerate() {
                 // The server's series first, then the all-servers one, each within the budget;
                 // a server's series remembers where the other is.
-                let global = match server.series.get_or_insert(name, nw, &mut budget) {
-                    Some(series) => {
+                let slot = match server.layout.get(i) {
+                    Some(&at) if at != NO_SERIES && &*server.series.list[at].0 == name => Some(at),
+                    _ => {
+                        let at = server.series.index_of(name, nw, &mut budget);
+                        let entry = at.unwrap_or(NO_SERIES);
+                        match server.layout.get_mut(i) {
+                            Some(x) => *x = entry,
+                            None => server.layout.push(entry),
+                        }
+                        at
+                    }
+                };
+                let global = match slot {
+                    Some(at) => {
+                        let series = &mut server.series.list[at].1;
                         series.record(v);
                         if series.global.is_none() {
                             series.global = self.global.index_of(name, nw, &mut budget);
@@ -490,5 +502,77 @@ mod tests {
         assert_eq!(r.counts().servers, 0, "b forgotten by then too");
         let w = star(&out, "1s");
         assert!(w.contains(r#""y""#), "*.y made once there was room: {w}");
+    }
+
+    /// The per-server layout (the last sample's names in order) is only a short cut: samples
+    /// whose names change order, number and set from one to the next give byte for byte the
+    /// windows that the same values give one metric a sample (a look-up for every value).
+    #[test]
+    fn changing_layouts_give_the_windows_of_single_metric_samples() {
+        use crate::sample::Metrics;
+        let t0 = 1_764_349_200_000;
+        let windows = WindowSpec::parse_list("1s,5s").expect("windows");
+        // A budget that runs out on the way, so refused names are in the layouts too.
+        let mut whole = Rollup::new(windows.clone(), 40, t0);
+        let mut single = Rollup::new(windows, 40, t0);
+        let (mut out_whole, mut out_single) = (Vec::new(), Vec::new());
+        let names = [
+            "cpu", "mem", "disk", "net.in", "net.out", "load", "temp", "cpu.x",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for k in 0..3_000u64 {
+            let server = format!("srv-{}", next(5));
+            // Most samples keep their server's usual layout; some drop, add or swap names.
+            let mut chosen: Vec<usize> = (0..names.len()).collect();
+            if next(4) == 0 {
+                let a = next(names.len() as u64) as usize;
+                let b = next(names.len() as u64) as usize;
+                chosen.swap(a, b);
+                chosen.truncate(1 + next(names.len() as u64) as usize);
+            }
+            let t = t0 + k * 3;
+            let mut metrics = Metrics::with_capacity(chosen.len());
+            for &m in &chosen {
+                metrics.push("", names[m], (next(10_000) as f64) / 7.0 - 300.0);
+            }
+            for (name, v) in metrics.iter() {
+                let mut one = Metrics::with_capacity(1);
+                one.push("", name, v);
+                let s = Sample {
+                    server_id: server.clone(),
+                    timestamp: t,
+                    metrics: one,
+                };
+                single.add(t, &[s], &mut out_single);
+            }
+            let s = Sample {
+                server_id: server,
+                timestamp: t,
+                metrics,
+            };
+            whole.add(t, &[s], &mut out_whole);
+        }
+        let end = t0 + 20_000;
+        whole.close_due(end, 0, &mut out_whole);
+        single.close_due(end, 0, &mut out_single);
+        assert!(whole.counts().series_refused > 0, "the budget ran out");
+        assert_eq!(whole.counts().series, single.counts().series);
+        assert!(out_whole.len() > 20, "{} windows", out_whole.len());
+        assert_eq!(out_whole.len(), out_single.len());
+        // Servers close in hash order, which differs between two maps.
+        out_whole.sort_by(|a, b| a.json.cmp(&b.json));
+        out_single.sort_by(|a, b| a.json.cmp(&b.json));
+        for (a, b) in out_whole.iter().zip(&out_single) {
+            assert_eq!(
+                String::from_utf8_lossy(&a.json),
+                String::from_utf8_lossy(&b.json)
+            );
+        }
     }
 }
