@@ -262,6 +262,12 @@ pub struct MaxArgs {
     /// Most steps per system.
     #[arg(long, env = "BENCH_MAX_STEPS", default_value_t = 10)]
     pub max_steps: u32,
+    /// Runs of a step before it counts as failed: a failing step is run again, up to this
+    /// many runs in all, and passes when one of them does. On a shared machine a stall of the
+    /// host can fail a single run that the system would pass; every run is reported.
+    #[arg(long, env = "BENCH_MAX_TRIES", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub tries: u32,
     /// Search the reference relay's limit too, with each system's transport, and state each
     /// system's best rate as a fraction of it.
     #[arg(long, env = "BENCH_WITH_RELAY")]

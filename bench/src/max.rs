@@ -1,7 +1,9 @@
 //! `bench max`: per system, the highest rate the dashboards keep up with. Steps the rate up
 //! by `--factor` from `--rate` while steps pass (dashboards see at least `--min-seen` % of the
 //! samples and p99 stays under `--p99-ms`), down when the very first step fails; reports every
-//! step and each system's best passing one.
+//! step and each system's best passing one. With `--tries N` a failing step is run again, up to
+//! N runs in all, and passes when one does: a stall of a shared host then ends a search only
+//! when it recurs, while a rate past the system's limit fails every run.
 
 use anyhow::bail;
 use tokio_util::sync::CancellationToken;
@@ -88,19 +90,8 @@ impl Search<'_> {
                 rate_per_s: rate,
                 ..self.base.clone()
             };
-            let m = measure(self.system, &a.common, &w, redis, self.rts, self.cancel).await?;
-            let s = judge(a, &m, step, rate);
-            eprintln!(
-                "{} step {step}: {:.0} samples/s offered, {:.0}/s seen, {:.3}% seen, p99 {}: {}",
-                s.system,
-                rate,
-                s.seen_per_s,
-                s.seen_pct,
-                duration_us(s.p99_us),
-                verdict(s.pass)
-            );
+            let (m, s) = self.step(&w, step, redis, steps).await?;
             let pass = s.pass;
-            steps.push(s);
             // Up while steps pass; if the very first fails, down until one passes.
             if pass {
                 best = Some(m);
@@ -126,6 +117,47 @@ impl Search<'_> {
             );
         }
         Ok(best)
+    }
+
+    /// Runs step `step` at `w`'s rate until a run passes or `--tries` runs failed, adding each
+    /// run to `steps`; returns the last run.
+    async fn step(
+        &self,
+        w: &Workload,
+        step: u32,
+        redis: &mut Option<RedisChild>,
+        steps: &mut Vec<Step>,
+    ) -> anyhow::Result<(Measured, Step)> {
+        let a = self.a;
+        let mut attempt = 1;
+        loop {
+            let m = measure(self.system, &a.common, w, redis, self.rts, self.cancel).await?;
+            let mut s = judge(a, &m, step, w.rate_per_s);
+            s.attempt = (a.tries > 1).then_some(attempt);
+            eprintln!(
+                "{} step {step}{}: {:.0} samples/s offered, {:.0}/s seen, {:.3}% seen, p99 {}: {}",
+                s.system,
+                tried(&s, a.tries),
+                w.rate_per_s,
+                s.seen_per_s,
+                s.seen_pct,
+                duration_us(s.p99_us),
+                verdict(s.pass)
+            );
+            steps.push(s.clone());
+            if s.pass || attempt >= a.tries || self.cancel.is_cancelled() {
+                return Ok((m, s));
+            }
+            attempt += 1;
+        }
+    }
+}
+
+/// ` (run 2 of 3)` when a step may be run more than once.
+fn tried(s: &Step, tries: u32) -> String {
+    match s.attempt {
+        Some(n) => format!(" (run {n} of {tries})"),
+        None => String::new(),
     }
 }
 
@@ -153,6 +185,7 @@ fn judge(a: &MaxArgs, m: &Measured, step: u32, rate: f64) -> Step {
         sent_pct,
         p99_us,
         pass,
+        attempt: None,
     }
 }
 
@@ -168,9 +201,10 @@ impl Step {
     /// The step as a row of the terminal's steps table.
     fn line(&self) -> String {
         format!(
-            "{:<9} step {:>2}  {:>10.0} samples/s offered  {:>10.0}/s seen  {:>8.3}% seen  p99 {:>9}  {}",
+            "{:<9} step {:>2}{}  {:>10.0} samples/s offered  {:>10.0}/s seen  {:>8.3}% seen  p99 {:>9}  {}",
             self.system,
             self.step,
+            self.attempt.map_or(String::new(), |n| format!(" run {n}")),
             self.rate_per_s,
             self.seen_per_s,
             self.seen_pct,

@@ -419,3 +419,39 @@ fn max_reports_each_step_and_the_best_passing_one() {
     assert!(stderr.contains("every step passed"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench max --tries`: a failing step is run again before it counts as failed, and every run
+/// is reported with its number. A p99 bound no run can meet fails each run.
+#[test]
+fn max_runs_a_failing_step_again_up_to_its_tries() {
+    let (dir, out, r) = run_to_report(
+        "max",
+        bench()
+            .args(["max", "system2", "--factor", "2", "--max-steps", "2"])
+            .args(["--tries", "2"])
+            .args(Load::SMALL.args())
+            .args(["--p99-ms", "0.001"]),
+    );
+    let steps = r["steps"].as_array().expect("steps");
+    let runs: Vec<(u64, u64, f64)> = steps
+        .iter()
+        .map(|s| {
+            assert_eq!(s["pass"], false, "{s}");
+            (
+                n(&s["step"]),
+                n(&s["attempt"]),
+                s["rate_per_s"].as_f64().expect("rate"),
+            )
+        })
+        .collect();
+    // The first step fails twice, so the search goes down, and fails twice again.
+    assert_eq!(
+        runs,
+        vec![(1, 1, 200.0), (1, 2, 200.0), (2, 1, 100.0), (2, 2, 100.0)],
+        "{steps:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("step 1 (run 2 of 2)"), "{stderr}");
+    assert!(stderr.contains("no step passed"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -277,6 +277,9 @@ pub struct Step {
     /// Corrected p99 latency, ingest to dashboard.
     pub p99_us: u64,
     pub pass: bool,
+    /// Which run of the step this was, when `--tries` allows more than one (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// Writes `report.json`, `report.html`, `summary.txt` and one `.hgrm` per system (corrected
