@@ -35,6 +35,9 @@ struct Cursor<'a> {
     text: &'a str,
     b: &'a [u8],
     i: usize,
+    /// Metrics and name bytes of the previous sample: the samples of one message are alike,
+    /// so each is made with the room the last one needed instead of growing to it.
+    room: (usize, usize),
 }
 
 impl<'a> Cursor<'a> {
@@ -203,7 +206,7 @@ impl<'a> Cursor<'a> {
 
     fn metrics(&mut self, limits: Limits) -> Option<Metrics> {
         self.eat(b'{')?;
-        let mut m = Metrics::with_capacity(8);
+        let mut m = Metrics::with_room(self.room.0, self.room.1);
         if self.peek()? == b'}' {
             return None; // empty: the slow path names the error
         }
@@ -239,6 +242,7 @@ impl<'a> Cursor<'a> {
         if m.is_empty() || m.find_duplicate().is_some() {
             return None;
         }
+        self.room = (m.len(), m.name_bytes());
         Some(m)
     }
 
@@ -300,6 +304,7 @@ pub(crate) fn decode(
         text,
         b: input,
         i: 0,
+        room: (8, 64),
     };
     match c.peek()? {
         b'{' => {
@@ -314,7 +319,14 @@ pub(crate) fn decode(
                 if out.len() == limits.max_batch {
                     return None;
                 }
-                out.push(c.sample(arrival_ms, limits, allow_type)?);
+                let start = c.i;
+                let s = c.sample(arrival_ms, limits, allow_type)?;
+                if out.capacity() == 0 {
+                    // Room for as many samples as the first one's length says the input holds.
+                    let each = (c.i - start).max(1);
+                    out.reserve_exact(((input.len() - start) / each + 1).min(limits.max_batch));
+                }
+                out.push(s);
                 match c.peek()? {
                     b',' => c.i += 1,
                     b']' => {

@@ -21,6 +21,19 @@ impl Metrics {
         }
     }
 
+    /// An empty set with room for `n` metrics whose names take `name_bytes` together.
+    pub fn with_room(n: usize, name_bytes: usize) -> Self {
+        Self {
+            names: String::with_capacity(name_bytes),
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    /// Bytes the names take together.
+    pub fn name_bytes(&self) -> usize {
+        self.names.len()
+    }
+
     /// Appends a metric whose name is `prefix.name` (or `name` when the prefix is empty).
     /// The caller has validated both parts.
     pub fn push(&mut self, prefix: &str, name: &str, value: f64) {
@@ -75,11 +88,23 @@ impl Metrics {
     /// The name of a metric that appears twice, if any.
     pub fn find_duplicate(&self) -> Option<&str> {
         let n = self.entries.len();
-        if n <= 24 {
-            for i in 1..n {
-                let a = self.name(i);
-                if (0..i).any(|j| self.name(j) == a) {
-                    return Some(a);
+        if n <= SMALL {
+            // Pairwise over byte spans, lengths first: no hashing, no char-boundary checks.
+            let bytes = self.names.as_bytes();
+            let mut spans = [(0usize, 0usize); SMALL];
+            let mut start = 0;
+            for (span, &(end, _)) in spans.iter_mut().zip(&self.entries) {
+                *span = (start, end as usize);
+                start = end as usize;
+            }
+            let spans = &spans[..n];
+            for (i, &(s, e)) in spans.iter().enumerate().skip(1) {
+                let a = &bytes[s..e];
+                let twice = spans[..i]
+                    .iter()
+                    .any(|&(s2, e2)| e2 - s2 == e - s && &bytes[s2..e2] == a);
+                if twice {
+                    return Some(self.name(i));
                 }
             }
             None
@@ -89,6 +114,9 @@ impl Metrics {
         }
     }
 }
+
+/// Up to this many metrics, [`Metrics::find_duplicate`] compares pairs instead of hashing.
+const SMALL: usize = 24;
 
 impl Sample {
     /// Bytes this sample holds in memory, its struct included.
@@ -106,4 +134,38 @@ pub struct Sample {
     pub timestamp: u64,
     /// Flattened metrics (`network.in`).
     pub metrics: Metrics,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(names: &[&str]) -> Metrics {
+        let mut m = Metrics::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            m.push("", n, i as f64);
+        }
+        m
+    }
+
+    /// Names of the same length but other bytes are not duplicates; a repeat is found wherever
+    /// it is, pairwise up to `SMALL` metrics and by hashing above.
+    #[test]
+    fn a_repeated_name_is_found_at_any_place_and_count() {
+        assert_eq!(metrics(&["cpu", "mem", "dsk", "net"]).find_duplicate(), None);
+        assert_eq!(metrics(&["cpu", "mem", "cpu"]).find_duplicate(), Some("cpu"));
+        assert_eq!(metrics(&["a", "b", "c", "b"]).find_duplicate(), Some("b"));
+        for n in [SMALL, SMALL + 1, 40] {
+            let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+            let mut refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            assert_eq!(metrics(&refs).find_duplicate(), None, "{n} names");
+            refs[n - 1] = refs[n / 2];
+            assert_eq!(metrics(&refs).find_duplicate(), Some(refs[n / 2]), "{n} names");
+        }
+        // A dotted name is one name: `a.b` pushed as prefix and name equals `a.b` pushed whole.
+        let mut m = Metrics::with_capacity(2);
+        m.push("a", "b", 1.0);
+        m.push("", "a.b", 2.0);
+        assert_eq!(m.find_duplicate(), Some("a.b"));
+    }
 }
