@@ -23,6 +23,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10300 ]; then
 fi
 
 cargo build --release -q -p bench -p aggregator -p ingest
+bin="${CARGO_TARGET_DIR:-target}/release"  # where cargo put them (CARGO_TARGET_DIR is honoured)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 pids=()
@@ -39,14 +40,14 @@ if [ -z "${REDIS_URL:-}" ]; then
 fi
 
 p1=$(free_port); p2=$(free_port)
-RUST_LOG=warn ./target/release/ingest --listen "127.0.0.1:$p1" --prefix "bench-many-$$" >/dev/null &
+RUST_LOG=warn "$bin"/ingest --listen "127.0.0.1:$p1" --prefix "bench-many-$$" >/dev/null &
 pids+=($!)
-RUST_LOG=warn ./target/release/aggregator --listen "127.0.0.1:$p2" >/dev/null &
+RUST_LOG=warn "$bin"/aggregator --listen "127.0.0.1:$p2" >/dev/null &
 pids+=($!)
 for p in "$p1" "$p2"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/healthz" >/dev/null && break; sleep 0.1; done
 done
 
-./target/release/bench compare \
+"$bin"/bench compare \
   --system1 "http://127.0.0.1:$p1" --system2 "ws://127.0.0.1:$p2" \
   --agents 10000 --rate 10000 --batch 1 --duration 20 --warmup 5 --grace 5 --no-relay "$@"
