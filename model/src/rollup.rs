@@ -10,6 +10,14 @@
 //! added, or when [`Rollup::close_due`] runs after its end; a sample arriving for an already
 //! closed window counts in the current one and is reported as `late`.
 //!
+//! # The all-servers series
+//! A value is recorded once, in its server's series (every window). The `"*"` series of a
+//! window is the merge of its servers' series at the window's close ([`WindowStats::merge`]:
+//! the same sketch buckets, so the same quantiles, and the sum taken in another order). That is
+//! one merge per series and window instead of a second record per value: at a few busy servers
+//! the per-value work halves, and at many servers sending a sample a second it costs about what
+//! the records did. A value whose server series the budget refused goes to `"*"` directly.
+//!
 //! # Bounded state
 //! Both what the roll-up keeps per server and per series are budgeted, and the budget is
 //! checked before anything is created: at most `max_series` series and at most `max_servers`
@@ -201,13 +209,66 @@ struct ServerState {
 /// A layout slot whose name has no series (refused for the budget): looked up every time.
 const NO_SERIES: usize = usize::MAX;
 
+/// Servers in first-seen order, found by id. The order makes a close deterministic: the
+/// all-servers sums are added up server by server, and two roll-ups given the same samples
+/// must publish the same bytes (a hash map's order differs from one map to the next).
+#[derive(Default)]
+struct Servers {
+    index: HashMap<Arc<str>, usize>,
+    list: Vec<ServerState>,
+}
+
+impl Servers {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    fn get(&self, id: &str) -> Option<&ServerState> {
+        self.index.get(id).map(|&i| &self.list[i])
+    }
+
+    /// The server `id`, made with `make` if it is new.
+    fn get_or_insert_with(
+        &mut self,
+        id: &str,
+        make: impl FnOnce(Arc<str>) -> ServerState,
+    ) -> &mut ServerState {
+        let i = match self.index.get(id) {
+            Some(&i) => i,
+            None => {
+                let id: Arc<str> = Arc::from(id);
+                self.index.insert(id.clone(), self.list.len());
+                self.list.push(make(id));
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[i]
+    }
+
+    /// Keeps the servers `keep` says to, in their order.
+    fn retain(&mut self, keep: impl FnMut(&ServerState) -> bool) {
+        let before = self.list.len();
+        self.list.retain(keep);
+        if self.list.len() != before {
+            self.index.clear();
+            for (i, s) in self.list.iter().enumerate() {
+                self.index.insert(s.id.clone(), i);
+            }
+        }
+    }
+}
+
 /// Window state for a set of servers.
 pub struct Rollup {
     windows: Vec<WindowSpec>,
     /// Each window's label, shared by its closed windows.
     labels: Vec<Arc<str>>,
     current: Vec<u64>,
-    servers: HashMap<Arc<str>, ServerState>,
+    servers: Servers,
     global: SeriesSet,
     global_last: Vec<Option<Arc<[u8]>>>,
     series_left: usize,
@@ -228,7 +289,7 @@ impl Rollup {
                 .map(|w| Arc::from(w.label.as_str()))
                 .collect(),
             windows,
-            servers: HashMap::new(),
+            servers: Servers::default(),
             global: SeriesSet::default(),
             global_last: vec![None; n],
             series_left: max_series,
@@ -290,7 +351,7 @@ impl Rollup {
         for s in samples {
             // The budget is checked before any state is made (the look-up only when full).
             if self.servers.len() >= self.max_servers
-                && !self.servers.contains_key(s.server_id.as_str())
+                && !self.servers.contains(s.server_id.as_str())
             {
                 budget.counts.servers_refused += 1;
                 match &mut added.refused {
@@ -299,20 +360,16 @@ impl Rollup {
                 }
                 continue;
             }
-            let server = match self.servers.get_mut(s.server_id.as_str()) {
-                Some(x) => x,
-                None => {
-                    let id: Arc<str> = Arc::from(s.server_id.as_str());
-                    self.servers.entry(id.clone()).or_insert(ServerState {
-                        id,
-                        last_ts: 0,
-                        last_arrival: 0,
-                        series: SeriesSet::default(),
-                        layout: Vec::new(),
-                        last_windows: vec![None; nw],
-                    })
-                }
-            };
+            let server = self
+                .servers
+                .get_or_insert_with(&s.server_id, |id| ServerState {
+                    id,
+                    last_ts: 0,
+                    last_arrival: 0,
+                    series: SeriesSet::default(),
+                    layout: Vec::new(),
+                    last_windows: vec![None; nw],
+                });
             server.last_ts = s.timestamp;
             server.last_arrival = t;
             server.layout.truncate(s.metrics.len());
@@ -331,19 +388,22 @@ impl Rollup {
                         at
                     }
                 };
-                let global = match slot {
+                match slot {
+                    // The all-servers series gets the server's window at its close (a merge per
+                    // series and window, not a record per value).
                     Some(at) => {
                         let series = &mut server.series.list[at].1;
                         series.record(v);
                         if series.global.is_none() {
                             series.global = self.global.index_of(name, nw, &mut budget);
                         }
-                        series.global
                     }
-                    None => self.global.index_of(name, nw, &mut budget),
-                };
-                if let Some(g) = global {
-                    self.global.list[g].1.record(v);
+                    // No series of the server's own (budget): straight to the all-servers one.
+                    None => {
+                        if let Some(g) = self.global.index_of(name, nw, &mut budget) {
+                            self.global.list[g].1.record(v);
+                        }
+                    }
                 }
             }
         }
@@ -366,7 +426,7 @@ impl Rollup {
         let spec = &self.windows[w];
         let (start, end) = (self.current[w], self.current[w] + spec.millis);
         let label = spec.label.as_str();
-        for server in self.servers.values_mut() {
+        for server in &mut self.servers.list {
             let stats = server.series.summaries(w);
             if stats.is_empty() {
                 continue;
@@ -378,6 +438,11 @@ impl Rollup {
                 label: self.labels[w].clone(),
                 json,
             });
+            for (_, series) in &server.series.list {
+                if let Some(g) = series.global {
+                    self.global.list[g].1.stats[w].merge(&series.stats[w]);
+                }
+            }
             server.series.reset(w);
         }
         let stats = self.global.summaries(w);
@@ -401,7 +466,7 @@ impl Rollup {
     fn evict_idle(&mut self, now: u64) {
         let longest = self.windows.last().map_or(0, |w| w.millis);
         let mut freed = 0usize;
-        self.servers.retain(|_, s| {
+        self.servers.retain(|s| {
             let keep = now.saturating_sub(s.last_arrival) < 2 * longest;
             if !keep {
                 freed += s.series.list.len();
@@ -438,7 +503,7 @@ impl Rollup {
                 Some(s) => vec![view(s)],
                 None => return Err(UnknownServer(id.to_string())),
             },
-            None => self.servers.values().map(view).collect(),
+            None => self.servers.list.iter().map(view).collect(),
         };
         let all = match server {
             None => self.global_last.iter().flatten().cloned().collect(),
@@ -574,5 +639,39 @@ mod tests {
                 String::from_utf8_lossy(&b.json)
             );
         }
+    }
+
+    /// The `"*"` window is every server's values together: built from merges at the close, it
+    /// equals statistics recorded value by value (integer values, so the sum is exact in any
+    /// order), the values of a server whose own series the budget refused included.
+    #[test]
+    fn the_all_servers_window_holds_every_servers_values() {
+        use crate::window::WindowStats;
+        let t0 = 1_764_349_200_000;
+        // Budget 7: a.x, *.x, b.x, c.x, d.x, e.x, f.x; g's own series is refused.
+        let mut r = Rollup::new(WindowSpec::parse_list("1s,10s").expect("windows"), 7, t0);
+        let mut out = Vec::new();
+        let mut reference = WindowStats::default();
+        for k in 0..700u64 {
+            let server = ["a", "b", "c", "d", "e", "f", "g"][(k % 7) as usize];
+            let v = ((k * 7919) % 1000) as f64 - 300.0;
+            reference.record(v);
+            let body = format!(r#"{{"serverId":"{server}","metrics":{{"x":{v}}}}}"#);
+            let t = t0 + k;
+            r.add(t, &samples(&body, t), &mut out);
+        }
+        assert!(r.counts().series_refused > 0, "g.x refused");
+        r.close_due(t0 + 1_000, 0, &mut out);
+        let want = event::to_vec(|b| {
+            event::window(
+                b,
+                "1s",
+                "*",
+                t0,
+                t0 + 1_000,
+                vec![("x", reference.summary().expect("values"))],
+            )
+        });
+        assert_eq!(star(&out, "1s"), String::from_utf8(want).expect("utf-8"));
     }
 }

@@ -152,15 +152,25 @@ mod tests {
     /// it is, pairwise up to `SMALL` metrics and by hashing above.
     #[test]
     fn a_repeated_name_is_found_at_any_place_and_count() {
-        assert_eq!(metrics(&["cpu", "mem", "dsk", "net"]).find_duplicate(), None);
-        assert_eq!(metrics(&["cpu", "mem", "cpu"]).find_duplicate(), Some("cpu"));
+        assert_eq!(
+            metrics(&["cpu", "mem", "dsk", "net"]).find_duplicate(),
+            None
+        );
+        assert_eq!(
+            metrics(&["cpu", "mem", "cpu"]).find_duplicate(),
+            Some("cpu")
+        );
         assert_eq!(metrics(&["a", "b", "c", "b"]).find_duplicate(), Some("b"));
         for n in [SMALL, SMALL + 1, 40] {
             let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
             let mut refs: Vec<&str> = names.iter().map(String::as_str).collect();
             assert_eq!(metrics(&refs).find_duplicate(), None, "{n} names");
             refs[n - 1] = refs[n / 2];
-            assert_eq!(metrics(&refs).find_duplicate(), Some(refs[n / 2]), "{n} names");
+            assert_eq!(
+                metrics(&refs).find_duplicate(),
+                Some(refs[n / 2]),
+                "{n} names"
+            );
         }
         // A dotted name is one name: `a.b` pushed as prefix and name equals `a.b` pushed whole.
         let mut m = Metrics::with_capacity(2);

@@ -21,7 +21,7 @@
 pub const MAX_BUCKETS: usize = 2048;
 const SHIFT: u32 = 46;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Store {
     offset: u32,
     counts: Vec<u32>,
@@ -74,6 +74,47 @@ impl Store {
         }
     }
 
+    /// Adds every count of `other`, as if its values had been added here one by one: the same
+    /// buckets, and past the cap the smallest magnitudes fold into the lowest kept bucket, as
+    /// [`Store::add`] folds them. Costs one pass over `other`'s buckets.
+    fn merge(&mut self, other: &Store) {
+        let Some(last) = other.counts.len().checked_sub(1) else {
+            return;
+        };
+        self.total += other.total;
+        let (o_lo, o_hi) = (other.offset, other.offset + last as u32);
+        if self.counts.is_empty() {
+            self.offset = o_lo;
+            self.counts.extend_from_slice(&other.counts);
+            return;
+        }
+        let hi = self.offset + self.counts.len() as u32 - 1;
+        let new_hi = hi.max(o_hi);
+        let floor = (new_hi + 1).saturating_sub(MAX_BUCKETS as u32);
+        self.collapse_below(floor);
+        let new_lo = self.offset.min(o_lo.max(floor));
+        let new_len = (new_hi - new_lo + 1) as usize;
+        if new_len > self.counts.capacity() {
+            let want = (new_len + 64).min(MAX_BUCKETS + 64);
+            self.counts
+                .reserve_exact(want.saturating_sub(self.counts.len()));
+        }
+        if new_lo < self.offset {
+            let grow = (self.offset - new_lo) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = new_lo;
+        }
+        self.counts.resize(new_len, 0);
+        // `other`'s buckets below the floor fold into the lowest kept one.
+        let below = (self.offset.saturating_sub(o_lo) as usize).min(other.counts.len());
+        let folded: u32 = other.counts[..below].iter().sum();
+        self.counts[0] += folded;
+        let at = (o_lo.max(self.offset) - self.offset) as usize;
+        for (d, c) in self.counts[at..].iter_mut().zip(&other.counts[below..]) {
+            *d += c;
+        }
+    }
+
     /// Folds every bucket below `new_lo` into `new_lo`.
     fn collapse_below(&mut self, new_lo: u32) {
         if new_lo <= self.offset {
@@ -113,8 +154,9 @@ fn midpoint(key: u32) -> f64 {
     }
 }
 
-/// A mergeable-free, bounded quantile sketch with 1 % relative accuracy (see module docs).
-#[derive(Clone, Debug, Default)]
+/// A bounded quantile sketch with 1 % relative accuracy (see module docs); two sketches merge
+/// into what one would hold had it seen both sets of values.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct QuantileSketch {
     pos: Store,
     neg: Store,
@@ -138,6 +180,13 @@ impl QuantileSketch {
     /// Values recorded.
     pub fn count(&self) -> u64 {
         self.pos.total + self.neg.total + self.zero
+    }
+
+    /// Adds `other`'s values: the result equals a sketch that recorded both sets of values.
+    pub fn merge(&mut self, other: &QuantileSketch) {
+        self.pos.merge(&other.pos);
+        self.neg.merge(&other.neg);
+        self.zero += other.zero;
     }
 
     /// The nearest-rank `q`-quantile (0 < q <= 1): the value of rank `ceil(q * n)`, within 1 %.
@@ -230,6 +279,24 @@ impl WindowStats {
     /// Values recorded since the last reset.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Adds `other`'s values, as if they had been recorded here (the sum, so the mean, in
+    /// another order: equal to within rounding).
+    pub fn merge(&mut self, other: &WindowStats) {
+        if other.count == 0 {
+            return;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sketch.merge(&other.sketch);
+    }
+
+    /// The quantile sketch of the values recorded since the last reset.
+    pub fn sketch(&self) -> &QuantileSketch {
+        &self.sketch
     }
 
     /// The summary, or `None` when nothing was recorded. Quantiles are clamped to [min, max].

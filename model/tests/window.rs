@@ -76,6 +76,50 @@ proptest! {
     }
 }
 
+/// Values past the sketch's span too (1e-12 to 1e14: 87 powers of two), so merges fold.
+fn any_magnitude() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        telemetry_value(),
+        1e-12f64..1e-6,
+        1e6f64..1e14,
+        -1e14f64..-1e6,
+        -1e-6f64..-1e-12,
+    ]
+}
+
+/// `values` cut at `cuts` (taken modulo its length), in order.
+fn parts(values: &[f64], cuts: &[usize]) -> Vec<Vec<f64>> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c % (values.len() + 1)).collect();
+    at.push(0);
+    at.push(values.len());
+    at.sort_unstable();
+    at.windows(2).map(|w| values[w[0]..w[1]].to_vec()).collect()
+}
+
+proptest! {
+    /// Merging the statistics of parts gives the statistics of the whole: the same sketch,
+    /// bucket for bucket (folds past the cap included), so the same quantiles; the mean to
+    /// within rounding, as the sum is taken in another order.
+    #[test]
+    fn merged_parts_equal_the_whole(values in prop::collection::vec(any_magnitude(), 1..2000),
+                                    cuts in prop::collection::vec(0usize..2001, 0..6)) {
+        let mut whole = WindowStats::default();
+        for &v in &values { whole.record(v); }
+        let mut merged = WindowStats::default();
+        for part in parts(&values, &cuts) {
+            let mut w = WindowStats::default();
+            for &v in &part { w.record(v); }
+            merged.merge(&w);
+        }
+        prop_assert_eq!(merged.sketch(), whole.sketch());
+        let (m, w) = (merged.summary().expect("merged"), whole.summary().expect("whole"));
+        prop_assert_eq!((m.count, m.min, m.max), (w.count, w.min, w.max));
+        prop_assert_eq!((m.p50, m.p95, m.p99), (w.p50, w.p95, w.p99));
+        let scale = values.iter().map(|v| v.abs()).sum::<f64>().max(1.0);
+        prop_assert!((m.mean - w.mean).abs() * m.count as f64 <= 1e-12 * scale, "{} vs {}", m.mean, w.mean);
+    }
+}
+
 #[test]
 fn memory_is_bounded_whatever_the_range() {
     let mut s = QuantileSketch::default();
