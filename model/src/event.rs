@@ -37,18 +37,32 @@ fn write_short_decimal(out: &mut Vec<u8>, x: f64) -> bool {
             return false;
         }
         if m / p == x {
-            let neg = m < 0.0;
-            let m = m.abs() as u64;
-            let scale = 10u64.pow(k as u32);
-            if neg {
-                out.push(b'-');
+            // The digits of |m| once, with the point k digits from the right ("0.0d" when |m|
+            // has k digits or fewer), put together on the stack and appended in one copy.
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(m.abs() as u64).as_bytes();
+            let mut text = [0u8; 32];
+            let mut n = 0;
+            if m < 0.0 {
+                text[0] = b'-';
+                n = 1;
             }
-            out.extend_from_slice(itoa::Buffer::new().format(m / scale).as_bytes());
-            out.push(b'.');
-            let frac = m % scale;
-            let digits = itoa::Buffer::new().format(frac).len();
-            out.extend(std::iter::repeat_n(b'0', k - digits));
-            out.extend_from_slice(itoa::Buffer::new().format(frac).as_bytes());
+            if digits.len() > k {
+                let int = digits.len() - k;
+                text[n..n + int].copy_from_slice(&digits[..int]);
+                text[n + int] = b'.';
+                n += int + 1;
+                text[n..n + k].copy_from_slice(&digits[int..]);
+                n += k;
+            } else {
+                let zeros = k - digits.len();
+                text[n..n + 2].copy_from_slice(b"0.");
+                text[n + 2..n + 2 + zeros].fill(b'0');
+                n += 2 + zeros;
+                text[n..n + digits.len()].copy_from_slice(digits);
+                n += digits.len();
+            }
+            out.extend_from_slice(&text[..n]);
             return true;
         }
     }
@@ -421,6 +435,31 @@ mod tests {
         assert_eq!(text(0.1 + 0.2), "0.30000000000000004");
         assert_eq!(text(f64::NAN), "null");
         assert_eq!(text(1e300), "1e300");
+    }
+
+    /// A value with one to four decimals prints as the shortest decimal that parses back to
+    /// it, which is what ryu writes too in this range (integers apart).
+    #[test]
+    fn short_decimals_print_as_the_shortest_form() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..200_000u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let scale = [10.0, 100.0, 1_000.0, 10_000.0][(i % 4) as usize];
+            let magnitude = [1e3, 1e6, 1e12][(i / 4 % 3) as usize];
+            let sign = if i % 7 == 0 { -1.0 } else { 1.0 };
+            let x = sign * ((seed % magnitude as u64) as f64 + 1.0) / scale;
+            if x.fract() == 0.0 {
+                continue; // integers print without a point, where ryu writes `.0`
+            }
+            let t = text(x);
+            assert_eq!(t, ryu::Buffer::new().format_finite(x), "{x:e}");
+        }
+        assert_eq!(text(0.05), "0.05");
+        assert_eq!(text(-0.0007), "-0.0007");
+        assert_eq!(text(-12.25), "-12.25");
+        assert_eq!(text(100.1), "100.1");
     }
 
     #[test]
