@@ -417,6 +417,14 @@ mod tests {
         );
     }
 
+    /// The next of a xorshift sequence: repeatable test values.
+    fn xorshift(mut seed: u64) -> u64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+
     fn text(x: f64) -> String {
         let mut v = Vec::new();
         write_f64(&mut v, x);
@@ -443,9 +451,7 @@ mod tests {
     fn short_decimals_print_as_the_shortest_form() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for i in 0..200_000u64 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            seed = xorshift(seed);
             let scale = [10.0, 100.0, 1_000.0, 10_000.0][(i % 4) as usize];
             let magnitude = [1e3, 1e6, 1e12][(i / 4 % 3) as usize];
             let sign = if i % 7 == 0 { -1.0 } else { 1.0 };
@@ -466,9 +472,7 @@ mod tests {
     fn every_printed_number_parses_back_exactly() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for i in 0..200_000u64 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            seed = xorshift(seed);
             let x = match i % 4 {
                 0 => f64::from_bits(seed),
                 1 => (seed % 1_000_000) as f64 / 100.0,
