@@ -147,7 +147,10 @@ fn rows(s: &SystemResult, relay: bool) -> Vec<(&'static str, String)> {
         ),
         ("lost", count(c.lost)),
         ("duplicated", count(c.duplicated)),
-        ("shed for slow dashboards", count(c.dropped_by_system)),
+        (
+            "shed for slow dashboards (warm-up too)",
+            count(c.dropped_by_system),
+        ),
         (
             "samples per dashboard frame",
             if c.dashboard_frames == 0 {
