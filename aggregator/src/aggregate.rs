@@ -44,7 +44,7 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use metrics_edge::admin::Histogram;
 use metrics_edge::dashboard::SnapshotError;
-use metrics_edge::hub::{Client, Event, EventKind, Hub};
+use metrics_edge::hub::{Audience, Client, Event, EventKind, Hub};
 use metrics_model::rollup::{ClosedWindow, Rollup, SnapshotView, UnknownServer};
 use metrics_model::window::WindowSpec;
 use metrics_model::{event, now_ms, Sample};
@@ -368,6 +368,11 @@ impl State {
             .store(c.servers_refused, Ordering::Relaxed);
         let now = now_ms();
         self.pacer.push(&mut self.closed, now);
+        if !self.pacer.is_empty() {
+            // Every dashboard gets every window event (filters apart): a close is spread by
+            // what it costs to write to all of them.
+            self.pacer.set_fanout(self.hub.count(Audience::Dashboard));
+        }
         self.pacer.due(now, &mut self.due);
         self.send_due();
     }

@@ -146,8 +146,9 @@ pub struct EdgeArgs {
     pub max_series: usize,
     /// Milliseconds over which the window events of one close are sent out, evenly, instead of
     /// all at once (every server's windows close on the same boundary); a window event arrives
-    /// at most this late. A close of at most 256 windows goes out at once. At most half the
-    /// shortest window; 0 sends them at once.
+    /// at most this late. A close of at most 256 windows goes out at once (System 2: at most
+    /// 256 windows times the dashboards connected, so a few windows for many dashboards are
+    /// spread too). At most half the shortest window; 0 sends them at once.
     #[arg(long, default_value_t = metrics_model::pacing::DEFAULT_SPREAD_MS, global = true)]
     pub window_spread_ms: u64,
     /// Open connections per listener; past it a new connection is closed at once (and

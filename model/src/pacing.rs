@@ -17,9 +17,12 @@ use crate::window::WindowSpec;
 /// The default of `--window-spread-ms`.
 pub const DEFAULT_SPREAD_MS: u64 = 500;
 
-/// Queued windows up to this many go out at once: a slice this small (a few hundred KB of
-/// events) costs a dashboard nothing, and windows that close a few at a time (servers whose
-/// samples cross a boundary one by one) are then never held back.
+/// Queued window deliveries (windows times the clients each goes to, see
+/// [`WindowPacer::set_fanout`]) up to this many go out at once: a slice this small (a few
+/// hundred KB of events) costs the writers and a dashboard nothing, and windows that close a
+/// few at a time (servers whose samples cross a boundary one by one) are then never held back.
+/// Past it a close is spread, so 20 windows for 1,000 dashboards (20,000 events, 20 MB) are
+/// spread as 10,000 windows for one dashboard are.
 pub const AT_ONCE: usize = 256;
 
 /// The spread actually used for `windows`: `wanted`, at most half the shortest window (a
@@ -38,6 +41,8 @@ pub struct WindowPacer {
     start: u64,
     total: usize,
     released: usize,
+    /// Clients each window goes to (at least 1).
+    fanout: usize,
 }
 
 impl WindowPacer {
@@ -49,7 +54,15 @@ impl WindowPacer {
             start: 0,
             total: 0,
             released: 0,
+            fanout: 1,
         }
+    }
+
+    /// How many clients each window event goes to (the dashboards connected, say), so that
+    /// [`AT_ONCE`] bounds what a slice costs the writers in all: a close of a few windows is
+    /// spread when many dashboards each get all of it.
+    pub fn set_fanout(&mut self, clients: usize) {
+        self.fanout = clients.max(1);
     }
 
     /// Takes windows just closed at `now_ms`; what is still queued from an earlier close joins
@@ -67,7 +80,8 @@ impl WindowPacer {
     /// The windows due by `now_ms`, in the order they closed.
     pub fn due(&mut self, now_ms: u64, out: &mut Vec<ClosedWindow>) {
         let elapsed = now_ms.saturating_sub(self.start);
-        let n = if self.spread_ms == 0 || elapsed >= self.spread_ms || self.queue.len() <= AT_ONCE {
+        let small = self.queue.len().saturating_mul(self.fanout) <= AT_ONCE;
+        let n = if self.spread_ms == 0 || elapsed >= self.spread_ms || small {
             self.queue.len()
         } else {
             // Due by now on the line, rounded up so the first slice goes out at once.
@@ -170,6 +184,28 @@ mod tests {
         p.due(10, &mut out);
         assert!(!p.is_empty(), "a burst is spread");
         assert_eq!(out.len(), 10 * (AT_ONCE / 2) + 1);
+    }
+
+    /// A close of a few windows goes out at once to a few dashboards, and is spread when many
+    /// dashboards each get all of it.
+    #[test]
+    fn many_clients_spread_a_small_close() {
+        let mut out = Vec::new();
+        let mut p = WindowPacer::new(500);
+        p.set_fanout(10);
+        p.push(&mut windows(21, "s"), 0);
+        p.due(0, &mut out);
+        assert_eq!(out.len(), 21, "210 deliveries go at once");
+        out.clear();
+        p.set_fanout(1_000);
+        p.push(&mut windows(21, "s"), 1_000);
+        p.due(1_000, &mut out);
+        assert_eq!(out.len(), 1, "21,000 deliveries: the first slice only");
+        for t in 1_001..1_500 {
+            p.due(t, &mut out);
+        }
+        assert_eq!(out.len(), 21, "all out within the spread");
+        assert!(out.len() > 1 && p.is_empty());
     }
 
     #[test]
