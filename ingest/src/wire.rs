@@ -338,15 +338,7 @@ fn scan_line(
     if &b[i..] != b"}}" {
         return Err("trailing bytes");
     }
-    // As the decoder does: a pairwise look for the usual few names, a sort for more.
-    let text = |r: &(usize, usize)| &b[r.0..r.1];
-    let repeated = if names.len() <= 24 {
-        (1..names.len()).any(|j| names[..j].iter().any(|a| text(a) == text(&names[j])))
-    } else {
-        names.sort_unstable_by(|x, y| text(x).cmp(text(y)));
-        names.windows(2).any(|w| text(&w[0]) == text(&w[1]))
-    };
-    if repeated {
+    if metrics_model::sample::first_repeat(b, names).is_some() {
         return Err("a metric name repeated");
     }
     Ok((server, metrics_at))
@@ -358,7 +350,7 @@ fn name(b: &[u8], i: &mut usize) -> Option<(usize, usize)> {
     let start = *i;
     let len = b[start..]
         .iter()
-        .take_while(|&&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
+        .take_while(|&&c| metrics_model::decode::is_name_byte(c))
         .count();
     if len == 0 || len > metrics_model::decode::MAX_NAME_LEN || b.get(start + len) != Some(&b'"') {
         return None;

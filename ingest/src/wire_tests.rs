@@ -351,7 +351,7 @@ fn lines_not_in_the_stored_form_are_refused_by_name() {
         r#"{{"serverId":"a","timestamp":7,"metrics":{{"{}":1}}}}"#,
         "n".repeat(metrics_model::decode::MAX_NAME_LEN + 1)
     );
-    // Past 24 names the repeat is found by sorting.
+    // Past 24 names the repeat is found by hashing.
     let wide: Vec<String> = (0..30).map(|i| format!("\"m{}\":1", i % 29)).collect();
     let wide_repeat = format!(
         r#"{{"serverId":"a","timestamp":7,"metrics":{{{}}}}}"#,

@@ -125,20 +125,16 @@ async fn entries_the_workers_do_not_decode_whole_are_set_aside_whole() {
     let bad = xadd_raw(&redis, &[huge.as_bytes(), broken.as_bytes()]);
     post_accepted(srv.addr, &Transport::H2c, sample("fine", 1.0)).await;
 
-    // Several workers share the stream, so the bad entries may be set aside after a later
-    // good one is published: wait for both (bounded), then send one more good sample.
-    let mut errors = std::collections::HashMap::new();
-    for _ in 0..500 {
-        errors = dead_letters(&redis)
-            .into_iter()
-            .map(|f| (f["id"].clone(), f["error"].clone()))
-            .collect();
-        if errors.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    // The worker's pipeline publishes a batch's samples before it writes the batch's dead
+    // letters, so a later good sample can arrive first: wait for both, then send one more.
+    eventually_eq("both bad entries set aside", 2, || {
+        dead_letters(&redis).len()
+    })
+    .await;
+    let errors: std::collections::HashMap<String, String> = dead_letters(&redis)
+        .into_iter()
+        .map(|f| (f["id"].clone(), f["error"].clone()))
+        .collect();
     post_accepted(srv.addr, &Transport::H2c, sample("fine-after", 1.0)).await;
     let mut seen = Vec::new();
     while !seen.iter().any(|s| s == "fine-after") {

@@ -345,10 +345,12 @@ fn samples_from_value(
 
 /// True for 1..=128 bytes of `[A-Za-z0-9_.:-]`.
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NAME_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    !s.is_empty() && s.len() <= MAX_NAME_LEN && s.bytes().all(is_name_byte)
+}
+
+/// True for a byte of `[A-Za-z0-9_.:-]`, what names (server ids, metrics) are made of.
+pub const fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
 }
 
 fn finite_number(v: Value<'_, '_>) -> Option<f64> {

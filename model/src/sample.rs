@@ -88,34 +88,45 @@ impl Metrics {
     /// The name of a metric that appears twice, if any.
     pub fn find_duplicate(&self) -> Option<&str> {
         let n = self.entries.len();
-        if n <= SMALL {
-            // Pairwise over byte spans, lengths first: no hashing, no char-boundary checks.
-            let bytes = self.names.as_bytes();
-            let mut spans = [(0usize, 0usize); SMALL];
-            let mut start = 0;
-            for (span, &(end, _)) in spans.iter_mut().zip(&self.entries) {
-                *span = (start, end as usize);
-                start = end as usize;
+        let mut spans = [(0usize, 0usize); SMALL];
+        let mut many = Vec::new();
+        let mut start = 0;
+        for (i, &(end, _)) in self.entries.iter().enumerate() {
+            let span = (start, end as usize);
+            match spans.get_mut(i) {
+                Some(slot) if n <= SMALL => *slot = span,
+                _ => many.push(span),
             }
-            let spans = &spans[..n];
-            for (i, &(s, e)) in spans.iter().enumerate().skip(1) {
-                let a = &bytes[s..e];
-                let twice = spans[..i]
-                    .iter()
-                    .any(|&(s2, e2)| e2 - s2 == e - s && &bytes[s2..e2] == a);
-                if twice {
-                    return Some(self.name(i));
-                }
-            }
-            None
-        } else {
-            let mut seen = std::collections::HashSet::with_capacity(n);
-            self.iter().map(|(k, _)| k).find(|k| !seen.insert(*k))
+            start = end as usize;
         }
+        let spans = if n <= SMALL { &spans[..n] } else { &many[..] };
+        first_repeat(self.names.as_bytes(), spans).map(|i| self.name(i))
     }
 }
 
-/// Up to this many metrics, [`Metrics::find_duplicate`] compares pairs instead of hashing.
+/// The index of the first of `spans` (byte ranges of `bytes`) whose bytes an earlier one has,
+/// if any: pairwise, lengths first, for the usual few names (no hashing), a hash set for more.
+/// Shared by the decoder and System 1's check of stored lines.
+#[inline]
+pub fn first_repeat(bytes: &[u8], spans: &[(usize, usize)]) -> Option<usize> {
+    if spans.len() <= SMALL {
+        for (i, &(s, e)) in spans.iter().enumerate().skip(1) {
+            let a = &bytes[s..e];
+            if spans[..i]
+                .iter()
+                .any(|&(s2, e2)| e2 - s2 == e - s && &bytes[s2..e2] == a)
+            {
+                return Some(i);
+            }
+        }
+        None
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(spans.len());
+        spans.iter().position(|&(s, e)| !seen.insert(&bytes[s..e]))
+    }
+}
+
+/// Up to this many names, [`first_repeat`] compares pairs instead of hashing.
 const SMALL: usize = 24;
 
 impl Sample {
